@@ -1,0 +1,76 @@
+//! # admit
+//!
+//! A connection limiter that holds its cap under any load, cannot leak or
+//! lock up, notices when it is wedged, repairs itself, and tells its
+//! operators the truth about its state.
+//!
+//! * [`Limiter`] — lock-free admission: [`try_acquire`](Limiter::try_acquire)
+//!   never waits; [`acquire`](Limiter::acquire) waits in a bounded FIFO queue
+//!   and is cancel-safe; capacity can be changed at run time; a reserve keeps
+//!   room for critical work; [`close`](Limiter::close) and
+//!   [`drained`](Limiter::drained) support graceful shutdown.
+//! * [`Permit`] — an RAII lease, released exactly once: on drop, or by
+//!   forced reclaim after revocation, never both.
+//! * [`Health`] — snapshots, a derived [`HealthState`], `tracing` events and
+//!   a stream of changes.
+//! * [`Watchdog`] — runs on its own thread, finds stalls, leaks and count
+//!   drift, and repairs them.
+//!
+//! ```
+//! use admit::{Limiter, Rejected, Watchdog, WatchdogConfig};
+//! use std::time::Duration;
+//!
+//! # futures::executor::block_on(async {
+//! let limiter = Limiter::builder().capacity(2).queue_limit(8).build().unwrap();
+//! let _watchdog = Watchdog::spawn(
+//!     limiter.clone(),
+//!     WatchdogConfig::default().max_idle(Duration::from_secs(300)),
+//! ).unwrap();
+//!
+//! let a = limiter.try_acquire().unwrap();
+//! let b = limiter.acquire().await.unwrap();
+//! assert_eq!(limiter.try_acquire().unwrap_err(), Rejected::Full);
+//! drop(a);
+//! let c = limiter.acquire().await.unwrap();
+//! assert_eq!(limiter.health().snapshot().in_use, 2);
+//! # drop((b, c));
+//! # });
+//! ```
+//!
+//! The crate takes no lock anywhere and depends on no async runtime; it is
+//! model-checked with loom (`--cfg admit_loom`).
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![forbid(unsafe_code)]
+
+mod acquire;
+mod clock;
+mod drain;
+mod error;
+#[cfg(feature = "fault-injection")]
+mod fault;
+mod health;
+mod limiter;
+mod loom;
+mod permit;
+mod queue;
+mod slots;
+mod state;
+mod watchdog;
+
+pub use acquire::Acquire;
+pub use drain::Drained;
+pub use error::{BuildError, CapacityError, Rejected};
+#[cfg(feature = "fault-injection")]
+pub use fault::Faults;
+pub use health::{Cause, Changes, Health, HealthState, Snapshot, Transition, WatchdogView};
+pub use limiter::{Builder, Limiter, MAX_QUEUE};
+pub use permit::{LeaseId, Permit, Revoked};
+pub use watchdog::{TickReport, Watchdog, WatchdogConfig, WatchdogGuard};
+
+/// The largest capacity a limiter supports.
+pub const MAX_CAPACITY: u32 = state::MAX_CAPACITY;

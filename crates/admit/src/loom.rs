@@ -1,0 +1,28 @@
+//! One place that chooses between the real synchronisation primitives and
+//! loom's model-checked ones, so the rest of the crate never names either.
+//!
+//! Build with `RUSTFLAGS="--cfg admit_loom"` to run the loom models.
+
+#[cfg(admit_loom)]
+pub(crate) use loom::{
+    future::AtomicWaker,
+    sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    sync::Arc,
+};
+
+#[cfg(not(admit_loom))]
+pub(crate) use futures_util::task::AtomicWaker;
+#[cfg(not(admit_loom))]
+pub(crate) use std::sync::{
+    atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    Arc,
+};
+
+/// Gives the CPU (or, under loom, the model) to another thread. Used only in
+/// the one pathological case documented in `queue.rs`.
+pub(crate) fn yield_now() {
+    #[cfg(admit_loom)]
+    loom::thread::yield_now();
+    #[cfg(not(admit_loom))]
+    std::thread::yield_now();
+}

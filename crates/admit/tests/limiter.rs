@@ -1,0 +1,269 @@
+//! Ordinary tests of every public operation of the limiter.
+
+use admit::{HealthState, Limiter, Rejected};
+use futures::executor::block_on;
+use futures::task::noop_waker;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+    let waker = noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    Pin::new(f).poll(&mut cx)
+}
+
+fn queued(capacity: u32, queue: u32) -> Limiter {
+    Limiter::builder()
+        .capacity(capacity)
+        .queue_limit(queue)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn try_acquire_holds_the_cap_and_releases_on_drop() {
+    let l = Limiter::new(3);
+    let permits: Vec<_> = (0..3).map(|_| l.try_acquire().unwrap()).collect();
+    assert_eq!(l.in_use(), 3);
+    assert_eq!(l.available(), 0);
+    assert_eq!(l.try_acquire().unwrap_err(), Rejected::Full);
+    drop(permits);
+    assert_eq!(l.in_use(), 0);
+    assert_eq!(l.available(), 3);
+    let snap = l.health().snapshot();
+    assert_eq!(snap.admitted_total, 3);
+    assert_eq!(snap.rejected_total["full"], 1);
+}
+
+#[test]
+fn acquire_without_queue_fails_at_once() {
+    let l = Limiter::new(1);
+    let _p = l.try_acquire().unwrap();
+    assert_eq!(block_on(l.acquire()).unwrap_err(), Rejected::Full);
+}
+
+#[test]
+fn waiters_are_granted_in_fifo_order() {
+    let l = queued(1, 8);
+    let held = l.try_acquire().unwrap();
+    let mut waiters: Vec<_> = (0..5).map(|_| l.acquire()).collect();
+    for w in &mut waiters {
+        assert!(poll_once(w).is_pending());
+    }
+    assert_eq!(l.waiting(), 5);
+    // A newcomer may not jump the queue.
+    assert_eq!(l.try_acquire().unwrap_err(), Rejected::Full);
+    drop(held);
+    let mut order = Vec::new();
+    for round in 0..5 {
+        let mut granted = None;
+        for (i, w) in waiters.iter_mut().enumerate() {
+            if order.contains(&i) {
+                continue;
+            }
+            if let Poll::Ready(r) = poll_once(w) {
+                assert!(granted.is_none(), "two waiters granted at once");
+                granted = Some((i, r.unwrap()));
+            }
+        }
+        let (i, permit) = granted.expect("a waiter was granted");
+        assert_eq!(i, round, "grants follow arrival order");
+        order.push(i);
+        assert_eq!(l.in_use(), 1);
+        drop(permit);
+    }
+    assert_eq!(l.in_use(), 0);
+    assert_eq!(l.waiting(), 0);
+}
+
+#[test]
+fn queue_limit_is_enforced() {
+    let l = queued(1, 2);
+    let _held = l.try_acquire().unwrap();
+    let mut a = l.acquire();
+    let mut b = l.acquire();
+    assert!(poll_once(&mut a).is_pending());
+    assert!(poll_once(&mut b).is_pending());
+    assert_eq!(block_on(l.acquire()).unwrap_err(), Rejected::QueueFull);
+    assert_eq!(l.health().snapshot().rejected_total["queue_full"], 1);
+}
+
+#[test]
+fn cancelled_waiter_leaves_no_trace_and_passes_its_grant_on() {
+    let l = queued(1, 4);
+    let held = l.try_acquire().unwrap();
+    let mut a = l.acquire();
+    let mut b = l.acquire();
+    assert!(poll_once(&mut a).is_pending());
+    assert!(poll_once(&mut b).is_pending());
+    // Cancel before any grant.
+    drop(a);
+    assert_eq!(l.waiting(), 1);
+    // Release: the grant skips the cancelled ticket and goes to b.
+    drop(held);
+    let pb = match poll_once(&mut b) {
+        Poll::Ready(Ok(p)) => p,
+        other => panic!("b not granted: {other:?}"),
+    };
+    assert_eq!(l.in_use(), 1);
+    // Now cancel a waiter that was already granted but not polled.
+    let mut c = l.acquire();
+    let mut d = l.acquire();
+    assert!(poll_once(&mut c).is_pending());
+    assert!(poll_once(&mut d).is_pending());
+    drop(pb); // grants c
+    drop(c); // c never saw it: the permit passes to d
+    let pd = match poll_once(&mut d) {
+        Poll::Ready(Ok(p)) => p,
+        other => panic!("d not granted: {other:?}"),
+    };
+    assert_eq!(l.in_use(), 1);
+    drop(pd);
+    assert_eq!(l.in_use(), 0);
+    assert_eq!(l.waiting(), 0);
+    assert!(l.try_acquire().is_ok());
+}
+
+#[test]
+fn reserve_is_kept_for_critical_acquires() {
+    let l = Limiter::builder().capacity(3).reserve(1).build().unwrap();
+    let _a = l.try_acquire().unwrap();
+    let _b = l.try_acquire().unwrap();
+    assert_eq!(l.try_acquire().unwrap_err(), Rejected::Full);
+    let _c = l.try_acquire_critical().unwrap();
+    assert_eq!(l.try_acquire_critical().unwrap_err(), Rejected::Full);
+    assert_eq!(l.reserve(), 1);
+}
+
+#[test]
+fn growing_capacity_wakes_waiters_and_shrinking_keeps_permits() {
+    let l = Limiter::builder()
+        .capacity(1)
+        .max_capacity(4)
+        .queue_limit(4)
+        .build()
+        .unwrap();
+    let a = l.try_acquire().unwrap();
+    let mut w = l.acquire();
+    assert!(poll_once(&mut w).is_pending());
+    l.set_capacity(2).unwrap();
+    let b = match poll_once(&mut w) {
+        Poll::Ready(Ok(p)) => p,
+        other => panic!("not granted after growing: {other:?}"),
+    };
+    assert_eq!(l.in_use(), 2);
+    l.set_capacity(1).unwrap();
+    assert_eq!(l.in_use(), 2, "shrinking keeps held permits");
+    assert_eq!(l.try_acquire().unwrap_err(), Rejected::Full);
+    drop(a);
+    assert_eq!(l.try_acquire().unwrap_err(), Rejected::Full, "still at the new cap");
+    drop(b);
+    assert!(l.try_acquire().is_ok());
+    let err = l.set_capacity(5).unwrap_err();
+    assert_eq!((err.requested, err.max), (5, 4));
+}
+
+#[test]
+fn close_rejects_new_callers_wakes_waiters_and_drains() {
+    let l = queued(1, 4);
+    let held = l.try_acquire().unwrap();
+    let mut w = l.acquire();
+    assert!(poll_once(&mut w).is_pending());
+    let mut drained = l.drained();
+    assert!(poll_once(&mut drained).is_pending());
+    l.close();
+    assert!(l.is_closed());
+    match poll_once(&mut w) {
+        Poll::Ready(Err(Rejected::Closed)) => {}
+        other => panic!("waiter not woken with Closed: {other:?}"),
+    }
+    assert_eq!(l.try_acquire().unwrap_err(), Rejected::Closed);
+    assert_eq!(l.health().state(), HealthState::Draining);
+    assert!(poll_once(&mut drained).is_pending());
+    drop(held);
+    assert!(poll_once(&mut drained).is_ready());
+    assert_eq!(l.health().state(), HealthState::Closed);
+    assert_eq!(l.waiting(), 0);
+}
+
+#[test]
+fn permits_are_send_sync_static() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<admit::Permit>();
+    check::<Limiter>();
+    check::<admit::Acquire>();
+}
+
+#[test]
+fn threads_never_exceed_the_cap() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    let l = queued(4, 64);
+    let inside = Arc::new(AtomicU32::new(0));
+    let max_seen = Arc::new(AtomicU32::new(0));
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let l = l.clone();
+            let inside = inside.clone();
+            let max_seen = max_seen.clone();
+            std::thread::spawn(move || {
+                for n in 0..2000 {
+                    let permit = if (i + n) % 2 == 0 {
+                        l.try_acquire().ok()
+                    } else {
+                        block_on(l.acquire()).ok()
+                    };
+                    if let Some(p) = permit {
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        max_seen.fetch_max(now, Ordering::SeqCst);
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        drop(p);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(max_seen.load(Ordering::SeqCst) <= 4);
+    assert_eq!(l.in_use(), 0);
+    assert_eq!(l.waiting(), 0);
+    assert_eq!(l.available(), 4);
+}
+
+#[test]
+fn acquire_under_tokio_with_timeouts() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let l = queued(2, 32);
+        let mut tasks = Vec::new();
+        for i in 0..64u64 {
+            let l = l.clone();
+            tasks.push(tokio::spawn(async move {
+                let t = std::time::Duration::from_micros(50 + (i % 7) * 30);
+                match tokio::time::timeout(t, l.acquire()).await {
+                    Ok(Ok(p)) => {
+                        tokio::task::yield_now().await;
+                        drop(p);
+                        1
+                    }
+                    _ => 0,
+                }
+            }));
+        }
+        let mut got = 0;
+        for t in tasks {
+            got += t.await.unwrap();
+        }
+        assert!(got > 0);
+        assert_eq!(l.in_use(), 0);
+        assert_eq!(l.waiting(), 0);
+        assert!(l.try_acquire().is_ok());
+    });
+}
