@@ -1,0 +1,329 @@
+//! [`Admitted`]: a connection that carries its permit.
+
+use crate::per_ip::PerIpGuard;
+use admit::Permit;
+use pin_project::pin_project;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Why an [`Admitted`] connection was ended from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ended {
+    /// The lease was revoked (by the watchdog, an operator, or a drain).
+    Revoked,
+    /// No bytes moved for longer than the idle timeout.
+    IdleTimeout,
+}
+
+impl Ended {
+    fn error(self) -> io::Error {
+        match self {
+            Ended::Revoked => io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed: its admission lease was revoked; the client may reconnect",
+            ),
+            Ended::IdleTimeout => io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection closed: no traffic within the idle timeout; the client may reconnect",
+            ),
+        }
+    }
+}
+
+/// Wakes a paused or backing-off listener when one of its connections
+/// closes. Dropped last, after the socket and the permit.
+#[derive(Debug)]
+pub(crate) struct ReleaseSignal {
+    pub(crate) shared: Arc<crate::listener::Shared>,
+}
+
+impl Drop for ReleaseSignal {
+    fn drop(&mut self) {
+        // Release: the socket close and permit release above happen before
+        // the listener, which loads the epoch with Acquire, retries.
+        self.shared.releases.fetch_add(1, Ordering::Release);
+        self.shared.release_waker.wake();
+    }
+}
+
+struct Idle {
+    timeout: Duration,
+    last: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+/// A connection admitted by the limiter: an `AsyncRead + AsyncWrite` that
+/// holds its [`Permit`] for as long as it lives.
+///
+/// * Every read or write that moves bytes touches the lease, so the
+///   watchdog can tell busy connections from dead ones.
+/// * When the lease is revoked (or the idle timeout passes), reads return
+///   end-of-file, writes fail with `ConnectionAborted` (`TimedOut`), and the
+///   stream's write side is shut down, so the peer sees the close too. A task
+///   blocked on a read is woken for this.
+/// * Dropping it closes the socket, then releases the permit and the
+///   per-address count.
+///
+/// ```
+/// use admit_tcp::Admitted;
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = admit::Limiter::new(1);
+/// let permit = limiter.try_acquire().unwrap();
+/// let (client, server) = tokio::io::duplex(64);
+/// let mut conn = Admitted::new(server, permit, "127.0.0.1:4000".parse().unwrap());
+///
+/// let mut client = client;
+/// client.write_all(b"hi").await.unwrap();
+/// let mut buf = [0; 2];
+/// conn.read_exact(&mut buf).await.unwrap();
+///
+/// limiter.revoke(conn.permit().lease_id());
+/// assert_eq!(conn.read(&mut buf).await.unwrap(), 0); // revoked: end of file
+/// assert!(conn.write_all(b"late").await.is_err());
+/// drop(conn);
+/// assert_eq!(limiter.in_use(), 0);
+/// # }
+/// ```
+#[pin_project]
+pub struct Admitted<S> {
+    #[pin]
+    io: S,
+    // Dropped in this order after `io`: the socket closes before the
+    // permit and the per-address count go back.
+    permit: Permit,
+    per_ip: Option<PerIpGuard>,
+    signal: Option<ReleaseSignal>,
+    peer: SocketAddr,
+    idle: Option<Idle>,
+    ended: Option<Ended>,
+    shut_down: bool,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Admitted<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admitted")
+            .field("io", &self.io)
+            .field("peer", &self.peer)
+            .field("lease", &self.permit.lease_id())
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+impl<S> Admitted<S> {
+    /// Wraps `io`, admitted with `permit`, from `peer`.
+    pub fn new(io: S, permit: Permit, peer: SocketAddr) -> Admitted<S> {
+        Admitted {
+            io,
+            permit,
+            per_ip: None,
+            signal: None,
+            peer,
+            idle: None,
+            ended: None,
+            shut_down: false,
+        }
+    }
+
+    pub(crate) fn with_guards(
+        mut self,
+        per_ip: Option<PerIpGuard>,
+        signal: Option<ReleaseSignal>,
+    ) -> Admitted<S> {
+        self.per_ip = per_ip;
+        self.signal = signal;
+        self
+    }
+
+    /// Ends the connection after `timeout` without any bytes read or
+    /// written (as if its lease were revoked). Needs a tokio runtime with
+    /// the time driver.
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Admitted<S> {
+        let now = Instant::now();
+        self.idle = Some(Idle {
+            timeout,
+            last: now,
+            timer: Box::pin(tokio::time::sleep_until(now + timeout)),
+        });
+        self
+    }
+
+    /// The permit this connection holds.
+    pub fn permit(&self) -> &Permit {
+        &self.permit
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// How long ago the connection was admitted (to the limiter clock's
+    /// resolution: one watchdog interval).
+    pub fn lease_age(&self) -> Duration {
+        self.permit.age()
+    }
+
+    /// The idle timeout, if one is set.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle.as_ref().map(|i| i.timeout)
+    }
+
+    /// Whether the lease was revoked. Reads see end-of-file from then on.
+    pub fn is_revoked(&self) -> bool {
+        self.permit.is_revoked()
+    }
+
+    /// Why the connection was ended from outside, once it was.
+    pub fn ended(&self) -> Option<Ended> {
+        self.ended
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// The wrapped stream, mutably. Bytes moved through it directly do not
+    /// touch the lease.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
+    /// The wrapped stream, pinned.
+    pub fn get_pin_mut(self: Pin<&mut Self>) -> Pin<&mut S> {
+        self.project().io
+    }
+}
+
+impl<S: AsyncWrite> Admitted<S> {
+    /// Checks revocation and the idle timer, registering for both. Returns
+    /// why the connection ended, shutting the write side down the first time.
+    fn poll_ended(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Option<Ended> {
+        let this = self.project();
+        if this.ended.is_none() {
+            if this.permit.poll_revoked(cx).is_ready() {
+                *this.ended = Some(Ended::Revoked);
+            } else if let Some(idle) = this.idle.as_mut() {
+                while idle.timer.as_mut().poll(cx).is_ready() {
+                    let deadline = idle.last + idle.timeout;
+                    if Instant::now() >= deadline {
+                        *this.ended = Some(Ended::IdleTimeout);
+                        break;
+                    }
+                    // Bytes moved since the timer was set: re-arm it for
+                    // the real deadline (and poll again to register).
+                    idle.timer.as_mut().reset(deadline);
+                }
+            }
+        }
+        let ended = (*this.ended)?;
+        if !*this.shut_down {
+            // Best effort: a TCP stream shuts down at once; a stream whose
+            // shutdown is pending is closed when it is dropped.
+            if let Poll::Ready(res) = this.io.poll_shutdown(cx) {
+                *this.shut_down = true;
+                if let Err(e) = res {
+                    tracing::debug!(peer = %this.peer, error = %e, "shutdown of an ended connection failed");
+                }
+            }
+        }
+        Some(ended)
+    }
+
+    fn note_io(self: Pin<&mut Self>) {
+        let this = self.project();
+        this.permit.touch();
+        if let Some(idle) = this.idle.as_mut() {
+            idle.last = Instant::now();
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite> AsyncRead for Admitted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.as_mut().poll_ended(cx).is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let res = self.as_mut().project().io.poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            if buf.filled().len() > before {
+                self.note_io();
+            }
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Admitted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(ended) = self.as_mut().poll_ended(cx) {
+            return Poll::Ready(Err(ended.error()));
+        }
+        let res = self.as_mut().project().io.poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                self.note_io();
+            }
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(ended) = self.as_mut().poll_ended(cx) {
+            return Poll::Ready(Err(ended.error()));
+        }
+        let res = self.as_mut().project().io.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                self.note_io();
+            }
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if *this.shut_down {
+            return Poll::Ready(Ok(()));
+        }
+        let res = this.io.poll_shutdown(cx);
+        if res.is_ready() {
+            *this.shut_down = true;
+        }
+        res
+    }
+}

@@ -1,0 +1,815 @@
+//! [`AdmitListener`]: the admitted accept loop.
+//!
+//! One call, [`AdmitListener::poll_accept`], drives everything: connections
+//! that finished waiting, a connection parked by [`Policy::Pause`], the
+//! accept back-off, and the accept itself. All of that state lives in the
+//! listener, not in the `accept()` future, so `accept()` is cancel-safe:
+//! dropping it (in a `select!` with a shutdown signal, say) loses nothing.
+
+use crate::admitted::{Admitted, ReleaseSignal};
+use crate::backoff::{classify, AcceptErrorKind, Backoff, WarnLimiter};
+use crate::per_ip::{PerIpGuard, PerIpLimit};
+use crate::policy::{Policy, DEFAULT_BUSY};
+use admit::{Acquire, Limiter, Permit, Rejected};
+use futures_core::Stream;
+use futures_util::stream::FuturesUnordered;
+use futures_util::task::AtomicWaker;
+use futures_util::StreamExt;
+use socket2::SockRef;
+use std::borrow::Cow;
+use std::future::Future;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::time::Sleep;
+
+/// Connections refused (or errors skipped) in one poll before the accept
+/// loop yields to the runtime, so a flood cannot starve other tasks.
+const BUDGET: usize = 64;
+/// Under [`Policy::Pause`] with a limiter that has no wait queue, how often
+/// the listener looks for a permit released outside this listener.
+const PAUSE_RECHECK: Duration = Duration::from_millis(10);
+/// At most one accept-error warning per this period.
+const WARN_PERIOD: Duration = Duration::from_secs(1);
+
+/// TCP keepalive settings for admitted connections, so that a peer that
+/// vanished without a FIN is noticed and its slot freed.
+///
+/// ```
+/// use admit_tcp::Keepalive;
+/// use std::time::Duration;
+/// let k = Keepalive { idle: Duration::from_secs(30), ..Keepalive::default() };
+/// assert_eq!(k.interval, Duration::from_secs(10));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Silence before the first probe (default 60 s).
+    pub idle: Duration,
+    /// Time between probes (default 10 s).
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped (default 5).
+    pub retries: u32,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            retries: 5,
+        }
+    }
+}
+
+/// State shared between a listener, its connections and its [`ListenerStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Bumped each time one of this listener's connections is dropped.
+    pub(crate) releases: AtomicU64,
+    /// The listener's task, while it waits for a release.
+    pub(crate) release_waker: AtomicWaker,
+    accept_errors: AtomicU64,
+    skipped_errors: AtomicU64,
+    fatal_errors: AtomicU64,
+    admitted: AtomicU64,
+    refused: AtomicU64,
+    waiting: AtomicU64,
+}
+
+/// Counters of one listener. Cheap to clone; reads are relaxed loads.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let listener = admit_tcp::AdmitListener::bind("127.0.0.1:0", admit::Limiter::new(8)).await?;
+/// let stats = listener.stats();
+/// assert_eq!(stats.accept_errors(), 0);
+/// assert_eq!(stats.admitted(), 0);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ListenerStats {
+    shared: Arc<Shared>,
+}
+
+impl ListenerStats {
+    /// `accept()` failures for want of a resource (`EMFILE`, `ENFILE`,
+    /// `ENOBUFS`, `ENOMEM`); each one started or extended a back-off.
+    pub fn accept_errors(&self) -> u64 {
+        self.shared.accept_errors.load(Ordering::Relaxed)
+    }
+
+    /// `accept()` failures that concerned only one connection and were
+    /// skipped (`ECONNABORTED`, `ECONNRESET`, `EPERM`, `EINTR`, …).
+    pub fn skipped_errors(&self) -> u64 {
+        self.shared.skipped_errors.load(Ordering::Relaxed)
+    }
+
+    /// `accept()` failures returned to the caller (the listener itself is broken).
+    pub fn fatal_errors(&self) -> u64 {
+        self.shared.fatal_errors.load(Ordering::Relaxed)
+    }
+
+    /// Connections this listener admitted.
+    pub fn admitted(&self) -> u64 {
+        self.shared.admitted.load(Ordering::Relaxed)
+    }
+
+    /// Connections this listener accepted and then refused (any reason; the
+    /// limiter's health has them by reason).
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
+    }
+
+    /// Connections held by [`Policy::Wait`] right now.
+    pub fn waiting(&self) -> u64 {
+        self.shared.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// Builds an [`AdmitListener`]. Start with [`AdmitListener::builder`].
+///
+/// ```
+/// use admit_tcp::{AdmitListener, Policy};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let limiter = admit::Limiter::builder().capacity(1000).queue_limit(64).build().unwrap();
+/// let listener = AdmitListener::builder(limiter)
+///     .policy(Policy::Wait(Duration::from_millis(200)))
+///     .busy_message(&b"BUSY retry-after=2\n"[..])
+///     .per_ip(32)
+///     .idle_timeout(Duration::from_secs(300))
+///     .bind("127.0.0.1:0")
+///     .await?;
+/// assert!(listener.per_ip_limit().is_some());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    limiter: Limiter,
+    policy: Policy,
+    busy: Cow<'static, [u8]>,
+    per_ip: Option<PerIpChoice>,
+    nodelay: bool,
+    keepalive: Option<Keepalive>,
+    idle_timeout: Option<Duration>,
+    reset_rejected: bool,
+}
+
+#[derive(Debug, Clone)]
+enum PerIpChoice {
+    Cap(u32),
+    Shared(PerIpLimit),
+}
+
+impl Builder {
+    /// What to do when the limiter is full (default [`Policy::busy_default`]).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// What [`Policy::Wait`] sends when it gives up, and what refusals for
+    /// a per-address cap send under `Wait` (default [`DEFAULT_BUSY`]).
+    /// [`Policy::Busy`] sends its own message.
+    pub fn busy_message(mut self, message: impl Into<Cow<'static, [u8]>>) -> Self {
+        self.busy = message.into();
+        self
+    }
+
+    /// Caps connections per peer address (IPv6: per /64) at `max`, with a
+    /// table sized for the limiter's `max_capacity` plus its queue.
+    pub fn per_ip(mut self, max: u32) -> Self {
+        self.per_ip = Some(PerIpChoice::Cap(max));
+        self
+    }
+
+    /// Caps connections per peer address with a table that may be shared
+    /// with other listeners.
+    pub fn per_ip_limit(mut self, limit: PerIpLimit) -> Self {
+        self.per_ip = Some(PerIpChoice::Shared(limit));
+        self
+    }
+
+    /// Sets `TCP_NODELAY` on admitted connections (default true).
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.nodelay = on;
+        self
+    }
+
+    /// TCP keepalive on admitted connections (default
+    /// `Some(Keepalive::default())`; `None` leaves the system default).
+    pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
+    /// Ends admitted connections that move no bytes for this long (see
+    /// [`Admitted::with_idle_timeout`]). Default: none (the watchdog's
+    /// `max_idle` still applies).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Closes connections refused without a message ([`Policy::Reject`],
+    /// per-address refusals under `Reject` and `Pause`) with a RST
+    /// (`SO_LINGER` 0) instead of a FIN, so no `TIME_WAIT` state is left
+    /// behind (default false).
+    pub fn reset_rejected(mut self, on: bool) -> Self {
+        self.reset_rejected = on;
+        self
+    }
+
+    /// Binds a new listener to `addr`.
+    pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<AdmitListener> {
+        Ok(self.from_tokio(TcpListener::bind(addr).await?))
+    }
+
+    /// Wraps a tokio listener.
+    pub fn from_tokio(self, listener: TcpListener) -> AdmitListener {
+        let per_ip = self.per_ip.map(|choice| match choice {
+            PerIpChoice::Shared(limit) => limit,
+            PerIpChoice::Cap(max) => PerIpLimit::for_connections(
+                max,
+                self.limiter.max_capacity() as usize + self.limiter.queue_limit() as usize + 1,
+            ),
+        });
+        AdmitListener {
+            listener,
+            limiter: self.limiter,
+            policy: self.policy,
+            busy: self.busy,
+            per_ip,
+            nodelay: self.nodelay,
+            keepalive: self.keepalive,
+            idle_timeout: self.idle_timeout,
+            reset_rejected: self.reset_rejected,
+            shared: Arc::new(Shared::default()),
+            backoff: Backoff::new(),
+            backoff_sleep: None,
+            warn: WarnLimiter::new(WARN_PERIOD),
+            waits: FuturesUnordered::new(),
+            pause: Pause::default(),
+        }
+    }
+
+    /// Wraps a std listener (switching it to non-blocking mode). Must be
+    /// called inside a tokio runtime.
+    pub fn from_std(self, listener: std::net::TcpListener) -> io::Result<AdmitListener> {
+        listener.set_nonblocking(true)?;
+        Ok(self.from_tokio(TcpListener::from_std(listener)?))
+    }
+}
+
+/// An accepted connection not yet admitted.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    per_ip: Option<PerIpGuard>,
+}
+
+/// A connection held by [`Policy::Wait`] until a permit or its deadline.
+struct WaitFor {
+    acquire: Acquire,
+    deadline: Pin<Box<Sleep>>,
+    conn: Option<Accepted>,
+    limiter: Limiter,
+}
+
+enum WaitOutcome {
+    Admit(Accepted, Permit),
+    Refuse(Accepted),
+}
+
+impl Future for WaitFor {
+    type Output = WaitOutcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<WaitOutcome> {
+        let this = &mut *self;
+        let result = match Pin::new(&mut this.acquire).poll(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                if this.deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.limiter.record_rejection(Rejected::Timeout);
+                Err(Rejected::Timeout)
+            }
+        };
+        let conn = this.conn.take().expect("WaitFor polled after completion");
+        Poll::Ready(match result {
+            Ok(permit) => WaitOutcome::Admit(conn, permit),
+            // Full, QueueFull and Closed were counted by the limiter.
+            Err(_) => WaitOutcome::Refuse(conn),
+        })
+    }
+}
+
+/// [`Policy::Pause`]: the one connection accepted ahead, and how it waits.
+#[derive(Default)]
+struct Pause {
+    parked: Option<Accepted>,
+    acquire: Option<Acquire>,
+    /// The queue refused this connection: fall back to watching releases.
+    no_queue: bool,
+    recheck: Option<Pin<Box<Sleep>>>,
+}
+
+/// A TCP listener that yields only connections its [`Limiter`] admitted.
+///
+/// Each accepted connection is first checked against the per-address cap
+/// (if any), then given a permit; one that gets none is handled by the
+/// listener's [`Policy`]. Admitted connections come out as
+/// [`Admitted<TcpStream>`], which holds the permit until it is dropped.
+///
+/// `accept()` errors never end the loop: out of descriptors or memory, it
+/// backs off (1 ms doubling to 1 s, or until one of its own connections
+/// closes) with a rate-limited warning; a failure of one connection is
+/// skipped. Only an error of the listener itself is returned.
+///
+/// ```no_run
+/// use admit_tcp::AdmitListener;
+/// use tokio::io::AsyncWriteExt;
+///
+/// # #[tokio::main]
+/// # async fn main() -> std::io::Result<()> {
+/// let limiter = admit::Limiter::new(10_000);
+/// let mut listener = AdmitListener::bind("127.0.0.1:7070", limiter).await?;
+/// loop {
+///     let (mut conn, _peer) = listener.accept().await?;
+///     tokio::spawn(async move {
+///         let _ = conn.write_all(b"HELLO chat 1\n").await;
+///         // ... serve; the permit is released when `conn` drops.
+///     });
+/// }
+/// # }
+/// ```
+///
+/// It is also a [`Stream`] of the same items:
+///
+/// ```
+/// use admit_tcp::AdmitListener;
+/// use futures_util::StreamExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let mut listener = AdmitListener::bind("127.0.0.1:0", admit::Limiter::new(4)).await?;
+/// let addr = listener.local_addr()?;
+/// let _client = tokio::net::TcpStream::connect(addr).await?;
+/// let (conn, peer) = listener.next().await.unwrap()?;
+/// assert_eq!(conn.peer_addr(), peer);
+/// assert_eq!(listener.limiter().in_use(), 1);
+/// # Ok(()) }
+/// ```
+pub struct AdmitListener {
+    listener: TcpListener,
+    limiter: Limiter,
+    policy: Policy,
+    busy: Cow<'static, [u8]>,
+    per_ip: Option<PerIpLimit>,
+    nodelay: bool,
+    keepalive: Option<Keepalive>,
+    idle_timeout: Option<Duration>,
+    reset_rejected: bool,
+    shared: Arc<Shared>,
+    backoff: Backoff,
+    /// The back-off timer and the release count when it was armed.
+    backoff_sleep: Option<(Pin<Box<Sleep>>, u64)>,
+    warn: WarnLimiter,
+    waits: FuturesUnordered<WaitFor>,
+    pause: Pause,
+}
+
+impl std::fmt::Debug for AdmitListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdmitListener")
+            .field("local_addr", &self.listener.local_addr().ok())
+            .field("limiter", &self.limiter)
+            .field("policy", &self.policy)
+            .field("per_ip", &self.per_ip)
+            .field("waiting", &self.waits.len())
+            .field("paused", &self.pause.parked.is_some())
+            .field("backing_off", &self.backoff_sleep.is_some())
+            .finish()
+    }
+}
+
+impl AdmitListener {
+    /// Starts a [`Builder`] for a listener admitting through `limiter`.
+    pub fn builder(limiter: Limiter) -> Builder {
+        Builder {
+            limiter,
+            policy: Policy::default(),
+            busy: Cow::Borrowed(DEFAULT_BUSY),
+            per_ip: None,
+            nodelay: true,
+            keepalive: Some(Keepalive::default()),
+            idle_timeout: None,
+            reset_rejected: false,
+            // Keep in step with the builder's documented defaults.
+        }
+    }
+
+    /// Binds to `addr` with the default settings ([`Policy::busy_default`],
+    /// nodelay, keepalive, no per-address cap).
+    pub async fn bind(addr: impl ToSocketAddrs, limiter: Limiter) -> io::Result<AdmitListener> {
+        AdmitListener::builder(limiter).bind(addr).await
+    }
+
+    /// Wraps a tokio listener with the default settings.
+    pub fn from_tokio(listener: TcpListener, limiter: Limiter) -> AdmitListener {
+        AdmitListener::builder(limiter).from_tokio(listener)
+    }
+
+    /// Wraps a std listener with the default settings (inside a tokio runtime).
+    pub fn from_std(
+        listener: std::net::TcpListener,
+        limiter: Limiter,
+    ) -> io::Result<AdmitListener> {
+        AdmitListener::builder(limiter).from_std(listener)
+    }
+
+    /// The next admitted connection and its peer's address.
+    ///
+    /// Cancel-safe: all progress is kept in the listener.
+    pub async fn accept(&mut self) -> io::Result<(Admitted<TcpStream>, SocketAddr)> {
+        std::future::poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// The local address the listener is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The limiter that admits connections.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// The per-address cap, if one is set.
+    pub fn per_ip_limit(&self) -> Option<&PerIpLimit> {
+        self.per_ip.as_ref()
+    }
+
+    /// The policy for a full limiter.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// This listener's counters.
+    pub fn stats(&self) -> ListenerStats {
+        ListenerStats {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// `accept()` failures for want of descriptors or memory so far (see
+    /// [`ListenerStats::accept_errors`]).
+    pub fn accept_errors(&self) -> u64 {
+        self.shared.accept_errors.load(Ordering::Relaxed)
+    }
+
+    /// Whether a back-off after an accept error is in progress.
+    pub fn is_backing_off(&self) -> bool {
+        self.backoff_sleep.is_some()
+    }
+
+    /// Whether [`Policy::Pause`] has stopped accepting for want of a permit.
+    pub fn is_paused(&self) -> bool {
+        self.pause.parked.is_some()
+    }
+
+    /// The wrapped tokio listener.
+    pub fn get_ref(&self) -> &TcpListener {
+        &self.listener
+    }
+
+    /// Polls for the next admitted connection; see [`accept`](Self::accept).
+    pub fn poll_accept(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(Admitted<TcpStream>, SocketAddr)>> {
+        let mut budget = BUDGET;
+        loop {
+            // 1. Connections that finished waiting under Policy::Wait.
+            while let Poll::Ready(Some(outcome)) = self.waits.poll_next_unpin(cx) {
+                self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+                match outcome {
+                    WaitOutcome::Admit(conn, permit) => {
+                        return Poll::Ready(Ok(self.admit(conn, permit)))
+                    }
+                    WaitOutcome::Refuse(conn) => {
+                        let busy = self.busy.clone();
+                        self.refuse(conn.stream, Some(&busy));
+                    }
+                }
+            }
+
+            // 2. Policy::Pause: nothing more is accepted until the parked
+            //    connection has a permit.
+            if self.pause.parked.is_some() {
+                match self.poll_pause_permit(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(permit) => {
+                        let conn = self.pause.parked.take().expect("parked connection");
+                        self.pause = Pause::default();
+                        match permit {
+                            Some(permit) => return Poll::Ready(Ok(self.admit(conn, permit))),
+                            None => self.refuse(conn.stream, None),
+                        }
+                    }
+                }
+            }
+
+            // 3. Back-off after a resource error. A connection of ours
+            //    closing frees a descriptor, so it ends the wait early.
+            if let Some((sleep, epoch)) = self.backoff_sleep.as_mut() {
+                // Acquire: pairs with the Release bump in ReleaseSignal.
+                let released = || self.shared.releases.load(Ordering::Acquire) != *epoch;
+                if !released() {
+                    self.shared.release_waker.register(cx.waker());
+                    if !released() && sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                self.backoff_sleep = None;
+            }
+
+            if budget == 0 {
+                // Let other tasks run; come back at once.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            budget -= 1;
+
+            // 4. Accept one.
+            let (stream, peer) = match self.listener.poll_accept(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(accepted)) => {
+                    self.backoff.reset();
+                    accepted
+                }
+                Poll::Ready(Err(e)) => match classify(&e) {
+                    AcceptErrorKind::Connection => {
+                        self.shared.skipped_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "accept() failed for one connection; skipped");
+                        continue;
+                    }
+                    AcceptErrorKind::Resource => {
+                        self.shared.accept_errors.fetch_add(1, Ordering::Relaxed);
+                        let delay = self.arm_backoff();
+                        if let Some(suppressed) = self.warn.allow(Instant::now()) {
+                            tracing::warn!(
+                                error = %e,
+                                backoff_ms = delay.as_millis() as u64,
+                                accept_errors = self.accept_errors(),
+                                suppressed,
+                                "accept() failed: out of file descriptors or memory; \
+                                 backing off (raise the open-file limit or lower the limiter's capacity)"
+                            );
+                        }
+                        continue;
+                    }
+                    AcceptErrorKind::Fatal => {
+                        self.shared.fatal_errors.fetch_add(1, Ordering::Relaxed);
+                        // A caller that calls again at once must not spin.
+                        self.arm_backoff();
+                        tracing::error!(error = %e, "accept() failed: the listener itself is broken");
+                        return Poll::Ready(Err(e));
+                    }
+                },
+            };
+
+            // 5. The per-address cap comes first, so an address over its cap
+            //    never takes (or waits for) a permit.
+            let per_ip = match &self.per_ip {
+                None => None,
+                Some(limit) => match limit.try_acquire(peer.ip()) {
+                    Ok(guard) => Some(guard),
+                    Err(_) => {
+                        self.limiter.record_rejection(Rejected::PerIp);
+                        let message = match &self.policy {
+                            Policy::Busy(m) => Some(m.clone()),
+                            Policy::Wait(_) => Some(self.busy.clone()),
+                            _ => None,
+                        };
+                        self.refuse(stream, message.as_deref());
+                        continue;
+                    }
+                },
+            };
+            let conn = Accepted {
+                stream,
+                peer,
+                per_ip,
+            };
+
+            // 6. A permit, or the policy.
+            match &self.policy {
+                Policy::Reject | Policy::Busy(_) => match self.limiter.try_acquire() {
+                    // try_acquire counted any refusal by reason.
+                    Ok(permit) => return Poll::Ready(Ok(self.admit(conn, permit))),
+                    Err(_) => {
+                        let message = match &self.policy {
+                            Policy::Busy(m) => Some(m.clone()),
+                            _ => None,
+                        };
+                        self.refuse(conn.stream, message.as_deref());
+                    }
+                },
+                Policy::Wait(timeout) => {
+                    // The fast path takes a free permit without queueing;
+                    // otherwise the acquire has its ticket and waits beside
+                    // the accept loop, not in it.
+                    let mut acquire = self.limiter.acquire();
+                    match Pin::new(&mut acquire).poll(cx) {
+                        Poll::Ready(Ok(permit)) => {
+                            return Poll::Ready(Ok(self.admit(conn, permit)))
+                        }
+                        Poll::Ready(Err(_)) => {
+                            let busy = self.busy.clone();
+                            self.refuse(conn.stream, Some(&busy));
+                        }
+                        Poll::Pending => {
+                            self.shared.waiting.fetch_add(1, Ordering::Relaxed);
+                            self.waits.push(WaitFor {
+                                acquire,
+                                deadline: Box::pin(tokio::time::sleep(*timeout)),
+                                conn: Some(conn),
+                                limiter: self.limiter.clone(),
+                            });
+                        }
+                    }
+                }
+                Policy::Pause => self.pause.parked = Some(conn),
+            }
+        }
+    }
+
+    /// Waits for a permit for the parked connection. `Ready(None)`: the
+    /// limiter is closed.
+    fn poll_pause_permit(&mut self, cx: &mut Context<'_>) -> Poll<Option<Permit>> {
+        loop {
+            if let Some(acquire) = self.pause.acquire.as_mut() {
+                match Pin::new(acquire).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(permit)) => return Poll::Ready(Some(permit)),
+                    Poll::Ready(Err(Rejected::Closed)) => return Poll::Ready(None),
+                    Poll::Ready(Err(_)) => {
+                        // The queue is full of other waiters: watch releases.
+                        self.pause.acquire = None;
+                        self.pause.no_queue = true;
+                    }
+                }
+            }
+            if self.limiter.is_closed() {
+                return Poll::Ready(None);
+            }
+            if !self.pause.no_queue && self.limiter.queue_limit() > 0 {
+                // The limiter's FIFO queue wakes us on the next release.
+                self.pause.acquire = Some(self.limiter.acquire());
+                continue;
+            }
+            // No queue: take a permit only when one looks free, so that
+            // waiting is not counted as a stream of rejections.
+            if self.limiter.available() > 0 {
+                if let Ok(permit) = self.limiter.try_acquire() {
+                    return Poll::Ready(Some(permit));
+                }
+            }
+            // Our own connections wake us when they close; releases by other
+            // users of the limiter are seen on the next recheck.
+            self.shared.release_waker.register(cx.waker());
+            if self.limiter.available() > 0 {
+                continue;
+            }
+            let recheck = self
+                .pause
+                .recheck
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(PAUSE_RECHECK)));
+            match recheck.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    recheck
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + PAUSE_RECHECK);
+                }
+            }
+        }
+    }
+
+    fn arm_backoff(&mut self) -> Duration {
+        let delay = self.backoff.next_delay();
+        let epoch = self.shared.releases.load(Ordering::Acquire);
+        match self.backoff_sleep.as_mut() {
+            Some((sleep, e)) => {
+                sleep.as_mut().reset(tokio::time::Instant::now() + delay);
+                *e = epoch;
+            }
+            None => self.backoff_sleep = Some((Box::pin(tokio::time::sleep(delay)), epoch)),
+        }
+        delay
+    }
+
+    fn admit(&mut self, conn: Accepted, permit: Permit) -> (Admitted<TcpStream>, SocketAddr) {
+        let Accepted {
+            stream,
+            peer,
+            per_ip,
+        } = conn;
+        if self.nodelay {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
+            }
+        }
+        if let Some(k) = self.keepalive {
+            if let Err(e) = SockRef::from(&stream).set_tcp_keepalive(&tcp_keepalive(k)) {
+                tracing::debug!(%peer, error = %e, "could not set TCP keepalive");
+            }
+        }
+        permit.touch();
+        self.shared.admitted.fetch_add(1, Ordering::Relaxed);
+        let mut conn = Admitted::new(stream, permit, peer).with_guards(
+            per_ip,
+            Some(ReleaseSignal {
+                shared: self.shared.clone(),
+            }),
+        );
+        if let Some(timeout) = self.idle_timeout {
+            conn = conn.with_idle_timeout(timeout);
+        }
+        (conn, peer)
+    }
+
+    /// Closes a refused connection without waiting: with `message`, written
+    /// with one non-blocking send, then a FIN; without, a FIN (or a RST when
+    /// `reset_rejected` is set).
+    fn refuse(&self, stream: TcpStream, message: Option<&[u8]>) {
+        self.shared.refused.fetch_add(1, Ordering::Relaxed);
+        let sock = SockRef::from(&stream);
+        match message {
+            Some(message) => {
+                // A direct send: the socket is non-blocking, and a fresh
+                // socket's empty buffer takes a short message whole.
+                let _ = sock.send(message);
+                let _ = sock.shutdown(Shutdown::Write);
+                // Discard what the client already sent, so the close is a
+                // FIN after the message rather than a RST that could
+                // destroy it.
+                let mut buf = [0u8; 1024];
+                for _ in 0..4 {
+                    match (&*sock).read(&mut buf) {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+            }
+            None => {
+                if self.reset_rejected {
+                    let _ = sock.set_linger(Some(Duration::ZERO));
+                }
+            }
+        }
+        drop(stream);
+    }
+}
+
+fn tcp_keepalive(k: Keepalive) -> socket2::TcpKeepalive {
+    let ka = socket2::TcpKeepalive::new().with_time(k.idle);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "netbsd",
+        target_os = "windows",
+    ))]
+    let ka = ka.with_interval(k.interval);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "netbsd",
+    ))]
+    let ka = ka.with_retries(k.retries);
+    ka
+}
+
+impl Stream for AdmitListener {
+    type Item = io::Result<(Admitted<TcpStream>, SocketAddr)>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_accept(cx).map(Some)
+    }
+}
