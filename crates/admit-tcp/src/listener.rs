@@ -21,7 +21,7 @@ use std::future::Future;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -79,6 +79,7 @@ pub(crate) struct Shared {
     admitted: AtomicU64,
     refused: AtomicU64,
     waiting: AtomicU64,
+    paused: AtomicBool,
 }
 
 /// Counters of one listener. Cheap to clone; reads are relaxed loads.
@@ -129,6 +130,12 @@ impl ListenerStats {
     /// Connections held by [`Policy::Wait`] right now.
     pub fn waiting(&self) -> u64 {
         self.shared.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Whether [`Policy::Pause`] has stopped accepting for want of a permit
+    /// (one connection is accepted and parked; the rest wait in the backlog).
+    pub fn paused(&self) -> bool {
+        self.shared.paused.load(Ordering::Relaxed)
     }
 }
 
@@ -521,6 +528,7 @@ impl AdmitListener {
                     Poll::Ready(permit) => {
                         let conn = self.pause.parked.take().expect("parked connection");
                         self.pause = Pause::default();
+                        self.shared.paused.store(false, Ordering::Relaxed);
                         match permit {
                             Some(permit) => return Poll::Ready(Ok(self.admit(conn, permit))),
                             None => self.refuse(conn.stream, None),
@@ -649,7 +657,10 @@ impl AdmitListener {
                         }
                     }
                 }
-                Policy::Pause => self.pause.parked = Some(conn),
+                Policy::Pause => {
+                    self.shared.paused.store(true, Ordering::Relaxed);
+                    self.pause.parked = Some(conn);
+                }
             }
         }
     }
