@@ -1,0 +1,557 @@
+//! Helpers for the browser tests of the chat server's two pages.
+//!
+//! The tests in `tests/` drive a real headless Chromium through WebDriver
+//! (`chromedriver` + [`fantoccini`]) against a real `chat-server` process:
+//!
+//! - [`ChatServer::start`] finds the `chat-server` binary built by cargo, starts
+//!   it on port 0 for every listener with a fresh temporary `--data` directory,
+//!   and reads the bound addresses from its `listening http=… tcp=… status=…`
+//!   stderr line.
+//! - [`Browser::start`] starts `chromedriver` on a free port and opens a
+//!   session with a fresh profile, headless, with background networking off,
+//!   so the browser only ever talks to 127.0.0.1.
+//! - [`wait_js`] polls a JavaScript expression in the page until it yields a
+//!   truthy value or a deadline passes: tests wait for conditions, not for time.
+//!
+//! Chromium and chromedriver come from Debian:
+//! `apt-get install -y chromium chromium-driver`.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+
+use std::fmt;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+pub use fantoccini;
+use fantoccini::{Client, ClientBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{json, Value};
+
+/// Errors of the helpers and the tests: boxed, with a message that says what
+/// went wrong and what to do about it.
+pub type Error = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// How long to wait for a process to report that it is ready.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A temporary directory, removed with everything in it on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates a fresh, empty directory under the system's temporary directory.
+    pub fn new(prefix: &str) -> Result<Self, Error> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)
+            .map_err(|e| format!("cannot create temporary directory {}: {e}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The workspace root, two levels above this crate.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Finds the `chat-server` binary that cargo built.
+///
+/// Looks at `CHAT_SERVER_BIN` if set, else in `$CARGO_TARGET_DIR/{debug,release}`
+/// and `<workspace>/target/{debug,release}`, and takes the most recently built
+/// of those that exist. `cargo test --workspace` builds it before running
+/// tests; for `cargo test -p chat-e2e` alone, run `cargo build -p chat-server`
+/// first.
+pub fn chat_server_binary() -> Result<PathBuf, Error> {
+    if let Some(path) = std::env::var_os("CHAT_SERVER_BIN") {
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return Ok(path);
+        }
+        return Err(format!("CHAT_SERVER_BIN={} is not a file", path.display()).into());
+    }
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        let dir = PathBuf::from(dir);
+        dirs.push(if dir.is_relative() {
+            workspace_root().join(dir)
+        } else {
+            dir
+        });
+    }
+    dirs.push(workspace_root().join("target"));
+    let name = format!("chat-server{}", std::env::consts::EXE_SUFFIX);
+    let candidates: Vec<PathBuf> = dirs
+        .iter()
+        .flat_map(|d| [d.join("debug").join(&name), d.join("release").join(&name)])
+        .collect();
+    candidates
+        .iter()
+        .filter_map(|p| {
+            let modified = std::fs::metadata(p).and_then(|m| m.modified()).ok()?;
+            Some((modified, p))
+        })
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, p)| p.clone())
+        .ok_or_else(|| {
+            format!(
+                "the chat-server binary was not found (looked at {}); build it with \
+                 `cargo build -p chat-server` (or run `cargo test --workspace`), or point \
+                 CHAT_SERVER_BIN at it",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+            .into()
+        })
+}
+
+/// The addresses a running chat server listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs {
+    /// HTTP API, web client at `/`, WebSocket at `/ws`.
+    pub http: SocketAddr,
+    /// Raw TCP line protocol.
+    pub tcp: SocketAddr,
+    /// Status page, health, metrics.
+    pub status: SocketAddr,
+}
+
+impl Addrs {
+    /// Parses a `listening http=A tcp=B status=C` line (with anything before
+    /// `listening`, such as a log prefix). `None` if the line is not one.
+    pub fn parse_line(line: &str) -> Option<Self> {
+        let rest = &line[line.find("listening ")? + "listening ".len()..];
+        let (mut http, mut tcp, mut status) = (None, None, None);
+        for field in rest.split_whitespace() {
+            let Some((key, value)) = field.split_once('=') else {
+                continue;
+            };
+            let value = value.trim_matches(|c| c == '"' || c == ',');
+            match key {
+                "http" => http = value.parse().ok(),
+                "tcp" => tcp = value.parse().ok(),
+                "status" => status = value.parse().ok(),
+                _ => {}
+            }
+        }
+        Some(Self {
+            http: http?,
+            tcp: tcp?,
+            status: status?,
+        })
+    }
+}
+
+/// Options for [`ChatServer::start`]; anything else uses the server's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// `--max-connections`: the budget shared by HTTP/WS and TCP connections.
+    pub max_connections: Option<usize>,
+    /// `--idle-timeout` in seconds.
+    pub idle_timeout_s: Option<u64>,
+    /// Extra command line arguments, appended last.
+    pub extra_args: Vec<String>,
+}
+
+/// A running `chat-server` process, killed on drop.
+#[derive(Debug)]
+pub struct ChatServer {
+    child: Child,
+    addrs: Addrs,
+    _data: TempDir,
+}
+
+impl ChatServer {
+    /// Starts the server with every listener on 127.0.0.1 port 0 and a fresh
+    /// data directory, and waits for its `listening …` line.
+    pub fn start(options: &ServerOptions) -> Result<Self, Error> {
+        let bin = chat_server_binary()?;
+        let data = TempDir::new("chat-e2e-data")?;
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--http", "127.0.0.1:0", "--tcp", "127.0.0.1:0"])
+            .args(["--status", "127.0.0.1:0"])
+            .arg("--data")
+            .arg(data.path());
+        if let Some(n) = options.max_connections {
+            cmd.args(["--max-connections", &n.to_string()]);
+        }
+        if let Some(s) = options.idle_timeout_s {
+            cmd.args(["--idle-timeout", &s.to_string()]);
+        }
+        cmd.args(&options.extra_args);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
+
+        // The reader thread keeps draining stderr after the address line so
+        // that the server never blocks on a full pipe; its lines are echoed to
+        // the test's output, which cargo shows when a test fails.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[chat-server] {line}");
+                if let Some(addrs) = Addrs::parse_line(&line) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addrs);
+                    }
+                }
+            }
+        });
+        let addrs = match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(addrs) => addrs,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                return Err(format!(
+                    "{} did not print `listening http=… tcp=… status=…` within {:?} \
+                     (exit status: {status:?})",
+                    bin.display(),
+                    STARTUP_TIMEOUT
+                )
+                .into());
+            }
+        };
+        Ok(Self {
+            child,
+            addrs,
+            _data: data,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
+    }
+
+    /// The web client's URL: `http://<http addr>/`.
+    pub fn client_url(&self) -> String {
+        format!("http://{}/", self.addrs.http)
+    }
+
+    /// The status page's URL: `http://<status addr>/status`.
+    pub fn status_url(&self) -> String {
+        format!("http://{}/status", self.addrs.status)
+    }
+}
+
+impl Drop for ChatServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Finds an executable by name on `PATH` or at one of the given paths.
+fn find_program(names: &[&str], fallbacks: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in names {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    fallbacks.iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
+const INSTALL_HINT: &str = "install them with `apt-get install -y chromium chromium-driver` \
+     (or set CHROMEDRIVER and CHROMIUM to their paths)";
+
+/// Path of `chromedriver`: `$CHROMEDRIVER`, else on `PATH`, else Debian's.
+pub fn chromedriver_path() -> Result<PathBuf, Error> {
+    if let Some(p) = std::env::var_os("CHROMEDRIVER") {
+        return Ok(PathBuf::from(p));
+    }
+    find_program(&["chromedriver"], &["/usr/lib/chromium/chromedriver"])
+        .ok_or_else(|| format!("chromedriver was not found; {INSTALL_HINT}").into())
+}
+
+/// Path of the Chromium browser: `$CHROMIUM`, else on `PATH`, else Debian's.
+pub fn chromium_path() -> Result<PathBuf, Error> {
+    if let Some(p) = std::env::var_os("CHROMIUM") {
+        return Ok(PathBuf::from(p));
+    }
+    find_program(
+        &["chromium", "chromium-browser", "google-chrome"],
+        &["/usr/lib/chromium/chromium"],
+    )
+    .ok_or_else(|| format!("chromium was not found; {INSTALL_HINT}").into())
+}
+
+/// A free TCP port on 127.0.0.1 at the time of the call.
+fn free_port() -> Result<u16, Error> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running `chromedriver`, killed on drop.
+#[derive(Debug)]
+pub struct ChromeDriver {
+    child: Child,
+    url: String,
+}
+
+impl ChromeDriver {
+    /// Starts `chromedriver` on a free port of 127.0.0.1.
+    pub fn start() -> Result<Self, Error> {
+        let bin = chromedriver_path()?;
+        let port = free_port()?;
+        let child = Command::new(&bin)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}; {INSTALL_HINT}", bin.display()))?;
+        Ok(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    /// The WebDriver endpoint, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Chromium command line used for every session.
+pub const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,800",
+];
+
+/// One browser session with its own chromedriver and a fresh profile.
+///
+/// Close it with [`Browser::close`]; dropping it kills chromedriver, which
+/// takes its browser along.
+pub struct Browser {
+    client: Client,
+    driver: ChromeDriver,
+    _profile: TempDir,
+}
+
+impl fmt::Debug for Browser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Browser")
+            .field("driver", &self.driver)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Browser {
+    /// Starts chromedriver and opens a headless Chromium session.
+    pub async fn start() -> Result<Self, Error> {
+        let chromium = chromium_path()?;
+        let driver = ChromeDriver::start()?;
+        let profile = TempDir::new("chat-e2e-profile")?;
+        let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        let caps = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium.display().to_string(),
+                "args": args,
+            },
+        });
+        let Value::Object(caps) = caps else {
+            unreachable!("a JSON object literal")
+        };
+        let mut builder = ClientBuilder::new(HttpConnector::new());
+        builder.capabilities(caps);
+
+        // chromedriver takes a moment to listen; retry until the deadline.
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let client = loop {
+            match builder.connect(driver.url()).await {
+                Ok(client) => break client,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "no WebDriver session from chromedriver at {}: {e}; {INSTALL_HINT}",
+                        driver.url()
+                    )
+                    .into())
+                }
+            }
+        };
+        Ok(Self {
+            client,
+            driver,
+            _profile: profile,
+        })
+    }
+
+    /// The WebDriver client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Ends the session and chromedriver.
+    pub async fn close(self) -> Result<(), Error> {
+        self.client.clone().close().await?;
+        Ok(())
+    }
+}
+
+/// Whether a JSON value counts as true in JavaScript.
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0 && !f.is_nan()),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(_) | Value::Object(_) => true,
+    }
+}
+
+/// Evaluates `expr` (a JavaScript expression) in the page every 50 ms until
+/// it is truthy, and returns its value; fails after `timeout` with `what` and
+/// the last value seen.
+pub async fn wait_js(
+    client: &Client,
+    expr: &str,
+    timeout: Duration,
+    what: &str,
+) -> Result<Value, Error> {
+    let script = format!("return ({expr});");
+    let deadline = Instant::now() + timeout;
+    let mut last;
+    loop {
+        match client.execute(&script, vec![]).await {
+            Ok(v) if truthy(&v) => return Ok(v),
+            Ok(v) => last = v,
+            Err(e) => last = Value::String(format!("error: {e}")),
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "timed out after {timeout:?} waiting for {what}; last value: {last}"
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Evaluates a JavaScript expression once and returns its value.
+pub async fn eval(client: &Client, expr: &str) -> Result<Value, Error> {
+    Ok(client.execute(&format!("return ({expr});"), vec![]).await?)
+}
+
+/// Polls an async condition every 50 ms until it returns `Some`, or fails
+/// after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes a PNG screenshot of the current page to `<workspace>/docs/<name>`.
+pub async fn save_screenshot(client: &Client, name: &str) -> Result<PathBuf, Error> {
+    let png = client.screenshot().await?;
+    let path = workspace_root().join("docs").join(name);
+    std::fs::write(&path, png).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listening_line() {
+        let line = "2026-11-27T14:00:00Z  INFO chat_server: listening http=127.0.0.1:40001 \
+                    tcp=127.0.0.1:40002 status=127.0.0.1:40003";
+        let addrs = Addrs::parse_line(line).expect("a listening line");
+        assert_eq!(addrs.http.port(), 40001);
+        assert_eq!(addrs.tcp.port(), 40002);
+        assert_eq!(addrs.status.port(), 40003);
+        assert_eq!(Addrs::parse_line("listening http=127.0.0.1:1"), None);
+        assert_eq!(Addrs::parse_line("something else"), None);
+    }
+
+    #[test]
+    fn truthiness_follows_javascript() {
+        assert!(!truthy(&json!(null)));
+        assert!(!truthy(&json!(0)));
+        assert!(!truthy(&json!("")));
+        assert!(truthy(&json!("x")));
+        assert!(truthy(&json!([])));
+    }
+}
