@@ -149,8 +149,14 @@ async fn flood(policy: Policy, expect_busy: bool) {
         refused.len(),
         peak.load(Ordering::SeqCst)
     );
-    assert!(admitted >= CAP as usize, "at least a full house was admitted");
-    assert!(!refused.is_empty(), "the flood was large enough to be refused");
+    assert!(
+        admitted >= CAP as usize,
+        "at least a full house was admitted"
+    );
+    assert!(
+        !refused.is_empty(),
+        "the flood was large enough to be refused"
+    );
     assert_eq!(admitted + refused.len(), CLIENTS);
     assert!(samples > 10, "the sampler ran");
     assert!(peak.load(Ordering::SeqCst) <= CAP as usize);
@@ -165,7 +171,9 @@ async fn flood(policy: Policy, expect_busy: bool) {
         if expect_busy {
             assert_eq!(**outcome, Outcome::Closed(DEFAULT_BUSY.to_vec()));
         } else {
-            assert!(matches!(outcome, Outcome::Closed(b) | Outcome::Reset(b) if !b.starts_with(b"OK")));
+            assert!(
+                matches!(outcome, Outcome::Closed(b) | Outcome::Reset(b) if !b.starts_with(b"OK"))
+            );
         }
     }
 

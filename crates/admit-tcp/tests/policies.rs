@@ -96,7 +96,11 @@ async fn busy_reaches_a_client_that_already_sent_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_admits_when_a_permit_frees_in_time() {
-    let limiter = Limiter::builder().capacity(1).queue_limit(4).build().unwrap();
+    let limiter = Limiter::builder()
+        .capacity(1)
+        .queue_limit(4)
+        .build()
+        .unwrap();
     let listener = AdmitListener::builder(limiter.clone())
         .policy(Policy::Wait(LONG))
         .bind("127.0.0.1:0")
@@ -108,7 +112,10 @@ async fn wait_admits_when_a_permit_frees_in_time() {
     let _c1 = connect_from(2, addr).await.unwrap();
     let s1 = rx.recv().await.unwrap();
     let _c2 = connect_from(3, addr).await.unwrap();
-    eventually(LONG, "the second connection queues", || limiter.waiting() == 1).await;
+    eventually(LONG, "the second connection queues", || {
+        limiter.waiting() == 1
+    })
+    .await;
     assert_eq!(stats.waiting(), 1);
     drop(s1);
     let s2 = rx.recv().await.unwrap();
@@ -121,7 +128,11 @@ async fn wait_admits_when_a_permit_frees_in_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_times_out_with_the_busy_message() {
-    let limiter = Limiter::builder().capacity(1).queue_limit(4).build().unwrap();
+    let limiter = Limiter::builder()
+        .capacity(1)
+        .queue_limit(4)
+        .build()
+        .unwrap();
     let timeout = Duration::from_millis(150);
     let listener = AdmitListener::builder(limiter.clone())
         .policy(Policy::Wait(timeout))
@@ -150,7 +161,11 @@ async fn wait_times_out_with_the_busy_message() {
 async fn waiting_connections_do_not_block_the_accept_loop() {
     // One permit, one queue place: the second client waits, the third finds
     // the queue full and is answered at once while the second still waits.
-    let limiter = Limiter::builder().capacity(1).queue_limit(1).build().unwrap();
+    let limiter = Limiter::builder()
+        .capacity(1)
+        .queue_limit(1)
+        .build()
+        .unwrap();
     let listener = AdmitListener::builder(limiter.clone())
         .policy(Policy::Wait(LONG))
         .bind("127.0.0.1:0")
@@ -161,7 +176,10 @@ async fn waiting_connections_do_not_block_the_accept_loop() {
     let _c1 = connect_from(2, addr).await.unwrap();
     let s1 = rx.recv().await.unwrap();
     let _c2 = connect_from(3, addr).await.unwrap();
-    eventually(LONG, "the second connection queues", || limiter.waiting() == 1).await;
+    eventually(LONG, "the second connection queues", || {
+        limiter.waiting() == 1
+    })
+    .await;
     let mut c3 = connect_from(4, addr).await.unwrap();
     let start = Instant::now();
     assert_eq!(
@@ -229,12 +247,18 @@ async fn pause_resumes_on_release(queue_limit: u32) {
     );
     assert!(rx.try_recv().is_err());
     drop(s1);
-    let s2 = tokio::time::timeout(LONG, rx.recv()).await.unwrap().unwrap();
+    let s2 = tokio::time::timeout(LONG, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s2.peer_addr().ip().to_string(), "127.0.0.3");
     eventually(LONG, "the listener pauses again", || stats.paused()).await;
     assert!(rx.try_recv().is_err());
     drop(s2);
-    let s3 = tokio::time::timeout(LONG, rx.recv()).await.unwrap().unwrap();
+    let s3 = tokio::time::timeout(LONG, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s3.peer_addr().ip().to_string(), "127.0.0.4");
     assert_eq!(limiter.health().snapshot().rejected_sum(), 0);
 }
@@ -265,7 +289,10 @@ async fn pause_sees_releases_made_outside_the_listener() {
     eventually(LONG, "the listener pauses", || stats.paused()).await;
     assert!(rx.is_empty());
     drop(held);
-    let s = tokio::time::timeout(LONG, rx.recv()).await.unwrap().unwrap();
+    let s = tokio::time::timeout(LONG, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.peer_addr().ip().to_string(), "127.0.0.2");
     assert!(!stats.paused());
     assert_eq!(limiter.health().snapshot().rejected_sum(), 0);
@@ -274,7 +301,11 @@ async fn pause_sees_releases_made_outside_the_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_is_cancel_safe() {
     // A waiting connection survives many cancelled accept() calls.
-    let limiter = Limiter::builder().capacity(1).queue_limit(4).build().unwrap();
+    let limiter = Limiter::builder()
+        .capacity(1)
+        .queue_limit(4)
+        .build()
+        .unwrap();
     let mut listener = AdmitListener::builder(limiter.clone())
         .policy(Policy::Wait(LONG))
         .bind("127.0.0.1:0")
@@ -286,7 +317,10 @@ async fn accept_is_cancel_safe() {
     let mut cancelled = 0;
     while limiter.waiting() == 0 || cancelled < 20 {
         let r = tokio::time::timeout(Duration::from_millis(1), listener.accept()).await;
-        assert!(r.is_err(), "nothing can be admitted while the permit is held");
+        assert!(
+            r.is_err(),
+            "nothing can be admitted while the permit is held"
+        );
         cancelled += 1;
         assert!(cancelled < 5000, "the connection never queued");
     }
