@@ -1,0 +1,201 @@
+//! `steady`: a normal day. `--clients` connections spread over `--rooms`
+//! rooms send `--rate` messages per second in total for `--duration`
+//! seconds.
+//!
+//! Latency is end to end: from just before a message is written to the
+//! moment it has reached every member of its room (each member's client is
+//! in this process, so one clock times both ends). Also reported: the
+//! per-delivery latency, send → ack, and throughput.
+
+use super::{
+    chatter, count_lost, open_auth_join, register_users, report_tracker, Ctx, JoinError,
+    ScenarioError, Tracker,
+};
+use crate::cli::SteadyArgs;
+use crate::client::http;
+use crate::report::Report;
+use hyper::Method;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Client sockets this scenario may hold at once.
+pub fn planned_sockets(args: &SteadyArgs) -> u64 {
+    args.clients + args.connect_concurrency + 16
+}
+
+/// The rooms of a run: `general` for one room, else `load<run>r<i>`.
+pub fn room_names(run_id: &str, rooms: u64) -> Vec<String> {
+    if rooms <= 1 {
+        vec!["general".to_string()]
+    } else {
+        (0..rooms).map(|i| format!("load{run_id}r{i}")).collect()
+    }
+}
+
+/// Runs the scenario.
+pub async fn run(ctx: &Ctx, args: &SteadyArgs) -> Result<Report, ScenarioError> {
+    let mut report = Report::new("steady");
+    let users = args.users.clamp(1, args.clients.max(1));
+    let tokens = register_users(ctx, users).await?;
+    let rooms = room_names(&ctx.run_id, args.rooms);
+    for room in rooms.iter().filter(|r| *r != "general") {
+        let resp = http::request(
+            &ctx.connector,
+            ctx.target.http,
+            Method::POST,
+            "/api/rooms",
+            Some(&tokens[0]),
+            Some(&json!({"name": room, "private": false})),
+            ctx.timeout(),
+        )
+        .await?;
+        if resp.status != 201 && resp.status != 409 {
+            return Err(ScenarioError::Setup(format!(
+                "creating room {room}: HTTP {} {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body)
+            )));
+        }
+    }
+
+    // Connect everyone, a batch at a time.
+    let tracker = Arc::new(Tracker::new(&ctx.run_id, rooms.len()));
+    let stop = CancellationToken::new();
+    let period = Duration::from_secs_f64(args.clients.max(1) as f64 / args.rate.max(0.001));
+    let bar = ctx.bar(args.clients, "connecting clients");
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1) as usize));
+    let mut connecting = JoinSet::new();
+    let connect_started = Instant::now();
+    for i in 0..args.clients {
+        let Ok(permit) = gate.clone().acquire_owned().await else {
+            break;
+        };
+        let token = tokens[(i % users) as usize].clone();
+        let room_idx = (i % rooms.len() as u64) as usize;
+        let room = rooms[room_idx].clone();
+        let transport = ctx.transport();
+        let bar = bar.clone();
+        // Connecting borrows the context; the task owns what it needs.
+        let conn = {
+            let ctx_connector = ctx.connector.clone();
+            let ctx_target = ctx.target.clone();
+            let timeline = ctx.timeline.clone();
+            let timeout = ctx.timeout();
+            async move {
+                let r = open_auth_join(
+                    &ctx_connector,
+                    &ctx_target,
+                    &timeline,
+                    timeout,
+                    &token,
+                    &room,
+                    transport,
+                )
+                .await;
+                drop(permit);
+                bar.inc(1);
+                (r, room, room_idx)
+            }
+        };
+        connecting.spawn(conn);
+        if ctx.stop.is_cancelled() {
+            break;
+        }
+    }
+    let mut chat_tasks = JoinSet::new();
+    let (mut rejected, mut failed) = (0u64, 0u64);
+    while let Some(res) = connecting.join_next().await {
+        let Ok((r, room, room_idx)) = res else {
+            failed += 1;
+            continue;
+        };
+        match r {
+            Ok(conn) => {
+                chat_tasks.spawn(chatter(
+                    conn,
+                    room,
+                    room_idx,
+                    period,
+                    tracker.clone(),
+                    ctx.timeline.clone(),
+                    stop.clone(),
+                ));
+            }
+            Err(JoinError::Rejected) => rejected += 1,
+            Err(JoinError::Client(_)) => failed += 1,
+        }
+    }
+    bar.finish_and_clear();
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    let connected = chat_tasks.len() as u64;
+    ctx.event("all connected");
+    // Let joins and presence settle before the clock starts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    ctx.event("sending");
+    let send_started = Instant::now();
+    tracker.sending.store(true, Ordering::Relaxed);
+    ctx.phase(args.duration, "steady: chatting").await;
+    tracker.sending.store(false, Ordering::Relaxed);
+    let send_secs = send_started.elapsed().as_secs_f64();
+    ctx.event("sending stops");
+    ctx.phase(2.0, "draining in-flight messages").await;
+    stop.cancel();
+    let mut ends = Vec::new();
+    while let Some(e) = chat_tasks.join_next().await {
+        if let Ok(e) = e {
+            ends.push(e);
+        }
+    }
+
+    report.figure("clients", args.clients, "");
+    report.figure("rooms", rooms.len() as u64, "");
+    report.figure("connected", connected, "");
+    report.figure("rejected at connect", rejected, "");
+    report.figure("failed to connect", failed, "");
+    report.number("time to connect all", Some(connect_secs), "s");
+    report.number("target rate", Some(args.rate), "msg/s");
+    report_tracker(&mut report, &tracker, send_secs);
+    report.number(
+        "deliveries per second",
+        Some(tracker.delivered.load(Ordering::Relaxed) as f64 / send_secs.max(1e-9)),
+        "/s",
+    );
+    let full = tracker.full.snapshot().summary_ms();
+    report.latency("latency to every member", &full);
+    report.latency(
+        "latency per delivery",
+        &tracker.delivery.snapshot().summary_ms(),
+    );
+    report.latency("latency to ack", &tracker.ack.snapshot().summary_ms());
+    report.figure("clients disconnected by the server", count_lost(&ends), "");
+
+    report.check(
+        "every client connected",
+        connected == args.clients,
+        format!(
+            "{connected} of {} ({rejected} rejected, {failed} failed)",
+            args.clients
+        ),
+    );
+    let sent = tracker.sent.load(Ordering::Relaxed);
+    let completed = tracker.completed.load(Ordering::Relaxed);
+    report.check(
+        "every message reached every member",
+        completed == sent,
+        format!("{completed} of {sent} messages fully delivered"),
+    );
+    if let Some(limit) = args.expect_p99_ms {
+        report.check(
+            "latency p99 within target",
+            full.p99_ms.is_some_and(|p| p <= limit),
+            format!("p99 {:?} ms, target {limit} ms", full.p99_ms),
+        );
+    }
+    Ok(report)
+}
