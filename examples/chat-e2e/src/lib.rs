@@ -530,6 +530,359 @@ pub async fn save_screenshot(client: &Client, name: &str) -> Result<PathBuf, Err
     Ok(path)
 }
 
+/// A response from [`http_request`].
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// Header names (lower case) and values.
+    pub headers: Vec<(String, String)>,
+    /// The body parsed as JSON, or `Value::Null` if it is empty or not JSON.
+    pub json: Value,
+}
+
+impl HttpResponse {
+    /// The first header with this (lower case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close` over a fresh connection, so
+/// that it holds no connection slot afterwards. `body` is sent as JSON, and
+/// `token` as `Authorization: Bearer`.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    token: Option<&str>,
+) -> Result<HttpResponse, Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n"
+    );
+    if !body.is_empty() {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    let io = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(req.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), io)
+        .await
+        .map_err(|_| format!("{method} http://{addr}{path}: no answer within 10 s"))?
+        .map_err(|e| format!("{method} http://{addr}{path}: {e}"))?;
+    parse_http_response(&raw).ok_or_else(|| {
+        format!(
+            "{method} http://{addr}{path}: unreadable answer: {:?}",
+            String::from_utf8_lossy(&raw[..raw.len().min(200)])
+        )
+        .into()
+    })
+}
+
+/// Parses a complete HTTP/1.1 response (headers and a plain, chunked or
+/// close-delimited body).
+fn parse_http_response(raw: &[u8]) -> Option<HttpResponse> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n")?;
+            let size_text = std::str::from_utf8(&rest[..eol]).ok()?;
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            rest = &rest[eol + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(rest.get(..size)?);
+            rest = rest.get(size + 2..)?;
+        }
+        body = out;
+    }
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Some(HttpResponse {
+        status,
+        headers,
+        json,
+    })
+}
+
+/// Registers a user over the HTTP API and returns its token.
+pub async fn register(addr: SocketAddr, name: &str, password: &str) -> Result<String, Error> {
+    let res = http_request(
+        addr,
+        "POST",
+        "/api/register",
+        Some(&json!({"name": name, "password": password})),
+        None,
+    )
+    .await?;
+    match res.json.get("token").and_then(Value::as_str) {
+        Some(token) if res.status == 201 || res.status == 200 => Ok(token.to_string()),
+        _ => Err(format!("register {name}: HTTP {} {}", res.status, res.json).into()),
+    }
+}
+
+/// The status listener's `/health` JSON (whatever its HTTP status).
+pub async fn health(status_addr: SocketAddr) -> Result<Value, Error> {
+    Ok(http_request(status_addr, "GET", "/health", None, None)
+        .await?
+        .json)
+}
+
+/// A client of the raw TCP line protocol.
+#[derive(Debug)]
+pub struct LineClient {
+    reader: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    /// The server's first line: `HELLO chat 1`, or `BUSY retry-after=N` at capacity.
+    pub greeting: String,
+}
+
+impl LineClient {
+    /// Connects and reads the greeting line.
+    pub async fn connect(addr: SocketAddr) -> Result<Self, Error> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect to the TCP listener {addr}: {e}"))?;
+        let (read, writer) = stream.into_split();
+        let mut client = Self {
+            reader: tokio::io::BufReader::new(read),
+            writer,
+            greeting: String::new(),
+        };
+        client.greeting = client.read_line().await?.unwrap_or_default();
+        Ok(client)
+    }
+
+    /// Whether the server greeted with `HELLO`, i.e. this connection holds a slot.
+    pub fn admitted(&self) -> bool {
+        self.greeting.starts_with("HELLO")
+    }
+
+    /// Sends one line (the newline is added).
+    pub async fn send(&mut self, line: &str) -> Result<(), Error> {
+        use tokio::io::AsyncWriteExt;
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .await?;
+        Ok(())
+    }
+
+    /// Reads one line without its line ending; `None` at end of stream.
+    /// Fails after 10 s without a line.
+    pub async fn read_line(&mut self) -> Result<Option<String>, Error> {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut line))
+            .await
+            .map_err(|_| "no line from the TCP listener within 10 s")??;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some(line.trim_end_matches(['\r', '\n']).to_string()))
+    }
+
+    /// Reads lines until one starts with `prefix`, and returns it; pushed
+    /// `MSG` lines and others in between are skipped.
+    pub async fn expect(&mut self, prefix: &str) -> Result<String, Error> {
+        loop {
+            match self.read_line().await? {
+                Some(line) if line.starts_with(prefix) => return Ok(line),
+                Some(line) if line.starts_with("ERR") => {
+                    return Err(format!("expected `{prefix}…`, got `{line}`").into())
+                }
+                Some(_) => continue,
+                None => return Err(format!("connection closed while expecting `{prefix}…`").into()),
+            }
+        }
+    }
+}
+
+/// Opens TCP connections to the chat listener until the server answers
+/// `BUSY`, and returns the admitted ones: while they are held, every
+/// connection slot is taken.
+pub async fn fill_to_capacity(tcp: SocketAddr, limit: usize) -> Result<Vec<LineClient>, Error> {
+    let mut held = Vec::new();
+    for _ in 0..limit {
+        let client = LineClient::connect(tcp).await?;
+        if !client.admitted() {
+            if client.greeting.starts_with("BUSY") {
+                return Ok(held);
+            }
+            return Err(format!("unexpected greeting `{}`", client.greeting).into());
+        }
+        held.push(client);
+    }
+    Err(format!("still admitted after {limit} connections: is --max-connections set?").into())
+}
+
+/// Actions on the web client page, by the element ids it documents.
+pub mod web {
+    use super::*;
+    use fantoccini::Locator;
+
+    /// How long a page action may take to show its effect.
+    pub const UI_TIMEOUT: Duration = Duration::from_secs(15);
+
+    /// Fills in the sign-in form and presses "Create account" (`register`
+    /// true) or "Sign in".
+    pub async fn sign_in(
+        c: &Client,
+        name: &str,
+        password: &str,
+        register: bool,
+    ) -> Result<(), Error> {
+        c.wait()
+            .at_most(UI_TIMEOUT)
+            .for_element(Locator::Id("auth-name"))
+            .await?;
+        wait_js(
+            c,
+            "!document.getElementById('auth-view').hidden",
+            UI_TIMEOUT,
+            "the sign-in form",
+        )
+        .await?;
+        let field = c.find(Locator::Id("auth-name")).await?;
+        field.clear().await?;
+        field.send_keys(name).await?;
+        let field = c.find(Locator::Id("auth-password")).await?;
+        field.clear().await?;
+        field.send_keys(password).await?;
+        let button = if register {
+            "register-btn"
+        } else {
+            "login-btn"
+        };
+        c.find(Locator::Id(button)).await?.click().await?;
+        Ok(())
+    }
+
+    /// Waits until the page reports a live, authenticated connection.
+    pub async fn wait_online(c: &Client, timeout: Duration) -> Result<(), Error> {
+        wait_js(
+            c,
+            "document.getElementById('conn').dataset.state === 'online'",
+            timeout,
+            "the connection state `online`",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Types a message into the composer and sends it.
+    pub async fn send(c: &Client, text: &str) -> Result<(), Error> {
+        let field = c.find(Locator::Id("composer-text")).await?;
+        field.clear().await?;
+        // Typing goes through the real keyboard path; the value is then
+        // checked, since a few characters are special to WebDriver.
+        field.send_keys(text).await?;
+        let typed = eval(c, "document.getElementById('composer-text').value").await?;
+        if typed.as_str() != Some(text) {
+            return Err(format!("composer holds {typed}, expected {text:?}").into());
+        }
+        c.find(Locator::Id("send-btn")).await?.click().await?;
+        Ok(())
+    }
+
+    /// The texts of the confirmed messages (those with a server id) shown
+    /// for the current room, in order.
+    pub async fn message_texts(c: &Client) -> Result<Vec<String>, Error> {
+        let v = eval(
+            c,
+            "Array.from(document.querySelectorAll('#messages li.msg[data-id] .text'), e => e.textContent)",
+        )
+        .await?;
+        Ok(serde_json::from_value(v)?)
+    }
+
+    /// Waits until a confirmed message with exactly this text is shown.
+    pub async fn wait_message(c: &Client, text: &str, timeout: Duration) -> Result<(), Error> {
+        let expr = format!(
+            "Array.from(document.querySelectorAll('#messages li.msg[data-id] .text')).some(e => e.textContent === {})",
+            Value::String(text.to_string())
+        );
+        wait_js(c, &expr, timeout, &format!("the message {text:?}")).await?;
+        Ok(())
+    }
+
+    /// Opens a room from the sidebar, refreshing the list until it shows.
+    pub async fn open_room(c: &Client, room: &str) -> Result<(), Error> {
+        let selector = format!("#rooms li[data-room=\"{room}\"]");
+        let deadline = Instant::now() + UI_TIMEOUT;
+        loop {
+            if let Ok(li) = c.find(Locator::Css(&selector)).await {
+                li.click().await?;
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("room {room} never appeared in the sidebar").into());
+            }
+            c.find(Locator::Id("refresh-rooms")).await?.click().await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        wait_js(
+            c,
+            &format!("document.getElementById('room-title').textContent === '#{room}'"),
+            UI_TIMEOUT,
+            "the room title",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Replaces `window.alert` (and friends) with a recorder, so a script
+    /// that runs by mistake is counted instead of blocking the session.
+    pub async fn trap_alerts(c: &Client) -> Result<(), Error> {
+        c.execute(
+            "window.__alerts = []; \
+             for (const f of ['alert', 'confirm', 'prompt']) \
+               window[f] = (m) => { window.__alerts.push(String(m)); };",
+            vec![],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// How many times a trapped dialog was called.
+    pub async fn alerts(c: &Client) -> Result<u64, Error> {
+        Ok(eval(c, "(window.__alerts || []).length")
+            .await?
+            .as_u64()
+            .unwrap_or(0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,6 +897,18 @@ mod tests {
         assert_eq!(addrs.status.port(), 40003);
         assert_eq!(Addrs::parse_line("listening http=127.0.0.1:1"), None);
         assert_eq!(Addrs::parse_line("something else"), None);
+    }
+
+    #[test]
+    fn parses_plain_and_chunked_responses() {
+        let plain =
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nContent-Length: 2\r\n\r\n{}";
+        let res = parse_http_response(plain).expect("a response");
+        assert_eq!(res.status, 503);
+        assert_eq!(res.header("retry-after"), Some("2"));
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n";
+        let res = parse_http_response(chunked).expect("a response");
+        assert_eq!(res.json, json!({"a": 1}));
     }
 
     #[test]
