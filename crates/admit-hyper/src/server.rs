@@ -1,0 +1,348 @@
+//! [`Server`]: the accept loop, the per-connection tasks and the drain.
+
+use crate::conn::{self, Phase, Shared};
+use crate::listener::Accept;
+use crate::registry::Registry;
+use crate::BoxError;
+use admit::LeaseId;
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The default header timeout: a connection must deliver each request's
+/// headers (the first one counted from the moment it was accepted) within
+/// this long.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The default drain deadline: after shutdown is asked for, connections
+/// still open after this long are closed.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a forced close waits for the last connections to notice.
+const FORCE_GRACE: Duration = Duration::from_secs(1);
+
+/// What a per-connection service factory learns about the connection (see
+/// [`Server::serve_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnInfo {
+    /// The peer's address.
+    pub remote_addr: SocketAddr,
+    /// The address the listener accepted on.
+    pub local_addr: SocketAddr,
+    /// The connection's lease, for [`Limiter::revoke`](admit::Limiter::revoke).
+    pub lease: LeaseId,
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (hyper-util's auto builder) on connections an
+/// [`Accept`] source admitted: an [`HttpListener`](crate::HttpListener), or
+/// admit-tcp's `AdmitListener`.
+///
+/// * Each connection holds its permit for as long as its socket lives, so
+///   the limiter's `in_use` is the server's connection count.
+/// * Connections the listener refuses are its business: an
+///   [`HttpListener`](crate::HttpListener) answers them with a real `503`
+///   with `Retry-After` and `Connection: close`, off the accept loop.
+/// * Header timeout ([`header_timeout`](Self::header_timeout), on by
+///   default): a connection that sends nothing, or trickles its headers, is
+///   closed and its permit freed.
+/// * Upgrades (WebSocket) keep the connection's permit until the upgraded
+///   stream is dropped; revoking the lease ends the upgraded stream's reads
+///   (end of file) and writes (error).
+/// * Shutdown: stop accepting, let in-flight requests finish, close idle
+///   connections, and after [`drain_timeout`](Self::drain_timeout) close the
+///   rest, upgraded streams included (by revoking their leases).
+///
+/// ```no_run
+/// use admit_hyper::Server;
+/// use axum::{routing::get, Router};
+/// use std::time::Duration;
+///
+/// # #[tokio::main]
+/// # async fn main() -> std::io::Result<()> {
+/// let limiter = admit::Limiter::new(10_000);
+/// let listener = admit_hyper::listener(limiter).bind("127.0.0.1:8080").await?;
+/// let app = Router::new().route("/", get(|| async { "hello" }));
+/// Server::new()
+///     .header_timeout(Duration::from_secs(10))
+///     .drain_timeout(Duration::from_secs(5))
+///     .serve(listener, app, async { let _ = tokio::signal::ctrl_c().await; })
+///     .await
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Server {
+    builder: auto::Builder<TokioExecutor>,
+    header_timeout: Option<Duration>,
+    drain_timeout: Duration,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server::new()
+    }
+}
+
+impl Server {
+    /// A server with the defaults: HTTP/1.1 and HTTP/2, header timeout
+    /// [`DEFAULT_HEADER_TIMEOUT`], drain deadline [`DEFAULT_DRAIN_TIMEOUT`].
+    pub fn new() -> Server {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(DEFAULT_HEADER_TIMEOUT);
+        builder.http2().timer(TokioTimer::new());
+        Server {
+            builder,
+            header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+
+    /// How long a connection may take to deliver a request's headers; the
+    /// first request's clock starts when the connection is accepted, later
+    /// ones' (HTTP/1.1 keep-alive) when the previous response was sent, so
+    /// idle keep-alive connections are closed after it too. `None` turns it
+    /// off (not advised for servers open to the internet).
+    pub fn header_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Server {
+        self.header_timeout = timeout.into();
+        self.builder
+            .http1()
+            .header_read_timeout(self.header_timeout);
+        self
+    }
+
+    /// How long a shutdown waits for in-flight requests and upgraded streams
+    /// before closing them.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Server {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Serves HTTP/1.1 only.
+    pub fn http1_only(mut self) -> Server {
+        self.builder = self.builder.http1_only();
+        self
+    }
+
+    /// Serves HTTP/2 only (prior knowledge).
+    pub fn http2_only(mut self) -> Server {
+        self.builder = self.builder.http2_only();
+        self
+    }
+
+    /// hyper-util's connection builder, for settings not covered here (HTTP/2
+    /// windows and keep-alive pings, HTTP/1 header limits, …). The header
+    /// timeout is set by [`header_timeout`](Self::header_timeout).
+    pub fn builder_mut(&mut self) -> &mut auto::Builder<TokioExecutor> {
+        &mut self.builder
+    }
+
+    /// Serves a tower service (an axum `Router`, say) until `shutdown`
+    /// resolves, then drains. Returns once every connection is closed; an
+    /// error only if the listener itself failed (after draining).
+    pub async fn serve<L, S, B, F>(self, listener: L, service: S, shutdown: F) -> io::Result<()>
+    where
+        L: Accept,
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        F: Future<Output = ()>,
+    {
+        self.serve_with(listener, move |_: &ConnInfo| service.clone(), shutdown)
+            .await
+    }
+
+    /// Like [`serve`](Self::serve), with a tower service made for each
+    /// connection, e.g. to give handlers the peer's address:
+    ///
+    /// ```no_run
+    /// use admit_hyper::{ConnInfo, Server};
+    /// use axum::extract::ConnectInfo;
+    /// use axum::{routing::get, Extension, Router};
+    /// use std::net::SocketAddr;
+    /// use tower::Layer;
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let listener = admit_hyper::listener(admit::Limiter::new(100))
+    ///     .bind("127.0.0.1:0")
+    ///     .await?;
+    /// let app = Router::new().route(
+    ///     "/",
+    ///     get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+    /// );
+    /// Server::new()
+    ///     .serve_with(
+    ///         listener,
+    ///         move |conn: &ConnInfo| Extension(ConnectInfo(conn.remote_addr)).layer(app.clone()),
+    ///         std::future::pending(),
+    ///     )
+    ///     .await
+    /// # }
+    /// ```
+    pub async fn serve_with<L, M, S, B, F>(
+        self,
+        listener: L,
+        mut make_service: M,
+        shutdown: F,
+    ) -> io::Result<()>
+    where
+        L: Accept,
+        M: FnMut(&ConnInfo) -> S,
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        F: Future<Output = ()>,
+    {
+        self.run(
+            listener,
+            move |info: &ConnInfo| TowerToHyperService::new(make_service(info)),
+            shutdown,
+        )
+        .await
+    }
+
+    /// Like [`serve`](Self::serve), for a hyper service (e.g.
+    /// `hyper::service::service_fn`).
+    pub async fn serve_hyper<L, H, B, F>(
+        self,
+        listener: L,
+        service: H,
+        shutdown: F,
+    ) -> io::Result<()>
+    where
+        L: Accept,
+        H: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        H::Future: Send + 'static,
+        H::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        F: Future<Output = ()>,
+    {
+        self.run(listener, move |_: &ConnInfo| service.clone(), shutdown)
+            .await
+    }
+
+    async fn run<L, M, H, B, F>(
+        self,
+        mut listener: L,
+        mut make_service: M,
+        shutdown: F,
+    ) -> io::Result<()>
+    where
+        L: Accept,
+        M: FnMut(&ConnInfo) -> H,
+        H: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+        H::Future: Send + 'static,
+        H::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        F: Future<Output = ()>,
+    {
+        let limiter = listener.limiter().clone();
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            builder: self.builder,
+            header_timeout: self.header_timeout,
+        });
+        let registry = Arc::new(Registry::default());
+        let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
+
+        let mut shutdown = std::pin::pin!(shutdown);
+        let result = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.as_mut() => break Ok(()),
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => {
+                        let lease = accepted.io.permit().lease_id();
+                        let remote_addr = accepted.remote_addr;
+                        let info = ConnInfo { remote_addr, local_addr, lease };
+                        let service = make_service(&info);
+                        let entry = registry.register(lease);
+                        tokio::spawn(conn::run(shared.clone(), accepted, entry, service, phase_rx.clone()));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the listener failed; draining and stopping");
+                        break Err(e);
+                    }
+                },
+            }
+        };
+
+        // Stop accepting: the listening socket closes now.
+        drop(listener);
+        phase_tx.send_replace(Phase::Draining);
+        let drained = tokio::time::timeout(self.drain_timeout, registry.emptied())
+            .await
+            .is_ok();
+        if !drained {
+            let revoked = registry.revoke_all(&limiter);
+            tracing::warn!(
+                open = registry.len(),
+                revoked,
+                "drain deadline passed; closing the remaining connections"
+            );
+            phase_tx.send_replace(Phase::Forced);
+            // Connection tasks close at once; an upgraded stream closes when
+            // its owner next polls it and sees the revocation.
+            let _ = tokio::time::timeout(FORCE_GRACE, registry.emptied()).await;
+        }
+        result
+    }
+}
+
+/// Serves a tower service (an axum `Router`, say) on `listener` with the
+/// [`Server`] defaults until `shutdown` resolves, then drains.
+///
+/// ```no_run
+/// use axum::{routing::get, Router};
+///
+/// # #[tokio::main]
+/// # async fn main() -> std::io::Result<()> {
+/// let limiter = admit::Limiter::new(1_000);
+/// let listener = admit_hyper::listener(limiter).bind("127.0.0.1:8080").await?;
+/// let app = Router::new().route("/", get(|| async { "hello" }));
+/// admit_hyper::serve(listener, app, async { let _ = tokio::signal::ctrl_c().await; }).await
+/// # }
+/// ```
+pub async fn serve<L, S, B, F>(listener: L, service: S, shutdown: F) -> io::Result<()>
+where
+    L: Accept,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    F: Future<Output = ()>,
+{
+    Server::new().serve(listener, service, shutdown).await
+}
