@@ -49,6 +49,14 @@ fn draw_inner(report: &Report, path: &Path) -> DrawResult {
     };
     let t_end = tl.last().map(|s| s.t_s + bin_s).unwrap_or(1.0).max(1.0);
     let mid = |t: f64| t + bin_s / 2.0;
+    // Counters and gauges are drawn as steps over their bin, so a rise
+    // shows where it happened rather than interpolated from the bin before.
+    let steps = |points: Vec<(f64, f64)>| -> Vec<(f64, f64)> {
+        points
+            .into_iter()
+            .flat_map(|(t, v)| [(t, v), (t + bin_s, v)])
+            .collect()
+    };
 
     let root = SVGBackend::new(path, (1100, 960)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -81,15 +89,21 @@ fn draw_inner(report: &Report, path: &Path) -> DrawResult {
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
     c1.draw_series(LineSeries::new(
-        tl.iter()
-            .filter_map(|s| s.in_use.map(|v| (mid(s.t_s), v as f64))),
+        steps(
+            tl.iter()
+                .filter_map(|s| s.in_use.map(|v| (s.t_s, v as f64)))
+                .collect(),
+        ),
         IN_USE.stroke_width(2),
     ))?
     .label("server in_use (/health)")
     .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], IN_USE.stroke_width(2)));
     c1.draw_series(LineSeries::new(
-        tl.iter()
-            .filter_map(|s| s.connected.map(|v| (mid(s.t_s), v as f64))),
+        steps(
+            tl.iter()
+                .filter_map(|s| s.connected.map(|v| (s.t_s, v as f64)))
+                .collect(),
+        ),
         CONNECTED.stroke_width(1),
     ))?
     .label("client connections open")
@@ -102,14 +116,15 @@ fn draw_inner(report: &Report, path: &Path) -> DrawResult {
         .label("capacity")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], CAPACITY));
     }
-    for e in &report.events {
+    for (i, e) in report.events.iter().enumerate() {
         c1.draw_series(LineSeries::new(
             [(e.t_s, 0.0), (e.t_s, y1)],
             EVENT.stroke_width(1),
         ))?;
+        // Labels on three staggered rows so close events stay readable.
         c1.draw_series(std::iter::once(Text::new(
             e.what.clone(),
-            (e.t_s, y1 * 0.97),
+            (e.t_s, y1 * (0.98 - 0.06 * (i % 3) as f64)),
             ("sans-serif", 12).into_font().color(&EVENT),
         )))?;
     }
@@ -147,7 +162,7 @@ fn draw_inner(report: &Report, path: &Path) -> DrawResult {
         ("unanswered", FAILED, |s| s.failed),
     ] {
         c2.draw_series(LineSeries::new(
-            tl.iter().map(|s| (mid(s.t_s), rate(get(s)))),
+            steps(tl.iter().map(|s| (s.t_s, rate(get(s)))).collect()),
             color.stroke_width(2),
         ))?
         .label(label)

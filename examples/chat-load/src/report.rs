@@ -186,6 +186,18 @@ impl Report {
     }
 }
 
+/// Formats an optional measurement for a check's detail: `"1.235 s"`, or
+/// `"never"` when it did not happen.
+pub fn opt(v: Option<f64>, unit: &str) -> String {
+    match v {
+        Some(v) => format!(
+            "{} {unit}",
+            format_value(&Value::from((v * 1000.0).round() / 1000.0))
+        ),
+        None => "never".to_string(),
+    }
+}
+
 fn format_value(v: &Value) -> String {
     match v {
         Value::Null => "-".to_string(),
@@ -250,6 +262,8 @@ mod tests {
         assert_eq!(r.get("nan"), Some(&Value::Null));
         assert_eq!(format_value(&Value::from(2.0)), "2");
         assert_eq!(format_value(&Value::from(0.5)), "0.5");
+        assert_eq!(opt(Some(2.13494), "s"), "2.135 s");
+        assert_eq!(opt(None, "s"), "never");
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["figures"][0]["name"], "x");
         assert_eq!(j["scenario"], "steady");

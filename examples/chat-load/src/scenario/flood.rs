@@ -20,7 +20,7 @@ use super::{
 use crate::cli::FloodArgs;
 use crate::client::{timed_open, ClientError, Opened};
 use crate::metrics::{AtomicHistogram, Outcome};
-use crate::report::Report;
+use crate::report::{opt, Report};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -307,21 +307,21 @@ pub async fn run(ctx: &Ctx, args: &FloodArgs) -> Result<Report, ScenarioError> {
         report.check(
             "rejection answered fast",
             p99.is_some_and(|p| p <= limit),
-            format!("p99 {p99:?} ms, limit {limit} ms"),
+            format!("p99 {}, limit {limit} ms", opt(p99, "ms")),
         );
     }
     if let Some(limit) = args.expect_healthy_within {
         report.check(
             "back to healthy",
             back_to_healthy.is_some_and(|b| b <= limit),
-            format!("after {back_to_healthy:?} s, limit {limit} s"),
+            format!("after {}, limit {limit} s", opt(back_to_healthy, "s")),
         );
     }
     if let Some(limit) = args.expect_latency_ratio {
         report.check(
             "chatters unaffected",
             ratio.is_some_and(|r| r <= limit),
-            format!("p99 during / before = {ratio:?}, limit {limit}"),
+            format!("p99 during / before = {}, limit {limit}", opt(ratio, "x")),
         );
     }
     Ok(report)

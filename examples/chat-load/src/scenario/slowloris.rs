@@ -22,7 +22,7 @@ use crate::cli::{SlowKind, SlowlorisArgs};
 use crate::client::proto::{Command, Event};
 use crate::client::{ChatConn, Connector, OpenGuard, Opened, Target, Transport};
 use crate::metrics::{AtomicHistogram, Histogram, Outcome, Timeline};
-use crate::report::Report;
+use crate::report::{opt, Report};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -355,13 +355,19 @@ pub async fn run(ctx: &Ctx, args: &SlowlorisArgs) -> Result<Report, ScenarioErro
     report.check(
         "slow connections closed by the server",
         all_closed,
-        format!("within the {observe} s window; slowest closed after {slowest:?}"),
+        format!(
+            "within the {observe} s window; slowest closed after {}",
+            opt(slowest.map(|d| d.as_secs_f64()), "s")
+        ),
     );
     if let Some(limit) = args.expect_closed_within {
         report.check(
             "slow connections closed in time",
             all_closed && slowest.map_or(true, |d| d.as_secs_f64() <= limit),
-            format!("slowest after {slowest:?}, limit {limit} s"),
+            format!(
+                "slowest after {}, limit {limit} s",
+                opt(slowest.map(|d| d.as_secs_f64()), "s")
+            ),
         );
     }
     report.check(

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::cli::SteadyArgs;
 use crate::client::http;
-use crate::report::Report;
+use crate::report::{opt, Report};
 use hyper::Method;
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -194,7 +194,7 @@ pub async fn run(ctx: &Ctx, args: &SteadyArgs) -> Result<Report, ScenarioError> 
         report.check(
             "latency p99 within target",
             full.p99_ms.is_some_and(|p| p <= limit),
-            format!("p99 {:?} ms, target {limit} ms", full.p99_ms),
+            format!("p99 {}, target {limit} ms", opt(full.p99_ms, "ms")),
         );
     }
     Ok(report)

@@ -25,7 +25,7 @@ use crate::cli::{FaultKind, WedgeArgs};
 use crate::client::status::{admin_post, HealthSample};
 use crate::client::{timed_open, Connector, Opened, Target, Transport};
 use crate::metrics::{Outcome, Timeline};
-use crate::report::Report;
+use crate::report::{opt, Report};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -279,19 +279,28 @@ fn wedge_checks(
     report.check(
         "server noticed",
         detect_s.is_some(),
-        format!("/health degraded or repair counters moved: {detect_s:?} s"),
+        format!(
+            "/health degraded or repair counters moved after {}",
+            opt(detect_s, "s")
+        ),
     );
     report.check(
         "recovered in time",
         recover_s.is_some_and(|r| r <= bound),
-        format!("new clients admitted after {recover_s:?} s, bound {bound} s"),
+        format!(
+            "new clients admitted after {}, bound {bound} s",
+            opt(recover_s, "s")
+        ),
     );
     if let Some(limit) = args.expect_detect_within {
         let lag = detect_s.map(|d| d - visible_after.unwrap_or(0.0));
         report.check(
             "noticed in time",
             lag.is_some_and(|l| l <= limit),
-            format!("noticed {lag:?} s after the fault became visible, limit {limit} s"),
+            format!(
+                "noticed {} after the fault became visible, limit {limit} s",
+                opt(lag, "s")
+            ),
         );
     }
 }
