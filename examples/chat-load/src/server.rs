@@ -32,6 +32,9 @@ pub enum SpawnError {
         /// The error.
         source: std::io::Error,
     },
+    /// It exited before printing its addresses.
+    #[error("chat-server exited before listening ({0}){1}")]
+    Exited(String, String),
     /// It started but never printed its addresses.
     #[error("chat-server did not print `listening http=… tcp=… status=…` within {0:?}{1}")]
     NoAddresses(Duration, String),
@@ -250,14 +253,20 @@ impl SpawnedServer {
         // Keep draining so the forwarding task never stalls.
         tokio::spawn(async move { while line_rx.recv().await.is_some() {} });
         let Some((http, tcp, status)) = found else {
-            let _ = child.kill().await;
-            let _ = std::fs::remove_dir_all(&data_dir);
             let tail = if seen.is_empty() {
                 String::new()
             } else {
                 format!("; it printed:\n{}", seen.join("\n"))
             };
-            return Err(SpawnError::NoAddresses(wait, tail));
+            // Output ended early when the process exited; give it a moment
+            // to be reaped so the error can say so.
+            let exited = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+            let _ = child.kill().await;
+            let _ = std::fs::remove_dir_all(&data_dir);
+            return Err(match exited {
+                Ok(Ok(status)) => SpawnError::Exited(status.to_string(), tail),
+                _ => SpawnError::NoAddresses(wait, tail),
+            });
         };
         Ok(SpawnedServer {
             child,
