@@ -414,6 +414,10 @@ impl Browser {
             "goog:chromeOptions": {
                 "binary": chromium.display().to_string(),
                 "args": args,
+                // No speculative preconnects: every connection the page
+                // holds is one it uses, which keeps connection counts in
+                // the capacity tests exact.
+                "prefs": { "net": { "network_prediction_options": 2 } },
             },
         });
         let Value::Object(caps) = caps else {
@@ -489,8 +493,16 @@ pub async fn wait_js(
             Err(e) => last = Value::String(format!("error: {e}")),
         }
         if Instant::now() >= deadline {
+            let page = client
+                .execute(
+                    "return location.href + ' :: ' + \
+                     (document.body ? document.body.innerText : '').slice(0, 600);",
+                    vec![],
+                )
+                .await
+                .unwrap_or_default();
             return Err(format!(
-                "timed out after {timeout:?} waiting for {what}; last value: {last}"
+                "timed out after {timeout:?} waiting for {what}; last value: {last}; page: {page}"
             )
             .into());
         }
