@@ -249,6 +249,7 @@ async fn leak(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, Scenari
     wedge_checks(
         &mut report,
         first_reject.is_some(),
+        "new clients turned away after the leak",
         detect_s,
         recover_s,
         bound,
@@ -258,9 +259,11 @@ async fn leak(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, Scenari
     Ok(report)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn wedge_checks(
     report: &mut Report,
     fault_seen: bool,
+    effect: &str,
     detect_s: Option<f64>,
     recover_s: Option<f64>,
     bound: f64,
@@ -271,9 +274,9 @@ fn wedge_checks(
         "fault took effect",
         fault_seen,
         if fault_seen {
-            "new clients were turned away after the fault".to_string()
+            effect.to_string()
         } else {
-            "no client was ever turned away: the fault did not bite".to_string()
+            format!("not seen: the fault did not bite ({effect})")
         },
     );
     report.check(
@@ -385,9 +388,10 @@ async fn stall(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, Scenar
     let queued = ctx
         .health
         .wait_for(Duration::from_secs(3), |s| {
-            s.health.limiters.chat.waiting > 0
+            s.health.limiters.chat.waiting >= args.waiters.max(1)
         })
-        .await;
+        .await
+        .or_else(|| ctx.health.latest());
     let queued_n = queued.map(|s| s.health.limiters.chat.waiting).unwrap_or(0);
 
     // Free every slot: the queued clients should get in at once.
@@ -459,6 +463,7 @@ async fn stall(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, Scenar
     wedge_checks(
         &mut report,
         fault_seen,
+        "queued clients left waiting beside free permits",
         detect_s,
         all_in,
         bound,
