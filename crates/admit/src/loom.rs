@@ -5,13 +5,35 @@
 
 #[cfg(admit_loom)]
 pub(crate) use loom::{
-    future::AtomicWaker,
     sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     sync::Arc,
 };
 
-#[cfg(not(admit_loom))]
-pub(crate) use futures_util::task::AtomicWaker;
+/// A waker cell with one interface whichever implementation is underneath.
+#[derive(Default)]
+pub(crate) struct AtomicWaker {
+    #[cfg(admit_loom)]
+    inner: loom::future::AtomicWaker,
+    #[cfg(not(admit_loom))]
+    inner: futures_util::task::AtomicWaker,
+}
+
+impl AtomicWaker {
+    pub(crate) fn new() -> AtomicWaker {
+        AtomicWaker::default()
+    }
+
+    pub(crate) fn register(&self, waker: &std::task::Waker) {
+        #[cfg(admit_loom)]
+        self.inner.register_by_ref(waker);
+        #[cfg(not(admit_loom))]
+        self.inner.register(waker);
+    }
+
+    pub(crate) fn wake(&self) {
+        self.inner.wake();
+    }
+}
 #[cfg(not(admit_loom))]
 pub(crate) use std::sync::{
     atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},

@@ -1,0 +1,174 @@
+//! loom models of the limiter's core invariants (DESIGN.md I1–I4).
+//!
+//! Run with:
+//! `RUSTFLAGS="--cfg admit_loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p admit --release --test loom_limiter`
+#![cfg(admit_loom)]
+
+use admit::{Limiter, Rejected};
+use loom::future::block_on;
+use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync::Arc;
+use loom::thread;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+/// Polls once with a waker that does nothing: queues the waiter.
+fn park<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+    Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
+}
+
+fn limiter(capacity: u32, max: u32, queue: u32) -> Limiter {
+    Limiter::builder()
+        .capacity(capacity)
+        .max_capacity(max)
+        .queue_limit(queue)
+        .build()
+        .unwrap()
+}
+
+/// (a) Three threads racing try_acquire / drop never hold more than the
+/// capacity, and every permit comes back.
+#[test]
+fn cap_holds_under_racing_try_acquire() {
+    loom::model(|| {
+        let l = limiter(2, 2, 0);
+        let inside = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let l = l.clone();
+                let inside = inside.clone();
+                thread::spawn(move || {
+                    if let Ok(p) = l.try_acquire() {
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        assert!(now <= 2, "{now} permits held with capacity 2");
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        drop(p);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(l.in_use(), 0);
+        assert_eq!(l.available(), 2);
+    });
+}
+
+/// (b) A release with a waiter queued always reaches the waiter: if the
+/// wake-up were lost, `block_on` would never return and loom reports a
+/// deadlock.
+#[test]
+fn release_never_loses_the_wakeup() {
+    loom::model(|| {
+        let l = limiter(1, 1, 1);
+        let held = l.try_acquire().unwrap();
+        let waiter = {
+            let l = l.clone();
+            thread::spawn(move || {
+                let p = block_on(l.acquire()).expect("granted");
+                assert_eq!(l.in_use(), 1);
+                drop(p);
+            })
+        };
+        drop(held);
+        waiter.join().unwrap();
+        assert_eq!(l.in_use(), 0);
+        assert_eq!(l.waiting(), 0);
+    });
+}
+
+/// (c) A waiter cancelled while a permit is being handed to it passes the
+/// permit on to the next waiter; nothing leaks.
+#[test]
+fn cancelled_waiter_passes_the_permit_on() {
+    loom::model(|| {
+        let l = limiter(1, 1, 2);
+        let held = l.try_acquire().unwrap();
+        let mut first = l.acquire();
+        let mut second = l.acquire();
+        assert!(park(&mut first).is_pending());
+        assert!(park(&mut second).is_pending());
+        let releaser = thread::spawn(move || drop(held));
+        let next = {
+            let l = l.clone();
+            thread::spawn(move || {
+                let p = block_on(second).expect("second waiter granted");
+                assert_eq!(l.in_use(), 1);
+                drop(p);
+            })
+        };
+        drop(first);
+        releaser.join().unwrap();
+        next.join().unwrap();
+        assert_eq!(l.in_use(), 0);
+        assert_eq!(l.waiting(), 0);
+        assert!(l.try_acquire().is_ok());
+    });
+}
+
+/// (d) close racing a release and a waiter: everyone wakes, the waiter ends
+/// with a permit (granted before the close) or `Closed`, nothing leaks and
+/// the limiter drains.
+#[test]
+fn close_wakes_everyone_and_leaks_nothing() {
+    loom::model(|| {
+        let l = limiter(1, 1, 1);
+        let held = l.try_acquire().unwrap();
+        let mut w = l.acquire();
+        assert!(park(&mut w).is_pending());
+        let closer = {
+            let l = l.clone();
+            thread::spawn(move || l.close())
+        };
+        let releaser = thread::spawn(move || drop(held));
+        match block_on(w) {
+            Ok(p) => drop(p),
+            Err(e) => assert_eq!(e, Rejected::Closed),
+        }
+        closer.join().unwrap();
+        releaser.join().unwrap();
+        assert_eq!(l.in_use(), 0);
+        assert_eq!(l.waiting(), 0);
+        assert_eq!(l.try_acquire().unwrap_err(), Rejected::Closed);
+        block_on(l.drained());
+    });
+}
+
+/// (e) set_capacity racing acquire and release keeps the cap (I1) and gives
+/// every permit back exactly once (I2).
+#[test]
+fn set_capacity_races_keep_the_cap() {
+    loom::model(|| {
+        let l = limiter(1, 2, 1);
+        let inside = Arc::new(AtomicUsize::new(1));
+        let held = l.try_acquire().unwrap();
+        let mut w = l.acquire();
+        assert!(park(&mut w).is_pending());
+        let resizer = {
+            let l = l.clone();
+            thread::spawn(move || {
+                l.set_capacity(2).unwrap();
+                l.set_capacity(1).unwrap();
+            })
+        };
+        let releaser = {
+            let inside = inside.clone();
+            thread::spawn(move || {
+                inside.fetch_sub(1, Ordering::SeqCst);
+                drop(held);
+            })
+        };
+        let p = block_on(w).expect("waiter granted");
+        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+        assert!(now <= 2, "{now} permits held with max capacity 2");
+        resizer.join().unwrap();
+        releaser.join().unwrap();
+        assert!(l.in_use() <= 1);
+        drop(p);
+        assert_eq!(l.in_use(), 0);
+        assert_eq!(l.capacity(), 1);
+        assert!(l.try_acquire().is_ok());
+    });
+}
