@@ -1,1 +1,410 @@
-//! placeholder
+//! # chat-server
+//!
+//! A team chat server assembled from the `admit` crates: an HTTP JSON API
+//! and WebSocket on one port, a raw TCP line protocol on another, and a
+//! status listener with health, metrics, a live status page and admin
+//! endpoints on a third. Its external behaviour is fixed by the contract in
+//! `CONTRACT.md`; this crate is the reading copy of how to hold a real
+//! service up with a limiter that can see, report and repair itself.
+//!
+//! ## How a connection flows
+//!
+//! ```text
+//! accept ─► admission (per-IP share + chat Limiter permit) ─► protocol task
+//!   │            └─ refused: 503 + Retry-After / BUSY, close
+//!   └─ permit rides in TouchIo: every read/write touches the lease
+//! watchdog thread ─► revokes leases idle past --idle-timeout ─► task closes
+//! ```
+//!
+//! One [`admit::Limiter`] (`chat`) is shared by the HTTP/WebSocket and TCP
+//! listeners, so the budget is one number however clients connect. The
+//! status listener has its own small limiter (`status`), so `/health`
+//! answers while chat is full.
+//!
+//! ## Modules
+//!
+//! * [`protocol`] — pure decoders for every network input (fuzzable).
+//! * [`admission`] — accept loops, per-IP caps, refusals, lease touching.
+//! * [`api`] — HTTP API, web client, WebSocket upgrade, HTTP connection serving.
+//! * [`ws`], [`tcp`] — one task per chat connection.
+//! * [`chat`] — accounts, tokens, rooms, posting, history.
+//! * [`hub`] — rooms in memory and bounded fan-out.
+//! * [`store`] — SQLite with group commit on a dedicated thread.
+//! * [`status`] — health, metrics, status page, admin.
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod api;
+pub mod chat;
+pub mod hub;
+pub mod protocol;
+pub mod status;
+pub mod store;
+pub mod tcp;
+pub mod ws;
+
+use admission::{accept_loop, Gate, PerIp, Refusal};
+use admit::{Limiter, Watchdog, WatchdogConfig};
+use chat::Chat;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Connections the status listener admits at once.
+pub const STATUS_CAPACITY: u32 = 64;
+/// How long shutdown waits for connections to finish before closing the
+/// database anyway (the contract allows 10 s in all).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything the server needs to start; `main.rs` fills it from flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP API, web client and WebSocket.
+    pub http: SocketAddr,
+    /// Raw TCP line protocol.
+    pub tcp: SocketAddr,
+    /// Status listener.
+    pub status: SocketAddr,
+    /// Directory holding `chat.db`.
+    pub data: PathBuf,
+    /// One budget for HTTP/WS and TCP chat connections.
+    pub max_connections: u32,
+    /// Concurrent chat connections per address (IPv6: per /64).
+    pub per_ip: u32,
+    /// Connections that may wait for a slot; 0 rejects at once.
+    pub queue: u32,
+    /// Connections with no traffic this long are closed.
+    pub idle_timeout: Duration,
+    /// Enables `/admin/*`.
+    pub admin_token: Option<String>,
+    /// Enables `POST /admin/faults`.
+    pub fault_injection: bool,
+    /// Lifetime of a bearer token.
+    pub token_ttl: Duration,
+    /// Argon2id memory cost in KiB (the OWASP-recommended 19 MiB by default;
+    /// tests lower it to run fast).
+    pub argon2_m_cost: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: ([127, 0, 0, 1], 8080).into(),
+            tcp: ([127, 0, 0, 1], 7070).into(),
+            status: ([127, 0, 0, 1], 8081).into(),
+            data: "./data".into(),
+            max_connections: default_max_connections(),
+            per_ip: 256,
+            queue: 0,
+            idle_timeout: Duration::from_secs(300),
+            admin_token: None,
+            fault_injection: false,
+            token_ttl: Duration::from_secs(30 * 24 * 3600),
+            argon2_m_cost: 19 * 1024,
+        }
+    }
+}
+
+/// `min(10000, half the open-file limit)`: every connection costs a
+/// descriptor, and the database, listeners and refusals need some too.
+pub fn default_max_connections() -> u32 {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        })
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1024);
+    (soft / 2).clamp(1, 10_000) as u32
+}
+
+/// The addresses the server actually bound (ports may have been 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs {
+    /// HTTP listener.
+    pub http: SocketAddr,
+    /// TCP listener.
+    pub tcp: SocketAddr,
+    /// Status listener.
+    pub status: SocketAddr,
+}
+
+impl std::fmt::Display for Addrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "listening http={} tcp={} status={}",
+            self.http, self.tcp, self.status
+        )
+    }
+}
+
+/// State shared by every handler.
+#[derive(Debug)]
+pub struct App {
+    /// The chat service.
+    pub chat: Arc<Chat>,
+    /// The shared chat connection limiter.
+    pub chat_limiter: Limiter,
+    /// The status listener's limiter.
+    pub status_limiter: Limiter,
+    /// Admin bearer token, if admin is enabled.
+    pub admin_token: Option<String>,
+    /// Whether fault injection is enabled.
+    pub fault_injection: bool,
+    /// When the server started.
+    pub started: Instant,
+    /// This server's metrics recorder.
+    pub recorder: metrics_exporter_prometheus::PrometheusRecorder,
+    /// Turns true when connections must go away (drain or shutdown).
+    pub goodbye: watch::Sender<bool>,
+    /// Set once a drain or shutdown began.
+    pub draining: AtomicBool,
+}
+
+impl App {
+    /// Stops admitting chat connections and asks every connected client
+    /// to go away (WebSocket close 1001, TCP `BYE`). Listeners stay up and
+    /// refuse newcomers with 503 / `BUSY`.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.chat_limiter.close();
+        self.goodbye.send_replace(true);
+    }
+}
+
+/// A bound, not yet running server.
+#[derive(Debug)]
+pub struct Server {
+    app: Arc<App>,
+    addrs: Addrs,
+    listeners: (TcpListener, TcpListener, TcpListener),
+    queue: bool,
+    per_ip: u32,
+    idle_timeout: Duration,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The database could not be opened.
+    #[error("cannot open the database: {0}")]
+    Store(#[from] store::StoreError),
+    /// The limiter or watchdog could not be set up.
+    #[error("cannot set up admission: {0}")]
+    Admission(String),
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    // std's listen backlog (128) is too short for a connection storm; with
+    // socket2-free code the simplest larger backlog is tokio's TcpSocket.
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .and_then(|s| {
+        s.set_reuseaddr(true)?;
+        s.bind(addr)?;
+        Ok(s)
+    })
+    .map_err(|source| StartError::Bind { addr, source })?;
+    socket
+        .listen(1024)
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+impl Server {
+    /// Opens the database and binds the three listeners.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        let http = bind(config.http).await?;
+        let tcp = bind(config.tcp).await?;
+        let status = bind(config.status).await?;
+        let addrs = Addrs {
+            http: http.local_addr().map_err(|source| StartError::Bind {
+                addr: config.http,
+                source,
+            })?,
+            tcp: tcp.local_addr().map_err(|source| StartError::Bind {
+                addr: config.tcp,
+                source,
+            })?,
+            status: status.local_addr().map_err(|source| StartError::Bind {
+                addr: config.status,
+                source,
+            })?,
+        };
+        let data = config.data.clone();
+        let store = tokio::task::spawn_blocking(move || store::Store::open(&data))
+            .await
+            .map_err(|e| StartError::Admission(e.to_string()))??;
+        let chat = Chat::new(Arc::new(store), config.token_ttl, config.argon2_m_cost)?;
+        let max = config.max_connections.max(1);
+        let chat_limiter = Limiter::builder()
+            .capacity(max)
+            // Room for an operator to raise the capacity at run time.
+            .max_capacity(max.saturating_mul(2).min(admit::MAX_CAPACITY))
+            .queue_limit(config.queue.min(admit::MAX_QUEUE))
+            .name("chat")
+            .build()
+            .map_err(|e| StartError::Admission(e.to_string()))?;
+        let status_limiter = Limiter::builder()
+            .capacity(STATUS_CAPACITY)
+            .name("status")
+            .build()
+            .map_err(|e| StartError::Admission(e.to_string()))?;
+        let app = Arc::new(App {
+            chat: Arc::new(chat),
+            chat_limiter,
+            status_limiter,
+            admin_token: config.admin_token.clone(),
+            fault_injection: config.fault_injection,
+            started: Instant::now(),
+            recorder: metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder(),
+            goodbye: watch::Sender::new(false),
+            draining: AtomicBool::new(false),
+        });
+        Ok(Server {
+            app,
+            addrs,
+            listeners: (http, tcp, status),
+            queue: config.queue > 0,
+            per_ip: config.per_ip.max(1),
+            idle_timeout: config.idle_timeout,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
+    }
+
+    /// The shared state (for embedding and tests).
+    pub fn app(&self) -> Arc<App> {
+        self.app.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: stops accepting, says
+    /// goodbye to every client, waits up to [`SHUTDOWN_GRACE`] for them to
+    /// go, and commits what the database still has queued.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), StartError> {
+        let app = self.app;
+        tracing::info!("{}", self.addrs);
+
+        // The watchdog runs on its own thread. Idle leases are revoked after
+        // --idle-timeout; the connection then closes itself, and a lease
+        // whose holder never lets go (a leak) is reclaimed after the grace.
+        let grace =
+            (self.idle_timeout / 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
+        let wd_config = WatchdogConfig::default()
+            .interval(Duration::from_millis(100))
+            .max_idle(self.idle_timeout)
+            .grace(grace);
+        let chat_watchdog = Watchdog::spawn(app.chat_limiter.clone(), wd_config)
+            .map_err(|e| StartError::Admission(format!("watchdog: {e}")))?;
+        let status_watchdog = Watchdog::spawn(
+            app.status_limiter.clone(),
+            WatchdogConfig::default().max_idle(Duration::from_secs(300)),
+        )
+        .map_err(|e| StartError::Admission(format!("watchdog: {e}")))?;
+
+        let (stop_tx, stop) = watch::channel(false);
+        let (http, tcp, status) = self.listeners;
+        let per_ip = PerIp::new(self.per_ip);
+        let chat_gate = Gate::new(app.chat_limiter.clone(), Some(per_ip), self.queue);
+
+        let api = api::router(app.clone());
+        let goodbye = app.goodbye.clone();
+        let http_task = tokio::spawn(accept_loop(
+            http,
+            chat_gate.clone(),
+            Refusal::Http,
+            stop.clone(),
+            {
+                let goodbye = goodbye.clone();
+                move |stream, _peer, adm| {
+                    api::serve_connection(stream, adm, api.clone(), goodbye.subscribe())
+                }
+            },
+        ));
+        let chat = app.chat.clone();
+        let tcp_task = tokio::spawn(accept_loop(tcp, chat_gate, Refusal::Line, stop.clone(), {
+            let goodbye = goodbye.clone();
+            move |stream, _peer, adm| tcp::run(stream, adm, chat.clone(), goodbye.subscribe())
+        }));
+        let status_router = status::router(app.clone());
+        let status_gate = Gate::new(app.status_limiter.clone(), None, false);
+        let status_task = tokio::spawn(accept_loop(
+            status,
+            status_gate,
+            Refusal::Http,
+            stop.clone(),
+            {
+                let goodbye = goodbye.clone();
+                move |stream, _peer, adm| {
+                    api::serve_connection(stream, adm, status_router.clone(), goodbye.subscribe())
+                }
+            },
+        ));
+
+        shutdown.await;
+        tracing::info!("shutting down: closing listeners and saying goodbye to clients");
+        stop_tx.send_replace(true);
+        let _ = tokio::join!(http_task, tcp_task, status_task);
+        app.begin_drain();
+        app.status_limiter.close();
+        let drained = async {
+            app.chat_limiter.drained().await;
+            app.status_limiter.drained().await;
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+            tracing::warn!(
+                in_use = app.chat_limiter.in_use(),
+                "some connections did not close in time; closing the database anyway"
+            );
+        }
+        let store = app.chat.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.shutdown()).await;
+        drop((chat_watchdog, status_watchdog));
+        tracing::info!("shut down cleanly");
+        Ok(())
+    }
+}
+
+/// Binds and serves `config` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    Server::bind(config).await?.run(shutdown).await
+}
+
+/// Resolves once a `watch` flag is true (or its sender is gone). The
+/// borrow `wait_for` returns is dropped here, so callers can hold this
+/// across `.await`s in `Send` futures.
+pub async fn until_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}

@@ -1,0 +1,275 @@
+//! The status listener: health, metrics, the status page, a live feed and
+//! the admin endpoints.
+//!
+//! It runs on its own port with its own small limiter, so it keeps
+//! answering when the chat listeners are full — exactly when an operator
+//! needs it most.
+//!
+//! * `GET /health` — 200 while chat admits (healthy or saturated), 503
+//!   otherwise; the body is [`HealthReport`].
+//! * `GET /metrics` — Prometheus text, rendered from fresh snapshots.
+//! * `GET /status` — the human status page.
+//! * `GET /events` — server-sent events: one `health` event carrying the
+//!   `/health` JSON every 500 ms, for the status page's live view.
+//! * `POST /admin/*` — with `Authorization: Bearer <admin token>`; 404 when
+//!   the server has no admin token, 401 when the token is wrong.
+
+use crate::api::{bearer, body_bytes, ApiError};
+use crate::protocol::http::{decode_capacity, decode_fault, decode_revoke, Fault};
+use crate::protocol::ProtoError;
+use crate::App;
+use admit::{HealthState, Snapshot};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+const STATUS_HTML: &str = include_str!("../assets/status.html");
+
+/// How often `/events` pushes the health JSON.
+pub const EVENTS_EVERY: Duration = Duration::from_millis(500);
+
+/// The `/health` body.
+#[derive(Debug, Serialize)]
+pub struct HealthReport {
+    /// `healthy`, `saturated`, `degraded` or `draining`.
+    pub status: &'static str,
+    /// Why it is degraded, if it is.
+    pub cause: Option<admit::Cause>,
+    /// Snapshots of the `chat` and `status` limiters.
+    pub limiters: Limiters,
+    /// The chat limiter's watchdog.
+    pub watchdog: WatchdogReport,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Chat figures beyond the limiter's.
+    pub chat: ChatReport,
+}
+
+/// Both limiters' snapshots.
+#[derive(Debug, Serialize)]
+pub struct Limiters {
+    /// The shared HTTP/WS + TCP chat limiter.
+    pub chat: Snapshot,
+    /// The status listener's own limiter.
+    pub status: Snapshot,
+}
+
+/// The watchdog's heartbeat.
+#[derive(Debug, Serialize)]
+pub struct WatchdogReport {
+    /// Whether it ticked recently.
+    pub alive: bool,
+    /// Milliseconds since its last tick.
+    pub last_tick_ms: u64,
+}
+
+/// Chat figures.
+#[derive(Debug, Serialize)]
+pub struct ChatReport {
+    /// Messages committed since start.
+    pub messages_total: u64,
+    /// Room subscriptions held by connections.
+    pub subscriptions: usize,
+}
+
+/// Builds the health report and its HTTP status.
+pub fn health_report(app: &App) -> (StatusCode, HealthReport) {
+    let chat = app.chat_limiter.health().snapshot();
+    let status = app.status_limiter.health().snapshot();
+    let draining = app.draining.load(Ordering::Acquire);
+    let (label, code) = match chat.state {
+        _ if draining => ("draining", StatusCode::SERVICE_UNAVAILABLE),
+        HealthState::Healthy => ("healthy", StatusCode::OK),
+        HealthState::Saturated => ("saturated", StatusCode::OK),
+        HealthState::Degraded(_) => ("degraded", StatusCode::SERVICE_UNAVAILABLE),
+        HealthState::Draining | HealthState::Closed => {
+            ("draining", StatusCode::SERVICE_UNAVAILABLE)
+        }
+    };
+    let report = HealthReport {
+        status: label,
+        cause: chat.state.cause(),
+        watchdog: WatchdogReport {
+            alive: chat.watchdog.alive,
+            last_tick_ms: chat.watchdog.last_tick_ms,
+        },
+        uptime_s: app.started.elapsed().as_secs(),
+        chat: ChatReport {
+            messages_total: app.chat.messages_total.load(Ordering::Relaxed),
+            subscriptions: app.chat.hub.subscriptions(),
+        },
+        limiters: Limiters { chat, status },
+    };
+    (code, report)
+}
+
+/// The status router.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/status", get(|| async { Html(STATUS_HTML) }))
+        .route("/events", get(events))
+        .route("/admin/capacity", post(set_capacity))
+        .route("/admin/drain", post(drain))
+        .route("/admin/revoke", post(revoke))
+        .route("/admin/faults", post(faults))
+        .fallback(|| async { ApiError(ProtoError::new("not_found", "no such endpoint")) })
+        .with_state(app)
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let (code, report) = health_report(&app);
+    (code, Json(report)).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let chat = app.chat_limiter.health();
+    let status = app.status_limiter.health();
+    let (cs, ss) = (chat.snapshot(), status.snapshot());
+    // The recorder is this server's own, not the process-wide one, so
+    // several servers in one process (as in the tests) don't mix figures.
+    metrics::with_local_recorder(&app.recorder, || {
+        chat.publish_metrics(&cs);
+        status.publish_metrics(&ss);
+        metrics::counter!("chat_messages_total")
+            .absolute(app.chat.messages_total.load(Ordering::Relaxed));
+        metrics::gauge!("chat_subscriptions").set(app.chat.hub.subscriptions() as f64);
+        metrics::gauge!("chat_uptime_seconds").set(app.started.elapsed().as_secs_f64());
+    });
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.recorder.handle().render(),
+    )
+        .into_response()
+}
+
+async fn events(State(app): State<Arc<App>>) -> Response {
+    let goodbye = app.goodbye.subscribe();
+    let stream = futures::stream::unfold(
+        (app, goodbye, true),
+        |(app, mut goodbye, first)| async move {
+            if !first {
+                tokio::select! {
+                    _ = tokio::time::sleep(EVENTS_EVERY) => {}
+                    // End the stream on shutdown so the connection can close.
+                    _ = crate::until_true(&mut goodbye) => return None,
+                }
+            }
+            if *goodbye.borrow() {
+                return None;
+            }
+            let (_, report) = health_report(&app);
+            let data = serde_json::to_string(&report).unwrap_or_default();
+            let ev = Event::default().event("health").data(data);
+            Some((Ok::<_, std::convert::Infallible>(ev), (app, goodbye, false)))
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// Extractor guarding the admin endpoints.
+#[derive(Debug)]
+pub struct Admin;
+
+impl FromRequestParts<Arc<App>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(expected) = app.admin_token.as_deref() else {
+            return Err(ApiError(ProtoError::new(
+                "not_found",
+                "admin endpoints are disabled",
+            )));
+        };
+        match bearer(parts) {
+            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(Admin),
+            _ => Err(ApiError(ProtoError::new(
+                "unauthorized",
+                "admin token required",
+            ))),
+        }
+    }
+}
+
+/// Compares without an early exit, so response time says nothing about
+/// how much of the token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn set_capacity(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let c = decode_capacity(&body_bytes(body).await?)?;
+    app.chat_limiter
+        .set_capacity(c.capacity)
+        .map_err(|e| ProtoError::bad_request(e.to_string()))?;
+    tracing::warn!(capacity = c.capacity, "chat capacity changed by admin");
+    Ok(Json(app.chat_limiter.health().snapshot()).into_response())
+}
+
+async fn drain(State(app): State<Arc<App>>, _: Admin) -> StatusCode {
+    tracing::warn!("drain requested by admin");
+    app.begin_drain();
+    StatusCode::ACCEPTED
+}
+
+async fn revoke(State(app): State<Arc<App>>, _: Admin, body: Body) -> Result<Response, ApiError> {
+    let r = decode_revoke(&body_bytes(body).await?)?;
+    let n = app
+        .chat_limiter
+        .revoke_idle(Duration::from_millis(r.idle_ms));
+    tracing::warn!(
+        revoked = n,
+        idle_ms = r.idle_ms,
+        "idle connections revoked by admin"
+    );
+    Ok(Json(serde_json::json!({ "revoked": n })).into_response())
+}
+
+async fn faults(
+    State(app): State<Arc<App>>,
+    admin: Result<Admin, ApiError>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    // Without --fault-injection the endpoint does not exist at all.
+    if !app.fault_injection {
+        return Err(ApiError(ProtoError::new(
+            "not_found",
+            "fault injection is disabled",
+        )));
+    }
+    admin?;
+    let f = decode_fault(&body_bytes(body).await?)?;
+    let faults = app.chat_limiter.faults();
+    let body = match f {
+        Fault::Leak { permits } => {
+            let n = faults.leak(permits as usize);
+            tracing::warn!(leaked = n, "fault injected: permits leaked");
+            serde_json::json!({ "kind": "leak", "leaked": n })
+        }
+        Fault::Stall { wakeups } => {
+            faults.stall(wakeups);
+            tracing::warn!(wakeups, "fault injected: wake-ups will be lost");
+            serde_json::json!({ "kind": "stall", "wakeups": wakeups })
+        }
+    };
+    Ok(Json(body).into_response())
+}

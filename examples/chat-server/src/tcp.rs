@@ -1,0 +1,244 @@
+//! One raw TCP line-protocol connection.
+//!
+//! Like the WebSocket side, one task owns the socket and selects over the
+//! client's bytes, the outbox, revocation and the server's goodbye. Input
+//! goes through [`LineFramer`] (bounded memory, over-long lines refused
+//! without being buffered) and [`parse_line`].
+
+use crate::admission::{Admission, TouchIo};
+use crate::chat::{Chat, Session};
+use crate::hub::{Outbox, Push};
+use crate::protocol::tcp::{
+    format_msg, parse_line, Command, Frame, LineFramer, GREETING, MAX_LINE,
+};
+use crate::protocol::ProtoError;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+type Io = TouchIo<TcpStream>;
+
+async fn line(io: &mut Io, text: &str) -> bool {
+    let mut buf = Vec::with_capacity(text.len() + 1);
+    buf.extend_from_slice(text.as_bytes());
+    buf.push(b'\n');
+    io.write_all(&buf).await.is_ok()
+}
+
+async fn err(io: &mut Io, e: &ProtoError) -> bool {
+    // Messages are ours and single-line, but be safe.
+    let msg = e.message.replace(['\n', '\r'], " ");
+    line(io, &format!("ERR {} {msg}", e.code)).await
+}
+
+struct Conn {
+    chat: Arc<Chat>,
+    session: Option<(Session, Arc<Outbox>)>,
+    joined: Vec<Arc<str>>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some((_, outbox)) = &self.session {
+            for room in self.joined.drain(..) {
+                self.chat.hub.leave(&room, outbox);
+            }
+        }
+    }
+}
+
+enum Next {
+    Continue,
+    Close,
+}
+
+/// Runs a connection until it closes.
+pub async fn run(
+    stream: TcpStream,
+    admission: Admission,
+    chat: Arc<Chat>,
+    mut goodbye: watch::Receiver<bool>,
+) {
+    let admission = Arc::new(admission);
+    let mut io = TouchIo::new(stream, admission.clone());
+    if !line(&mut io, GREETING).await {
+        return;
+    }
+    let mut conn = Conn {
+        chat,
+        session: None,
+        joined: Vec::new(),
+    };
+    let mut framer = LineFramer::new();
+    let mut inbox: Option<mpsc::Receiver<Push>> = None;
+    let mut buf = vec![0u8; MAX_LINE];
+    loop {
+        let outbox = conn.session.as_ref().map(|(_, o)| o.clone());
+        tokio::select! {
+            _ = crate::until_true(&mut goodbye) => {
+                line(&mut io, "BYE").await;
+                break;
+            }
+            _ = admission.permit.revoked() => {
+                line(&mut io, "BYE").await;
+                break;
+            }
+            _ = async { match &outbox { Some(o) => o.lagged().await, None => std::future::pending().await } } => {
+                let e = ProtoError::new("lagged", "too far behind; reconnect and catch up with HISTORY");
+                err(&mut io, &e).await;
+                break;
+            }
+            Some(push) = async { match inbox.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                if !send_push(&mut io, &push).await {
+                    break;
+                }
+            }
+            n = io.read(&mut buf) => {
+                let n = match n {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                framer.push(&buf[..n]);
+                let mut close = false;
+                while let Some(frame) = framer.next_frame() {
+                    let next = match frame {
+                        Frame::TooLong => {
+                            let ok = err(&mut io, &ProtoError::new("too_long", "lines are at most 4096 bytes")).await;
+                            if ok { Next::Continue } else { Next::Close }
+                        }
+                        Frame::Line(l) => conn.handle(&mut io, &l, &mut inbox).await,
+                    };
+                    if let Next::Close = next {
+                        close = true;
+                        break;
+                    }
+                }
+                if close {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = io.shutdown().await;
+}
+
+async fn send_push(io: &mut Io, push: &Push) -> bool {
+    match push {
+        Push::Message(ev) => line(io, &format_msg(&ev.room, ev.id, &ev.from, &ev.text)).await,
+        // The line protocol has no presence lines.
+        Push::Presence { .. } => true,
+        Push::Ack { client_id, id } => line(io, &format!("OK ack {client_id} {id}")).await,
+        Push::Failed { client_id } => {
+            err(
+                io,
+                &ProtoError::new(
+                    "internal",
+                    format!("message {client_id} was not stored; send it again"),
+                ),
+            )
+            .await
+        }
+    }
+}
+
+impl Conn {
+    async fn handle(
+        &mut self,
+        io: &mut Io,
+        raw: &[u8],
+        inbox: &mut Option<mpsc::Receiver<Push>>,
+    ) -> Next {
+        let cmd = match parse_line(raw) {
+            Ok(c) => c,
+            Err(e) => return cont(err(io, &e).await),
+        };
+        if self.session.is_none() && !cmd.allowed_before_auth() {
+            return cont(err(io, &ProtoError::new("unauthorized", "AUTH first")).await);
+        }
+        let ok = match cmd {
+            Command::Ping => line(io, "PONG").await,
+            Command::Quit => {
+                line(io, "BYE").await;
+                return Next::Close;
+            }
+            Command::Auth(token) => {
+                if self.session.is_some() {
+                    err(io, &ProtoError::bad_request("already authenticated")).await
+                } else {
+                    match self.chat.authenticate(&token).await {
+                        Ok(s) => {
+                            let (outbox, rx) = Outbox::new(&self.chat.hub, s.name.clone());
+                            *inbox = Some(rx);
+                            let ok = line(io, &format!("OK ready {}", s.name)).await;
+                            self.session = Some((s, outbox));
+                            ok
+                        }
+                        Err(e) => err(io, &e).await,
+                    }
+                }
+            }
+            Command::Join(room) => {
+                let Some((s, outbox)) = &self.session else {
+                    return Next::Close;
+                };
+                match self.chat.hub.join(&room, s.user_id, outbox) {
+                    Ok(name) => {
+                        if !self.joined.contains(&name) {
+                            self.joined.push(name);
+                        }
+                        line(io, &format!("OK joined {room}")).await
+                    }
+                    Err(e) => err(io, &e).await,
+                }
+            }
+            Command::Leave(room) => {
+                let Some((_, outbox)) = &self.session else {
+                    return Next::Close;
+                };
+                self.chat.hub.leave(&room, outbox);
+                self.joined.retain(|r| **r != *room);
+                line(io, &format!("OK left {room}")).await
+            }
+            Command::Say {
+                room,
+                client_id,
+                text,
+            } => {
+                let Some((s, outbox)) = &self.session else {
+                    return Next::Close;
+                };
+                match self.chat.send(s, outbox, &room, client_id, text) {
+                    Ok(()) => true,
+                    Err(e) => err(io, &e).await,
+                }
+            }
+            Command::History { room, limit } => {
+                let Some((s, _)) = &self.session else {
+                    return Next::Close;
+                };
+                match self.chat.history(s, &room, None, limit).await {
+                    Ok(msgs) => {
+                        let mut out = format!("HISTORY {room} {}\n", msgs.len());
+                        for m in &msgs {
+                            out.push_str(&format_msg(&m.room, m.id, &m.from, &m.text));
+                            out.push('\n');
+                        }
+                        // One write keeps the page contiguous.
+                        io.write_all(out.as_bytes()).await.is_ok()
+                    }
+                    Err(e) => err(io, &e).await,
+                }
+            }
+        };
+        cont(ok)
+    }
+}
+
+fn cont(ok: bool) -> Next {
+    if ok {
+        Next::Continue
+    } else {
+        Next::Close
+    }
+}

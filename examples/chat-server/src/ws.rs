@@ -1,0 +1,311 @@
+//! One WebSocket connection, from the first frame to the close code.
+//!
+//! A single task owns the socket and selects over four things: a frame
+//! from the client, a push from the outbox, the connection's lease being
+//! revoked, and the server saying goodbye. One owner means no locks around
+//! the socket and exactly one place where the close code is chosen.
+
+use crate::admission::Admission;
+use crate::chat::{Chat, Session};
+use crate::hub::{Outbox, Push};
+use crate::protocol::ws::{decode, ClientFrame, ServerFrame, MAX_FRAME};
+use crate::protocol::ProtoError;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long a new connection has to authenticate.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Invalid frames in a row before the connection is closed with 4400.
+pub const MAX_BAD_FRAMES: u32 = 5;
+
+/// Close codes used by the server.
+pub mod close {
+    /// The server is shutting down or draining.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame was larger than 16 KiB.
+    pub const TOO_BIG: u16 = 1009;
+    /// Revoked (idle) or lagged: try again later.
+    pub const TRY_AGAIN: u16 = 1013;
+    /// Too many invalid frames in a row.
+    pub const BAD_REQUESTS: u16 = 4400;
+    /// No valid `auth` frame in time.
+    pub const UNAUTHORIZED: u16 = 4401;
+}
+
+async fn send(socket: &mut WebSocket, frame: ServerFrame<'_>) -> bool {
+    socket
+        .send(Message::Text(frame.encode().into()))
+        .await
+        .is_ok()
+}
+
+async fn send_error(socket: &mut WebSocket, e: &ProtoError) -> bool {
+    send(
+        socket,
+        ServerFrame::Error {
+            code: e.code,
+            message: &e.message,
+        },
+    )
+    .await
+}
+
+/// Sends a close frame and waits briefly for the client's reply, so the
+/// close code reaches it before the TCP connection goes away.
+async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Runs a connection until it closes. `admission` keeps the connection's
+/// slot for as long as this runs.
+pub async fn run(
+    mut socket: WebSocket,
+    admission: Arc<Admission>,
+    chat: Arc<Chat>,
+    mut goodbye: watch::Receiver<bool>,
+) {
+    // Authentication: the first frame, within AUTH_TIMEOUT.
+    let first = tokio::select! {
+        r = tokio::time::timeout(AUTH_TIMEOUT, socket.recv()) => r,
+        _ = crate::until_true(&mut goodbye) => {
+            return close_with(socket, close::GOING_AWAY, "server going away").await;
+        }
+    };
+    let token = match first {
+        Ok(Some(Ok(Message::Text(t)))) => match decode(t.as_bytes()) {
+            Ok(ClientFrame::Auth { token }) => token,
+            _ => return close_with(socket, close::UNAUTHORIZED, "first frame must be auth").await,
+        },
+        Ok(Some(Ok(_))) => {
+            return close_with(socket, close::UNAUTHORIZED, "first frame must be auth").await
+        }
+        Ok(_) => return,
+        Err(_) => return close_with(socket, close::UNAUTHORIZED, "auth timeout").await,
+    };
+    let session = match chat.authenticate(&token).await {
+        Ok(s) => s,
+        Err(e) => {
+            send_error(&mut socket, &e).await;
+            return close_with(socket, close::UNAUTHORIZED, "unauthorized").await;
+        }
+    };
+    if !send(
+        &mut socket,
+        ServerFrame::Ready {
+            user: &session.name,
+        },
+    )
+    .await
+    {
+        return;
+    }
+
+    let (outbox, mut inbox) = Outbox::new(&chat.hub, session.name.clone());
+    let mut conn = Conn {
+        chat,
+        session,
+        outbox,
+        joined: Vec::new(),
+        bad: 0,
+    };
+    let (code, reason) = loop {
+        tokio::select! {
+            _ = crate::until_true(&mut goodbye) => break (close::GOING_AWAY, "server going away"),
+            _ = admission.permit.revoked() => break (close::TRY_AGAIN, "idle timeout"),
+            _ = conn.outbox.lagged() => {
+                let e = ProtoError::new("lagged", "too far behind; reconnect and catch up from history");
+                send_error(&mut socket, &e).await;
+                break (close::TRY_AGAIN, "lagged");
+            }
+            Some(push) = inbox.recv() => {
+                if !send_push(&mut socket, &push).await {
+                    break (0, "");
+                }
+            }
+            frame = socket.recv() => match frame {
+                Some(Ok(Message::Text(t))) => {
+                    if t.len() > MAX_FRAME {
+                        break (close::TOO_BIG, "frame too large");
+                    }
+                    match conn.handle(&mut socket, t.as_bytes()).await {
+                        Ok(true) => {}
+                        Ok(false) => break (0, ""),
+                        Err(code) => break (code, "too many invalid frames"),
+                    }
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    if b.len() > MAX_FRAME {
+                        break (close::TOO_BIG, "frame too large");
+                    }
+                    match conn.bad_frame(&mut socket, &ProtoError::bad_request("binary frames are not part of the protocol")).await {
+                        Ok(true) => {}
+                        Ok(false) => break (0, ""),
+                        Err(code) => break (code, "too many invalid frames"),
+                    }
+                }
+                // Pings are answered by the WebSocket layer itself.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None => break (0, ""),
+                Some(Err(e)) => {
+                    // The WebSocket layer refuses frames over its own
+                    // limit with a capacity error: tell the client why.
+                    let msg = e.to_string();
+                    if msg.contains("too long") || msg.contains("Space limit") || msg.contains("capacity") {
+                        break (close::TOO_BIG, "frame too large");
+                    }
+                    break (0, "");
+                }
+            },
+        }
+    };
+    conn.leave_all();
+    if code != 0 {
+        close_with(socket, code, reason).await;
+    }
+}
+
+async fn send_push(socket: &mut WebSocket, push: &Push) -> bool {
+    match push {
+        Push::Message(ev) => {
+            send(
+                socket,
+                ServerFrame::Message {
+                    room: &ev.room,
+                    id: ev.id,
+                    from: &ev.from,
+                    text: &ev.text,
+                    ts: &ev.ts,
+                },
+            )
+            .await
+        }
+        Push::Presence { room, user, online } => {
+            send(
+                socket,
+                ServerFrame::Presence {
+                    room,
+                    user,
+                    state: if *online { "online" } else { "offline" },
+                },
+            )
+            .await
+        }
+        Push::Ack { client_id, id } => send(socket, ServerFrame::Ack { client_id, id: *id }).await,
+        Push::Failed { client_id } => {
+            let e = ProtoError::new(
+                "internal",
+                format!("message {client_id} was not stored; send it again"),
+            );
+            send_error(socket, &e).await
+        }
+    }
+}
+
+struct Conn {
+    chat: Arc<Chat>,
+    session: Session,
+    outbox: Arc<Outbox>,
+    joined: Vec<Arc<str>>,
+    bad: u32,
+}
+
+impl Conn {
+    /// Handles one text frame. `Ok(false)`: the socket failed; `Err(code)`:
+    /// close with that code.
+    async fn handle(&mut self, socket: &mut WebSocket, frame: &[u8]) -> Result<bool, u16> {
+        let cmd = match decode(frame) {
+            Ok(c) => c,
+            Err(e) => return self.bad_frame(socket, &e).await,
+        };
+        self.bad = 0;
+        let chat = &self.chat;
+        let ok = match cmd {
+            ClientFrame::Auth { .. } => {
+                send_error(socket, &ProtoError::bad_request("already authenticated")).await
+            }
+            ClientFrame::Ping => send(socket, ServerFrame::Pong).await,
+            ClientFrame::Join { room } => {
+                match chat.hub.join(&room, self.session.user_id, &self.outbox) {
+                    Ok(name) => {
+                        if !self.joined.contains(&name) {
+                            self.joined.push(name);
+                        }
+                        send(socket, ServerFrame::Joined { room: &room }).await
+                    }
+                    Err(e) => send_error(socket, &e).await,
+                }
+            }
+            ClientFrame::Leave { room } => {
+                chat.hub.leave(&room, &self.outbox);
+                self.joined.retain(|r| **r != *room);
+                send(socket, ServerFrame::Left { room: &room }).await
+            }
+            ClientFrame::Send {
+                room,
+                text,
+                client_id,
+            } => match chat.send(&self.session, &self.outbox, &room, client_id, text) {
+                Ok(()) => true,
+                Err(e) => send_error(socket, &e).await,
+            },
+            ClientFrame::History {
+                room,
+                before,
+                limit,
+            } => match chat.history(&self.session, &room, before, limit).await {
+                Ok(messages) => {
+                    send(
+                        socket,
+                        ServerFrame::History {
+                            room: &room,
+                            messages: &messages,
+                        },
+                    )
+                    .await
+                }
+                Err(e) => send_error(socket, &e).await,
+            },
+        };
+        Ok(ok)
+    }
+
+    async fn bad_frame(&mut self, socket: &mut WebSocket, e: &ProtoError) -> Result<bool, u16> {
+        self.bad += 1;
+        if self.bad >= MAX_BAD_FRAMES {
+            send_error(socket, e).await;
+            return Err(close::BAD_REQUESTS);
+        }
+        Ok(send_error(socket, e).await)
+    }
+
+    fn leave_all(&mut self) {
+        for room in self.joined.drain(..) {
+            self.chat.hub.leave(&room, &self.outbox);
+        }
+    }
+}
+
+impl Drop for Conn {
+    /// However the connection ends (even if its task is cancelled), it
+    /// leaves its rooms, so the others see it go offline and no push is
+    /// queued for it any more.
+    fn drop(&mut self) {
+        self.leave_all();
+    }
+}
