@@ -134,7 +134,11 @@ impl ChatConn {
                 let req = format!("ws://{}/ws", target.http)
                     .into_client_request()
                     .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                // Small buffers: a run holds thousands of these, and chat
+                // frames are at most 16 KiB.
                 let mut config = WebSocketConfig::default();
+                config.read_buffer_size = 8 * 1024;
+                config.write_buffer_size = 0;
                 config.max_message_size = Some(1 << 20);
                 let handshake =
                     tokio_tungstenite::client_async_with_config(req, stream, Some(config));
