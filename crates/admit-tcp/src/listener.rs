@@ -513,10 +513,7 @@ impl AdmitListener {
                     WaitOutcome::Admit(conn, permit) => {
                         return Poll::Ready(Ok(self.admit(conn, permit)))
                     }
-                    WaitOutcome::Refuse(conn) => {
-                        let busy = self.busy.clone();
-                        self.refuse(conn.stream, Some(&busy));
-                    }
+                    WaitOutcome::Refuse(conn) => self.refuse(conn.stream, Some(&self.busy)),
                 }
             }
 
@@ -604,12 +601,7 @@ impl AdmitListener {
                     Ok(guard) => Some(guard),
                     Err(_) => {
                         self.limiter.record_rejection(Rejected::PerIp);
-                        let message = match &self.policy {
-                            Policy::Busy(m) => Some(m.clone()),
-                            Policy::Wait(_) => Some(self.busy.clone()),
-                            _ => None,
-                        };
-                        self.refuse(stream, message.as_deref());
+                        self.refuse(stream, self.refusal_message());
                         continue;
                     }
                 },
@@ -625,13 +617,7 @@ impl AdmitListener {
                 Policy::Reject | Policy::Busy(_) => match self.limiter.try_acquire() {
                     // try_acquire counted any refusal by reason.
                     Ok(permit) => return Poll::Ready(Ok(self.admit(conn, permit))),
-                    Err(_) => {
-                        let message = match &self.policy {
-                            Policy::Busy(m) => Some(m.clone()),
-                            _ => None,
-                        };
-                        self.refuse(conn.stream, message.as_deref());
-                    }
+                    Err(_) => self.refuse(conn.stream, self.refusal_message()),
                 },
                 Policy::Wait(timeout) => {
                     // The fast path takes a free permit without queueing;
@@ -642,10 +628,7 @@ impl AdmitListener {
                         Poll::Ready(Ok(permit)) => {
                             return Poll::Ready(Ok(self.admit(conn, permit)))
                         }
-                        Poll::Ready(Err(_)) => {
-                            let busy = self.busy.clone();
-                            self.refuse(conn.stream, Some(&busy));
-                        }
+                        Poll::Ready(Err(_)) => self.refuse(conn.stream, Some(&self.busy)),
                         Poll::Pending => {
                             self.shared.waiting.fetch_add(1, Ordering::Relaxed);
                             self.waits.push(WaitFor {
@@ -682,6 +665,7 @@ impl AdmitListener {
                 }
             }
             if self.limiter.is_closed() {
+                self.limiter.record_rejection(Rejected::Closed);
                 return Poll::Ready(None);
             }
             if !self.pause.no_queue && self.limiter.queue_limit() > 0 {
@@ -760,6 +744,16 @@ impl AdmitListener {
         (conn, peer)
     }
 
+    /// What a refused connection is sent before the close, by policy:
+    /// `Busy` its message, `Wait` the busy message, the others nothing.
+    fn refusal_message(&self) -> Option<&[u8]> {
+        match &self.policy {
+            Policy::Busy(message) => Some(message),
+            Policy::Wait(_) => Some(&self.busy),
+            _ => None,
+        }
+    }
+
     /// Closes a refused connection without waiting: with `message`, written
     /// with one non-blocking send, then a FIN; without, a FIN (or a RST when
     /// `reset_rejected` is set).
@@ -817,6 +811,8 @@ fn tcp_keepalive(k: Keepalive) -> socket2::TcpKeepalive {
     ka
 }
 
+/// Never ends: yields admitted connections, and `Err` only for errors of the
+/// listener itself (see [`AdmitListener::poll_accept`]).
 impl Stream for AdmitListener {
     type Item = io::Result<(Admitted<TcpStream>, SocketAddr)>;
 

@@ -85,6 +85,24 @@ struct Table {
 /// A cap on concurrent connections per peer address. Cheap to clone: clones
 /// share one table, so one cap can cover several listeners.
 ///
+/// IPv4 addresses are counted one by one, IPv6 addresses by /64. The table
+/// is a fixed array of atomics (16 bytes a slot, no lock), so a flood of
+/// distinct addresses cannot grow memory; a slot whose count falls to zero
+/// is reused by the next address.
+///
+/// # When the table is full
+///
+/// An address whose probe window ([`PROBE_WINDOW`] slots) is taken by other
+/// live addresses is **refused**, as [`PerIpError::TableFull`] (the listener
+/// counts it as `per_ip`, and [`table_full_total`](Self::table_full_total)
+/// counts it here): the table never admits a connection it cannot account
+/// for. [`for_connections`](Self::for_connections), which
+/// [`Builder::per_ip`](crate::Builder::per_ip) uses, makes the table twice
+/// as large as the most connections the limiter can hold or queue, so live
+/// addresses fill at most half of it and a full window does not happen in
+/// practice; a watched `table_full_total` says when a hand-sized table is too
+/// small.
+///
 /// ```
 /// use admit_tcp::PerIpLimit;
 /// use std::net::IpAddr;

@@ -117,6 +117,17 @@ async fn child() {
     tokio::task::block_in_place(|| read_hi(&first));
     drop(first);
     assert_eq!(stats.accept_errors(), 0);
+    // The server's side of it must be closed too, or its descriptor would
+    // come free in the middle of the starvation. Its permit is released
+    // only after its socket is closed.
+    let start = Instant::now();
+    while limiter.in_use() != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the first connection never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 
     // Take every descriptor left. The client socket is made first: its
     // connect completes in the kernel's backlog without a new descriptor,
