@@ -5,6 +5,11 @@
 //! accept back-off, and the accept itself. All of that state lives in the
 //! listener, not in the `accept()` future, so `accept()` is cancel-safe:
 //! dropping it (in a `select!` with a shutdown signal, say) loses nothing.
+//!
+//! Connections are accepted with a plain non-blocking `accept4` on the
+//! listening socket, whose readiness comes from tokio (`AsyncFd`), and are
+//! registered with tokio's reactor only once admitted: a refused connection
+//! costs an accept, the refusal and a close, and never an `epoll_ctl`.
 
 use crate::admitted::{Admitted, ReleaseSignal};
 use crate::backoff::{classify, AcceptErrorKind, Backoff, WarnLimiter};
@@ -15,7 +20,7 @@ use futures_core::Stream;
 use futures_util::stream::FuturesUnordered;
 use futures_util::task::AtomicWaker;
 use futures_util::StreamExt;
-use socket2::SockRef;
+use socket2::{SockRef, Socket};
 use std::borrow::Cow;
 use std::future::Future;
 use std::io::{self, Read};
@@ -25,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::time::Sleep;
 
@@ -237,11 +243,18 @@ impl Builder {
 
     /// Binds a new listener to `addr`.
     pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<AdmitListener> {
-        Ok(self.from_tokio(TcpListener::bind(addr).await?))
+        self.from_tokio(TcpListener::bind(addr).await?)
     }
 
-    /// Wraps a tokio listener.
-    pub fn from_tokio(self, listener: TcpListener) -> AdmitListener {
+    /// Wraps a tokio listener. Must be called inside a tokio runtime.
+    pub fn from_tokio(self, listener: TcpListener) -> io::Result<AdmitListener> {
+        // Back to a plain (non-blocking) socket, watched through AsyncFd.
+        // `AsyncFd::new` is deprecated in favour of an `unsafe fn register`
+        // whose contract is that the descriptor stays open and unchanged while
+        // registered. It does here: the listener is owned by the `AsyncFd`
+        // and only ever borrowed from it, so the safe constructor is sound.
+        #[allow(deprecated)]
+        let listener = AsyncFd::new(listener.into_std()?)?;
         let per_ip = self.per_ip.map(|choice| match choice {
             PerIpChoice::Shared(limit) => limit,
             PerIpChoice::Cap(max) => PerIpLimit::for_connections(
@@ -249,7 +262,7 @@ impl Builder {
                 self.limiter.max_capacity() as usize + self.limiter.queue_limit() as usize + 1,
             ),
         });
-        AdmitListener {
+        Ok(AdmitListener {
             listener,
             limiter: self.limiter,
             policy: self.policy,
@@ -265,20 +278,21 @@ impl Builder {
             warn: WarnLimiter::new(WARN_PERIOD),
             waits: FuturesUnordered::new(),
             pause: Pause::default(),
-        }
+        })
     }
 
     /// Wraps a std listener (switching it to non-blocking mode). Must be
     /// called inside a tokio runtime.
     pub fn from_std(self, listener: std::net::TcpListener) -> io::Result<AdmitListener> {
         listener.set_nonblocking(true)?;
-        Ok(self.from_tokio(TcpListener::from_std(listener)?))
+        self.from_tokio(TcpListener::from_std(listener)?)
     }
 }
 
-/// An accepted connection not yet admitted.
+/// An accepted connection not yet admitted: a plain non-blocking socket,
+/// not yet registered with the reactor.
 struct Accepted {
-    stream: TcpStream,
+    socket: Socket,
     peer: SocketAddr,
     per_ip: Option<PerIpGuard>,
 }
@@ -377,7 +391,7 @@ struct Pause {
 /// # Ok(()) }
 /// ```
 pub struct AdmitListener {
-    listener: TcpListener,
+    listener: AsyncFd<std::net::TcpListener>,
     limiter: Limiter,
     policy: Policy,
     busy: Cow<'static, [u8]>,
@@ -398,7 +412,7 @@ pub struct AdmitListener {
 impl std::fmt::Debug for AdmitListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdmitListener")
-            .field("local_addr", &self.listener.local_addr().ok())
+            .field("local_addr", &self.local_addr().ok())
             .field("limiter", &self.limiter)
             .field("policy", &self.policy)
             .field("per_ip", &self.per_ip)
@@ -431,8 +445,8 @@ impl AdmitListener {
         AdmitListener::builder(limiter).bind(addr).await
     }
 
-    /// Wraps a tokio listener with the default settings.
-    pub fn from_tokio(listener: TcpListener, limiter: Limiter) -> AdmitListener {
+    /// Wraps a tokio listener with the default settings (inside a tokio runtime).
+    pub fn from_tokio(listener: TcpListener, limiter: Limiter) -> io::Result<AdmitListener> {
         AdmitListener::builder(limiter).from_tokio(listener)
     }
 
@@ -453,7 +467,7 @@ impl AdmitListener {
 
     /// The local address the listener is bound to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listener.get_ref().local_addr()
     }
 
     /// The limiter that admits connections.
@@ -494,9 +508,10 @@ impl AdmitListener {
         self.pause.parked.is_some()
     }
 
-    /// The wrapped tokio listener.
-    pub fn get_ref(&self) -> &TcpListener {
-        &self.listener
+    /// The listening socket (non-blocking; its readiness is watched by
+    /// the tokio reactor).
+    pub fn get_ref(&self) -> &std::net::TcpListener {
+        self.listener.get_ref()
     }
 
     /// Polls for the next admitted connection; see [`accept`](Self::accept).
@@ -511,9 +526,11 @@ impl AdmitListener {
                 self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
                 match outcome {
                     WaitOutcome::Admit(conn, permit) => {
-                        return Poll::Ready(Ok(self.admit(conn, permit)))
+                        if let Some(admitted) = self.admit(conn, permit) {
+                            return Poll::Ready(Ok(admitted));
+                        }
                     }
-                    WaitOutcome::Refuse(conn) => self.refuse(conn.stream, Some(&self.busy)),
+                    WaitOutcome::Refuse(conn) => self.refuse(conn.socket, Some(&self.busy)),
                 }
             }
 
@@ -527,8 +544,12 @@ impl AdmitListener {
                         self.pause = Pause::default();
                         self.shared.paused.store(false, Ordering::Relaxed);
                         match permit {
-                            Some(permit) => return Poll::Ready(Ok(self.admit(conn, permit))),
-                            None => self.refuse(conn.stream, None),
+                            Some(permit) => {
+                                if let Some(admitted) = self.admit(conn, permit) {
+                                    return Poll::Ready(Ok(admitted));
+                                }
+                            }
+                            None => self.refuse(conn.socket, None),
                         }
                     }
                 }
@@ -556,13 +577,31 @@ impl AdmitListener {
             budget -= 1;
 
             // 4. Accept one.
-            let (stream, peer) = match self.listener.poll_accept(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(accepted)) => {
+            let accepted = {
+                let mut ready = match self.listener.poll_read_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(ready)) => ready,
+                    Poll::Ready(Err(e)) => {
+                        // The reactor is gone: nothing can be accepted.
+                        self.shared.fatal_errors.fetch_add(1, Ordering::Relaxed);
+                        return Poll::Ready(Err(e));
+                    }
+                };
+                match accept_nonblocking(ready.get_inner()) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Drained: wait for the next readiness event.
+                        ready.clear_ready();
+                        continue;
+                    }
+                    other => other,
+                }
+            };
+            let (socket, peer) = match accepted {
+                Ok(accepted) => {
                     self.backoff.reset();
                     accepted
                 }
-                Poll::Ready(Err(e)) => match classify(&e) {
+                Err(e) => match classify(&e) {
                     AcceptErrorKind::Connection => {
                         self.shared.skipped_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(error = %e, "accept() failed for one connection; skipped");
@@ -601,13 +640,13 @@ impl AdmitListener {
                     Ok(guard) => Some(guard),
                     Err(_) => {
                         self.limiter.record_rejection(Rejected::PerIp);
-                        self.refuse(stream, self.refusal_message());
+                        self.refuse(socket, self.refusal_message());
                         continue;
                     }
                 },
             };
             let conn = Accepted {
-                stream,
+                socket,
                 peer,
                 per_ip,
             };
@@ -616,8 +655,12 @@ impl AdmitListener {
             match &self.policy {
                 Policy::Reject | Policy::Busy(_) => match self.limiter.try_acquire() {
                     // try_acquire counted any refusal by reason.
-                    Ok(permit) => return Poll::Ready(Ok(self.admit(conn, permit))),
-                    Err(_) => self.refuse(conn.stream, self.refusal_message()),
+                    Ok(permit) => {
+                        if let Some(admitted) = self.admit(conn, permit) {
+                            return Poll::Ready(Ok(admitted));
+                        }
+                    }
+                    Err(_) => self.refuse(conn.socket, self.refusal_message()),
                 },
                 Policy::Wait(timeout) => {
                     // The fast path takes a free permit without queueing;
@@ -626,9 +669,11 @@ impl AdmitListener {
                     let mut acquire = self.limiter.acquire();
                     match Pin::new(&mut acquire).poll(cx) {
                         Poll::Ready(Ok(permit)) => {
-                            return Poll::Ready(Ok(self.admit(conn, permit)))
+                            if let Some(admitted) = self.admit(conn, permit) {
+                                return Poll::Ready(Ok(admitted));
+                            }
                         }
-                        Poll::Ready(Err(_)) => self.refuse(conn.stream, Some(&self.busy)),
+                        Poll::Ready(Err(_)) => self.refuse(conn.socket, Some(&self.busy)),
                         Poll::Pending => {
                             self.shared.waiting.fetch_add(1, Ordering::Relaxed);
                             self.waits.push(WaitFor {
@@ -714,22 +759,37 @@ impl AdmitListener {
         delay
     }
 
-    fn admit(&mut self, conn: Accepted, permit: Permit) -> (Admitted<TcpStream>, SocketAddr) {
+    /// Sets the socket options, registers the socket with the reactor and
+    /// wraps it. `None` if registering failed (the connection is dropped and
+    /// counted as skipped; its permit goes back).
+    fn admit(
+        &mut self,
+        conn: Accepted,
+        permit: Permit,
+    ) -> Option<(Admitted<TcpStream>, SocketAddr)> {
         let Accepted {
-            stream,
+            socket,
             peer,
             per_ip,
         } = conn;
         if self.nodelay {
-            if let Err(e) = stream.set_nodelay(true) {
+            if let Err(e) = socket.set_nodelay(true) {
                 tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
             }
         }
         if let Some(k) = self.keepalive {
-            if let Err(e) = SockRef::from(&stream).set_tcp_keepalive(&tcp_keepalive(k)) {
+            if let Err(e) = socket.set_tcp_keepalive(&tcp_keepalive(k)) {
                 tracing::debug!(%peer, error = %e, "could not set TCP keepalive");
             }
         }
+        let stream = match TcpStream::from_std(socket.into()) {
+            Ok(stream) => stream,
+            Err(e) => {
+                self.shared.skipped_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, error = %e, "could not register an admitted connection; dropped");
+                return None;
+            }
+        };
         permit.touch();
         self.shared.admitted.fetch_add(1, Ordering::Relaxed);
         let mut conn = Admitted::new(stream, permit, peer).with_guards(
@@ -741,7 +801,7 @@ impl AdmitListener {
         if let Some(timeout) = self.idle_timeout {
             conn = conn.with_idle_timeout(timeout);
         }
-        (conn, peer)
+        Some((conn, peer))
     }
 
     /// What a refused connection is sent before the close, by policy:
@@ -757,9 +817,9 @@ impl AdmitListener {
     /// Closes a refused connection without waiting: with `message`, written
     /// with one non-blocking send, then a FIN; without, a FIN (or a RST when
     /// `reset_rejected` is set).
-    fn refuse(&self, stream: TcpStream, message: Option<&[u8]>) {
+    fn refuse(&self, socket: Socket, message: Option<&[u8]>) {
         self.shared.refused.fetch_add(1, Ordering::Relaxed);
-        let sock = SockRef::from(&stream);
+        let sock = &socket;
         match message {
             Some(message) => {
                 // A direct send: the socket is non-blocking, and a fresh
@@ -771,7 +831,7 @@ impl AdmitListener {
                 // destroy it.
                 let mut buf = [0u8; 1024];
                 for _ in 0..4 {
-                    match (&*sock).read(&mut buf) {
+                    match { sock }.read(&mut buf) {
                         Ok(n) if n > 0 => {}
                         _ => break,
                     }
@@ -783,8 +843,45 @@ impl AdmitListener {
                 }
             }
         }
-        drop(stream);
+        drop(socket);
     }
+}
+
+/// One non-blocking accept: the new socket is non-blocking and close-on-exec
+/// from the start (`accept4`), so no further call is needed before use.
+fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<(Socket, SocketAddr)> {
+    let listener = SockRef::from(listener);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly",
+        target_os = "illumos",
+    ))]
+    let (socket, addr) = listener.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly",
+        target_os = "illumos",
+    )))]
+    let (socket, addr) = {
+        let (socket, addr) = listener.accept()?;
+        socket.set_nonblocking(true)?;
+        (socket, addr)
+    };
+    let peer = addr.as_socket().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "accept() returned a peer address that is not IPv4 or IPv6",
+        )
+    })?;
+    Ok((socket, peer))
 }
 
 fn tcp_keepalive(k: Keepalive) -> socket2::TcpKeepalive {
