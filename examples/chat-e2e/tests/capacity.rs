@@ -163,7 +163,7 @@ async fn scenario(server: &ChatServer, chat: &Browser, status: &Browser) -> Resu
 
     // A typical moment of the status page: healthy, with the saturation
     // and its rejections in the chart.
-    status.client().set_window_size(1280, 1180).await?;
+    status.client().set_window_size(1280, 1150).await?;
     wait_js(
         s,
         "document.querySelectorAll('#chart path').length >= 2",
