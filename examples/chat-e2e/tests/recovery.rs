@@ -1,0 +1,146 @@
+//! Recovery as people see it: a connection the server revokes (close code
+//! 1013, "try again later") comes back by itself, and the status page shows a
+//! leaked-permit outage and the watchdog's repair as they happen.
+
+use std::time::Duration;
+
+use chat_e2e::{
+    eval, health, http_request, wait_for, wait_js, web, Browser, ChatServer, Error, ServerOptions,
+};
+use serde_json::json;
+
+const T: Duration = web::UI_TIMEOUT;
+const ADMIN: &str = "e2e-admin-token";
+
+fn admin_server(extra: &[&str], max_connections: usize) -> Result<ChatServer, Error> {
+    let mut extra_args = vec!["--admin-token".to_string(), ADMIN.to_string()];
+    extra_args.extend(extra.iter().map(|s| s.to_string()));
+    ChatServer::start(&ServerOptions {
+        max_connections: Some(max_connections),
+        extra_args,
+        ..ServerOptions::default()
+    })
+}
+
+/// Records every value the connection indicator takes, so that a short
+/// outage is seen even if it is over before the next poll.
+const RECORD_STATES: &str = "window.__states = []; \
+    new MutationObserver(() => window.__states.push(document.getElementById('conn').dataset.state)) \
+      .observe(document.getElementById('conn'), { attributes: true, attributeFilter: ['data-state'] });";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_connection_comes_back_by_itself() -> Result<(), Error> {
+    let server = admin_server(&[], 64)?;
+    let browser = Browser::start().await?;
+    let result = async {
+        let c = browser.client();
+        let addrs = server.addrs();
+        c.goto(&server.client_url()).await?;
+        web::sign_in(c, "frank", "password-frank", true).await?;
+        web::wait_online(c, T).await?;
+        web::trap_alerts(c).await?;
+        c.execute(RECORD_STATES, vec![]).await?;
+
+        // The operator revokes every chat connection (idle for 0 ms or more).
+        let res = http_request(
+            addrs.status,
+            "POST",
+            "/admin/revoke",
+            Some(&json!({"idle_ms": 0})),
+            Some(ADMIN),
+        )
+        .await?;
+        assert_eq!(res.status, 200, "revoke: {}", res.json);
+
+        // The page notices, waits as told (1013: try again later), and is
+        // back without anyone touching it.
+        wait_js(
+            c,
+            "window.__states.includes('reconnecting')",
+            T,
+            "the page to notice the revocation",
+        )
+        .await?;
+        assert_eq!(
+            eval(c, "document.body.dataset.lastClose").await?,
+            "1013",
+            "close code of a revoked connection"
+        );
+        web::wait_online(c, T).await?;
+        let revoked = health(addrs.status)
+            .await?
+            .pointer("/limiters/chat/revoked_total")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        assert!(revoked >= 1, "revocation not counted");
+
+        // And it works: a message goes through on the new connection.
+        web::send(c, "back after the revocation").await?;
+        web::wait_message(c, "back after the revocation", T).await?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    let _ = browser.close().await;
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_shows_a_leak_and_its_repair() -> Result<(), Error> {
+    // A short idle timeout, so that leaked permits (never touched again)
+    // are reclaimed within seconds.
+    let server = admin_server(&["--fault-injection", "--idle-timeout", "2"], 8)?;
+    let browser = Browser::start().await?;
+    let result = async {
+        let s = browser.client();
+        let addrs = server.addrs();
+        s.goto(&server.status_url()).await?;
+        s.execute("window.__loadedOnce = true;", vec![]).await?;
+        wait_js(
+            s,
+            "document.getElementById('overall').textContent === 'healthy'",
+            T,
+            "status page: healthy",
+        )
+        .await?;
+
+        // A buggy library takes every permit and forgets them.
+        let res = http_request(
+            addrs.status,
+            "POST",
+            "/admin/faults",
+            Some(&json!({"kind": "leak", "permits": 8})),
+            Some(ADMIN),
+        )
+        .await?;
+        assert_eq!(res.status, 200, "leak: {}", res.json);
+
+        // The page shows the outage while it lasts...
+        wait_js(
+            s,
+            "['saturated', 'degraded'].includes(document.getElementById('overall').textContent)",
+            T,
+            "status page: saturated or degraded",
+        )
+        .await?;
+        // ...and the repair, with the reclaimed permits counted, by itself.
+        wait_for(Duration::from_secs(30), "the watchdog's repair", || async {
+            let h = health(addrs.status).await.ok()?;
+            let reclaimed = h.pointer("/limiters/chat/reclaimed_total")?.as_u64()?;
+            (h.get("status")?.as_str()? == "healthy" && reclaimed >= 8).then_some(())
+        })
+        .await?;
+        wait_js(
+            s,
+            "document.getElementById('overall').textContent === 'healthy' && \
+             Number(document.querySelector('[data-limiter=chat] [data-field=reclaimed_total]').textContent.replace(/,/g, '')) >= 8",
+            T,
+            "status page: healthy again, with the reclaimed permits",
+        )
+        .await?;
+        assert_eq!(eval(s, "window.__loadedOnce === true").await?, true);
+        Ok::<_, Error>(())
+    }
+    .await;
+    let _ = browser.close().await;
+    result
+}
