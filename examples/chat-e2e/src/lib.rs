@@ -501,8 +501,20 @@ pub async fn wait_js(
                 )
                 .await
                 .unwrap_or_default();
+            // A picture of the page as it was, for whoever reads the failure.
+            let shot: String = what
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            let shot = write_screenshot(client, &format!("failed-{shot}.png"), false)
+                .await
+                .ok()
+                .and_then(|paths| paths.into_iter().next())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             return Err(format!(
-                "timed out after {timeout:?} waiting for {what}; last value: {last}; page: {page}"
+                "timed out after {timeout:?} waiting for {what}; last value: {last}; \
+                 page: {page}; screenshot: {shot}"
             )
             .into());
         }
@@ -534,12 +546,43 @@ where
     }
 }
 
-/// Writes a PNG screenshot of the current page to `<workspace>/docs/<name>`.
-pub async fn save_screenshot(client: &Client, name: &str) -> Result<PathBuf, Error> {
+/// The target directory cargo builds into: `$CARGO_TARGET_DIR` or
+/// `<workspace>/target`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// Writes a PNG screenshot of the current page to
+/// `<target>/chat-e2e-screenshots/<name>`, and also to `<workspace>/docs/<name>`
+/// when `CHAT_E2E_UPDATE_DOCS=1` (that is how the README's pictures are made).
+/// Returns the paths written.
+pub async fn save_screenshot(client: &Client, name: &str) -> Result<Vec<PathBuf>, Error> {
+    write_screenshot(client, name, true).await
+}
+
+async fn write_screenshot(
+    client: &Client,
+    name: &str,
+    for_docs: bool,
+) -> Result<Vec<PathBuf>, Error> {
     let png = client.screenshot().await?;
-    let path = workspace_root().join("docs").join(name);
-    std::fs::write(&path, png).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(path)
+    let mut dirs = vec![target_dir().join("chat-e2e-screenshots")];
+    if for_docs && std::env::var_os("CHAT_E2E_UPDATE_DOCS").is_some_and(|v| v == "1") {
+        dirs.push(workspace_root().join("docs"));
+    }
+    let mut written = Vec::new();
+    for dir in dirs {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let path = dir.join(name);
+        std::fs::write(&path, &png).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 /// A response from [`http_request`].
