@@ -92,11 +92,11 @@ fn workspace_root() -> PathBuf {
 
 /// Finds the `chat-server` binary that cargo built.
 ///
-/// Looks at `CHAT_SERVER_BIN` if set, else in `$CARGO_TARGET_DIR/{debug,release}`
-/// and `<workspace>/target/{debug,release}`, and takes the most recently built
-/// of those that exist. `cargo test --workspace` builds it before running
-/// tests; for `cargo test -p chat-e2e` alone, run `cargo build -p chat-server`
-/// first.
+/// Looks at `CHAT_SERVER_BIN` if set, else in the running test's own profile
+/// directory (`<target>/<profile>/`), else in `$CARGO_TARGET_DIR/{debug,release}`
+/// and `<workspace>/target/{debug,release}`, taking the most recently built of
+/// those that exist. `cargo test --workspace` builds it before running tests;
+/// for `cargo test -p chat-e2e` alone, run `cargo build -p chat-server` first.
 pub fn chat_server_binary() -> Result<PathBuf, Error> {
     if let Some(path) = std::env::var_os("CHAT_SERVER_BIN") {
         let path = PathBuf::from(path);
@@ -104,6 +104,16 @@ pub fn chat_server_binary() -> Result<PathBuf, Error> {
             return Ok(path);
         }
         return Err(format!("CHAT_SERVER_BIN={} is not a file", path.display()).into());
+    }
+    let name = format!("chat-server{}", std::env::consts::EXE_SUFFIX);
+    // A test runs from <target>/<profile>/deps/: the binary cargo built for
+    // this very run sits in <target>/<profile>/.
+    let beside = std::env::current_exe().ok().and_then(|exe| {
+        let profile_dir = exe.parent()?.parent()?;
+        Some(profile_dir.join(&name))
+    });
+    if let Some(path) = beside.filter(|p| p.is_file()) {
+        return Ok(path);
     }
     let mut dirs = Vec::new();
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
@@ -115,7 +125,6 @@ pub fn chat_server_binary() -> Result<PathBuf, Error> {
         });
     }
     dirs.push(workspace_root().join("target"));
-    let name = format!("chat-server{}", std::env::consts::EXE_SUFFIX);
     let candidates: Vec<PathBuf> = dirs
         .iter()
         .flat_map(|d| [d.join("debug").join(&name), d.join("release").join(&name)])
