@@ -16,8 +16,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, Notify};
 
-/// Outbox bound: pushes a connection may have pending before it is lagged.
+/// Pushes from others (messages, presence) a connection may have pending
+/// before it is lagged.
 pub const OUTBOX: usize = 64;
+/// Messages a connection may have sent and not yet seen acknowledged. A
+/// client that pipelines more is simply not read from until acks come
+/// back, so its own acks can never overflow its outbox.
+pub const SEND_WINDOW: usize = 16;
 
 /// A committed message, shared by every connection it is pushed to.
 #[derive(Debug)]
@@ -66,6 +71,7 @@ pub enum Push {
 #[derive(Debug)]
 pub struct Outbox {
     id: u64,
+    hub_lagged: Arc<AtomicU64>,
     user: Arc<str>,
     tx: mpsc::Sender<Push>,
     lagged: AtomicBool,
@@ -75,9 +81,12 @@ pub struct Outbox {
 impl Outbox {
     /// A new outbox and the receiver its connection drains.
     pub fn new(hub: &Hub, user: Arc<str>) -> (Arc<Outbox>, mpsc::Receiver<Push>) {
-        let (tx, rx) = mpsc::channel(OUTBOX);
+        // Room for the window's acks and its own echoed messages on top of
+        // what others push.
+        let (tx, rx) = mpsc::channel(OUTBOX + 2 * SEND_WINDOW);
         let outbox = Outbox {
             id: hub.next_id.fetch_add(1, Ordering::Relaxed),
+            hub_lagged: hub.lagged_total.clone(),
             user,
             tx,
             lagged: AtomicBool::new(false),
@@ -90,6 +99,7 @@ impl Outbox {
     pub fn push(&self, p: Push) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(p) {
             if !self.lagged.swap(true, Ordering::AcqRel) {
+                self.hub_lagged.fetch_add(1, Ordering::Relaxed);
                 // `notify_one` stores a permit, so the connection sees it
                 // even if it is not waiting right now.
                 self.lag.notify_one();
@@ -129,6 +139,7 @@ pub struct RoomView {
 pub struct Hub {
     rooms: Mutex<HashMap<Arc<str>, RoomEntry>>,
     next_id: AtomicU64,
+    lagged_total: Arc<AtomicU64>,
 }
 
 /// Debug-printable wrapper so `Hub` can derive `Debug` cheaply.
@@ -266,6 +277,11 @@ impl Hub {
         }
     }
 
+    /// Connections closed for lagging since start.
+    pub fn lagged_total(&self) -> u64 {
+        self.lagged_total.load(Ordering::Relaxed)
+    }
+
     /// Connections joined to any room (for metrics).
     pub fn subscriptions(&self) -> usize {
         self.lock().values().map(|r| r.0.subs.len()).sum()
@@ -281,5 +297,12 @@ fn announce(r: &Room, name: &Arc<str>, who: &Outbox, online: bool) {
                 online,
             });
         }
+    }
+}
+
+impl Push {
+    /// Whether this settles one of the connection's own sends.
+    pub fn settles_send(&self) -> bool {
+        matches!(self, Push::Ack { .. } | Push::Failed { .. })
     }
 }

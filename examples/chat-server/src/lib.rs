@@ -168,8 +168,11 @@ pub struct App {
     pub started: Instant,
     /// This server's metrics recorder.
     pub recorder: metrics_exporter_prometheus::PrometheusRecorder,
-    /// Turns true when connections must go away (drain or shutdown).
+    /// Turns true when chat connections must go away (drain or shutdown).
     pub goodbye: watch::Sender<bool>,
+    /// Turns true when the process shuts down. The status listener follows
+    /// this one, not `goodbye`: after a drain it must keep answering.
+    pub shutdown: watch::Sender<bool>,
     /// Set once a drain or shutdown began.
     pub draining: AtomicBool,
 }
@@ -282,6 +285,7 @@ impl Server {
             started: Instant::now(),
             recorder: metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder(),
             goodbye: watch::Sender::new(false),
+            shutdown: watch::Sender::new(false),
             draining: AtomicBool::new(false),
         });
         Ok(Server {
@@ -363,9 +367,10 @@ impl Server {
             Refusal::Http,
             stop.clone(),
             {
-                let goodbye = goodbye.clone();
+                // The status listener follows shutdown, not drain.
+                let shutdown = app.shutdown.clone();
                 move |stream, _peer, adm| {
-                    api::serve_connection(stream, adm, status_router.clone(), goodbye.subscribe())
+                    api::serve_connection(stream, adm, status_router.clone(), shutdown.subscribe())
                 }
             },
         ));
@@ -375,6 +380,7 @@ impl Server {
         stop_tx.send_replace(true);
         let _ = tokio::join!(http_task, tcp_task, status_task);
         app.begin_drain();
+        app.shutdown.send_replace(true);
         app.status_limiter.close();
         let drained = async {
             app.chat_limiter.drained().await;

@@ -79,6 +79,8 @@ pub struct ChatReport {
     pub messages_total: u64,
     /// Room subscriptions held by connections.
     pub subscriptions: usize,
+    /// Connections closed because their outbound queue overflowed.
+    pub lagged_total: u64,
 }
 
 /// Builds the health report and its HTTP status.
@@ -106,6 +108,7 @@ pub fn health_report(app: &App) -> (StatusCode, HealthReport) {
         chat: ChatReport {
             messages_total: app.chat.messages_total.load(Ordering::Relaxed),
             subscriptions: app.chat.hub.subscriptions(),
+            lagged_total: app.chat.hub.lagged_total(),
         },
         limiters: Limiters { chat, status },
     };
@@ -143,6 +146,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         status.publish_metrics(&ss);
         metrics::counter!("chat_messages_total")
             .absolute(app.chat.messages_total.load(Ordering::Relaxed));
+        metrics::counter!("chat_lagged_total").absolute(app.chat.hub.lagged_total());
         metrics::gauge!("chat_subscriptions").set(app.chat.hub.subscriptions() as f64);
         metrics::gauge!("chat_uptime_seconds").set(app.started.elapsed().as_secs_f64());
     });
@@ -154,7 +158,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn events(State(app): State<Arc<App>>) -> Response {
-    let goodbye = app.goodbye.subscribe();
+    let goodbye = app.shutdown.subscribe();
     let stream = futures::stream::unfold(
         (app, goodbye, true),
         |(app, mut goodbye, first)| async move {

@@ -7,7 +7,7 @@
 
 use crate::admission::{Admission, TouchIo};
 use crate::chat::{Chat, Session};
-use crate::hub::{Outbox, Push};
+use crate::hub::{Outbox, Push, SEND_WINDOW};
 use crate::protocol::tcp::{
     format_msg, parse_line, Command, Frame, LineFramer, GREETING, MAX_LINE,
 };
@@ -36,6 +36,8 @@ struct Conn {
     chat: Arc<Chat>,
     session: Option<(Session, Arc<Outbox>)>,
     joined: Vec<Arc<str>>,
+    /// Own messages sent and not yet acknowledged.
+    inflight: usize,
 }
 
 impl Drop for Conn {
@@ -69,6 +71,7 @@ pub async fn run(
         chat,
         session: None,
         joined: Vec::new(),
+        inflight: 0,
     };
     let mut framer = LineFramer::new();
     let mut inbox: Option<mpsc::Receiver<Push>> = None;
@@ -84,17 +87,35 @@ pub async fn run(
                 line(&mut io, "BYE").await;
                 break;
             }
-            _ = async { match &outbox { Some(o) => o.lagged().await, None => std::future::pending().await } } => {
-                let e = ProtoError::new("lagged", "too far behind; reconnect and catch up with HISTORY");
-                err(&mut io, &e).await;
+            _ = lag(&outbox) => {
+                lagged(&mut io).await;
                 break;
             }
             Some(push) = async { match inbox.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
-                if !send_push(&mut io, &push).await {
+                if push.settles_send() {
+                    conn.inflight = conn.inflight.saturating_sub(1);
+                }
+                // Race the write against the lag signal: a client that
+                // stopped reading must not pin this task forever.
+                // `pos` lives outside the write so that, if the write is
+                // abandoned mid-line, the error still starts on a new line.
+                let out = render_push(&push);
+                let mut pos = 0;
+                let sent = tokio::select! {
+                    ok = write_tracked(&mut io, out.as_bytes(), &mut pos) => ok,
+                    _ = lag(&outbox) => {
+                        if pos > 0 && pos < out.len() {
+                            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), io.write_all(b"\n")).await;
+                        }
+                        lagged(&mut io).await;
+                        break;
+                    }
+                };
+                if !sent {
                     break;
                 }
             }
-            n = io.read(&mut buf) => {
+            n = io.read(&mut buf), if conn.inflight < SEND_WINDOW => {
                 let n = match n {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
@@ -102,6 +123,22 @@ pub async fn run(
                 framer.push(&buf[..n]);
                 let mut close = false;
                 while let Some(frame) = framer.next_frame() {
+                    // One read may carry many SAY lines: with the send
+                    // window full, deliver acks before taking the next line.
+                    while conn.inflight >= SEND_WINDOW {
+                        let Some(push) = inbox.as_mut() else { break };
+                        let Some(push) = push.recv().await else { break };
+                        if push.settles_send() {
+                            conn.inflight -= 1;
+                        }
+                        if !send_push(&mut io, &push).await {
+                            close = true;
+                            break;
+                        }
+                    }
+                    if close {
+                        break;
+                    }
                     let next = match frame {
                         Frame::TooLong => {
                             let ok = err(&mut io, &ProtoError::new("too_long", "lines are at most 4096 bytes")).await;
@@ -123,23 +160,50 @@ pub async fn run(
     let _ = io.shutdown().await;
 }
 
-async fn send_push(io: &mut Io, push: &Push) -> bool {
-    match push {
-        Push::Message(ev) => line(io, &format_msg(&ev.room, ev.id, &ev.from, &ev.text)).await,
-        // The line protocol has no presence lines.
-        Push::Presence { .. } => true,
-        Push::Ack { client_id, id } => line(io, &format!("OK ack {client_id} {id}")).await,
-        Push::Failed { client_id } => {
-            err(
-                io,
-                &ProtoError::new(
-                    "internal",
-                    format!("message {client_id} was not stored; send it again"),
-                ),
-            )
-            .await
+async fn lag(outbox: &Option<Arc<Outbox>>) {
+    match outbox {
+        Some(o) => o.lagged().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn lagged(io: &mut Io) {
+    let e = ProtoError::new(
+        "lagged",
+        "too far behind; reconnect and catch up with HISTORY",
+    );
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), err(io, &e)).await;
+}
+
+/// Writes `buf[*pos..]`, advancing `pos` as bytes go out.
+async fn write_tracked(io: &mut Io, buf: &[u8], pos: &mut usize) -> bool {
+    while *pos < buf.len() {
+        match io.write(&buf[*pos..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => *pos += n,
         }
     }
+    true
+}
+
+/// The line(s) a push becomes, `\n` included (empty for presence, which
+/// the line protocol does not carry).
+fn render_push(push: &Push) -> String {
+    let mut s = match push {
+        Push::Message(ev) => format_msg(&ev.room, ev.id, &ev.from, &ev.text),
+        Push::Presence { .. } => return String::new(),
+        Push::Ack { client_id, id } => format!("OK ack {client_id} {id}"),
+        Push::Failed { client_id } => {
+            format!("ERR internal message {client_id} was not stored; send it again")
+        }
+    };
+    s.push('\n');
+    s
+}
+
+async fn send_push(io: &mut Io, push: &Push) -> bool {
+    let out = render_push(push);
+    io.write_all(out.as_bytes()).await.is_ok()
 }
 
 impl Conn {
@@ -209,7 +273,10 @@ impl Conn {
                     return Next::Close;
                 };
                 match self.chat.send(s, outbox, &room, client_id, text) {
-                    Ok(()) => true,
+                    Ok(()) => {
+                        self.inflight += 1;
+                        true
+                    }
                     Err(e) => err(io, &e).await,
                 }
             }

@@ -7,7 +7,7 @@
 
 use crate::admission::Admission;
 use crate::chat::{Chat, Session};
-use crate::hub::{Outbox, Push};
+use crate::hub::{Outbox, Push, SEND_WINDOW};
 use crate::protocol::ws::{decode, ClientFrame, ServerFrame, MAX_FRAME};
 use crate::protocol::ProtoError;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -59,7 +59,12 @@ async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
         code,
         reason: reason.into(),
     };
-    if socket.send(Message::Close(Some(frame))).await.is_err() {
+    // A client that stopped reading would block this send forever.
+    let sent = tokio::time::timeout(
+        Duration::from_secs(2),
+        socket.send(Message::Close(Some(frame))),
+    );
+    if !matches!(sent.await, Ok(Ok(()))) {
         return;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -123,22 +128,31 @@ pub async fn run(
         outbox,
         joined: Vec::new(),
         bad: 0,
+        inflight: 0,
     };
     let (code, reason) = loop {
         tokio::select! {
             _ = crate::until_true(&mut goodbye) => break (close::GOING_AWAY, "server going away"),
             _ = admission.permit.revoked() => break (close::TRY_AGAIN, "idle timeout"),
-            _ = conn.outbox.lagged() => {
-                let e = ProtoError::new("lagged", "too far behind; reconnect and catch up from history");
-                send_error(&mut socket, &e).await;
-                break (close::TRY_AGAIN, "lagged");
-            }
+            _ = conn.outbox.lagged() => break lagged(&mut socket).await,
             Some(push) = inbox.recv() => {
-                if !send_push(&mut socket, &push).await {
+                if push.settles_send() {
+                    conn.inflight = conn.inflight.saturating_sub(1);
+                }
+                // A client that stops reading blocks this write; racing it
+                // against the lag signal is what lets a stuck connection be
+                // closed instead of lingering with a full queue forever.
+                let sent = tokio::select! {
+                    ok = send_push(&mut socket, &push) => ok,
+                    _ = conn.outbox.lagged() => break lagged(&mut socket).await,
+                };
+                if !sent {
                     break (0, "");
                 }
             }
-            frame = socket.recv() => match frame {
+            // A full send window stops reading: backpressure on the client
+            // instead of unbounded acks.
+            frame = socket.recv(), if conn.inflight < SEND_WINDOW => match frame {
                 Some(Ok(Message::Text(t))) => {
                     if t.len() > MAX_FRAME {
                         break (close::TOO_BIG, "frame too large");
@@ -178,6 +192,18 @@ pub async fn run(
     if code != 0 {
         close_with(socket, code, reason).await;
     }
+}
+
+/// Tells a lagging client why it is being closed (if it still reads at
+/// all) and picks the close code.
+async fn lagged(socket: &mut WebSocket) -> (u16, &'static str) {
+    let e = ProtoError::new(
+        "lagged",
+        "too far behind; reconnect and catch up from history",
+    );
+    // Give a client that resumes reading a moment to learn why.
+    let _ = tokio::time::timeout(Duration::from_secs(3), send_error(socket, &e)).await;
+    (close::TRY_AGAIN, "lagged")
 }
 
 async fn send_push(socket: &mut WebSocket, push: &Push) -> bool {
@@ -223,6 +249,8 @@ struct Conn {
     outbox: Arc<Outbox>,
     joined: Vec<Arc<str>>,
     bad: u32,
+    /// Own messages sent and not yet acknowledged.
+    inflight: usize,
 }
 
 impl Conn {
@@ -261,7 +289,10 @@ impl Conn {
                 text,
                 client_id,
             } => match chat.send(&self.session, &self.outbox, &room, client_id, text) {
-                Ok(()) => true,
+                Ok(()) => {
+                    self.inflight += 1;
+                    true
+                }
                 Err(e) => send_error(socket, &e).await,
             },
             ClientFrame::History {

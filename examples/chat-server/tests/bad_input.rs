@@ -17,7 +17,8 @@ async fn bystander(srv: &InProc) -> Ws {
 
 async fn still_serving(ws: &mut Ws, n: u32) {
     let cid = format!("still-{n}");
-    ws.send(json!({"type":"send","room":"general","text":"still here","client_id":cid})).await;
+    ws.send(json!({"type":"send","room":"general","text":"still here","client_id":cid}))
+        .await;
     assert_eq!(ws.recv_type("ack").await["client_id"], cid);
 }
 
@@ -39,7 +40,11 @@ async fn websocket_abuse() {
     ] {
         ws.send_raw(bad).await;
         let e = ws.recv().await;
-        assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("bad_request")), "{e}");
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("bad_request")),
+            "{e}"
+        );
     }
     ws.send(json!({"type":"ping"})).await;
     assert_eq!(ws.recv().await, json!({"type":"pong"}));
@@ -116,9 +121,17 @@ async fn tcp_abuse() {
     let mut t = Tcp::hello(a.tcp).await;
 
     // Commands other than AUTH, PING and QUIT before AUTH.
-    for cmd in ["JOIN general", "SAY general c1 hi", "HISTORY general", "LEAVE general"] {
+    for cmd in [
+        "JOIN general",
+        "SAY general c1 hi",
+        "HISTORY general",
+        "LEAVE general",
+    ] {
         t.send(cmd).await;
-        assert!(t.line().await.unwrap().starts_with("ERR unauthorized "), "{cmd}");
+        assert!(
+            t.line().await.unwrap().starts_with("ERR unauthorized "),
+            "{cmd}"
+        );
     }
     t.send("PING").await;
     assert_eq!(t.line().await.unwrap(), "PONG");
@@ -136,12 +149,23 @@ async fn tcp_abuse() {
     t.send_bytes(b"SAY general c1 \xff\xfe\n").await;
     assert!(t.line().await.unwrap().starts_with("ERR bad_request "));
     // Unknown commands, missing arguments, bad room names, limits.
-    for cmd in ["DANCE", "JOIN", "JOIN Bad!Room", "SAY general", "HISTORY general 999", ""] {
+    for cmd in [
+        "DANCE",
+        "JOIN",
+        "JOIN Bad!Room",
+        "SAY general",
+        "HISTORY general 999",
+        "",
+    ] {
         t.send(cmd).await;
-        assert!(t.line().await.unwrap().starts_with("ERR bad_request "), "{cmd:?}");
+        assert!(
+            t.line().await.unwrap().starts_with("ERR bad_request "),
+            "{cmd:?}"
+        );
     }
     // Text too long for a message (but within a line).
-    t.send(&format!("SAY general c2 {}", "y".repeat(4050))).await;
+    t.send(&format!("SAY general c2 {}", "y".repeat(4050)))
+        .await;
     assert!(t.line().await.unwrap().starts_with("ERR "));
     t.send("PING").await;
     assert_eq!(t.line().await.unwrap(), "PONG");
@@ -169,11 +193,31 @@ async fn http_abuse() {
         assert_eq!(r.json()["error"], "bad_request");
         assert!(r.json()["message"].is_string());
     }
-    let r = post_json(a.http, "/api/rooms", Some(&tok), json!({"name":"UPPER","private":false})).await;
+    let r = post_json(
+        a.http,
+        "/api/rooms",
+        Some(&tok),
+        json!({"name":"UPPER","private":false}),
+    )
+    .await;
     assert_eq!(r.status, 400);
-    let r = http(a.http, "GET", "/api/rooms/general/messages?limit=500", Some(&tok), None).await;
+    let r = http(
+        a.http,
+        "GET",
+        "/api/rooms/general/messages?limit=500",
+        Some(&tok),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 400);
-    let r = http(a.http, "GET", "/api/rooms/general/messages?before=abc", Some(&tok), None).await;
+    let r = http(
+        a.http,
+        "GET",
+        "/api/rooms/general/messages?before=abc",
+        Some(&tok),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 400);
 
     // A body over 16 KiB: 413.
@@ -196,21 +240,47 @@ async fn http_abuse() {
         assert_eq!(r.status, 401);
     }
     // Fault injection without the flag: 404 even with the token.
-    let r = post_json(a.status, "/admin/faults", Some("admin-secret"), json!({"kind":"leak","permits":1})).await;
+    let r = post_json(
+        a.status,
+        "/admin/faults",
+        Some("admin-secret"),
+        json!({"kind":"leak","permits":1}),
+    )
+    .await;
     assert_eq!(r.status, 404);
     // Admin with the token works.
-    let r = post_json(a.status, "/admin/revoke", Some("admin-secret"), json!({"idle_ms": 3_600_000})).await;
+    let r = post_json(
+        a.status,
+        "/admin/revoke",
+        Some("admin-secret"),
+        json!({"idle_ms": 3_600_000}),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), json!({"revoked": 0}));
-    let r = post_json(a.status, "/admin/capacity", Some("admin-secret"), json!({"capacity":150})).await;
+    let r = post_json(
+        a.status,
+        "/admin/capacity",
+        Some("admin-secret"),
+        json!({"capacity":150}),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["capacity"], 150);
-    let r = post_json(a.status, "/admin/capacity", Some("admin-secret"), json!({"capacity":"many"})).await;
+    let r = post_json(
+        a.status,
+        "/admin/capacity",
+        Some("admin-secret"),
+        json!({"capacity":"many"}),
+    )
+    .await;
     assert_eq!(r.status, 400);
 
     // Garbage that is not HTTP at all does not hurt anyone.
     let mut s = tokio::net::TcpStream::connect(a.http).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut s, b"\x00\x01\x02 GARBAGE\r\n\r\n").await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"\x00\x01\x02 GARBAGE\r\n\r\n")
+        .await
+        .unwrap();
     drop(s);
 
     still_serving(&mut by, 1).await;
@@ -224,8 +294,20 @@ async fn admin_disabled_without_token() {
         ..config("no-admin")
     })
     .await;
-    for path in ["/admin/drain", "/admin/capacity", "/admin/revoke", "/admin/faults"] {
-        let r = http(srv.addrs.status, "POST", path, Some("anything"), Some(b"{}")).await;
+    for path in [
+        "/admin/drain",
+        "/admin/capacity",
+        "/admin/revoke",
+        "/admin/faults",
+    ] {
+        let r = http(
+            srv.addrs.status,
+            "POST",
+            path,
+            Some("anything"),
+            Some(b"{}"),
+        )
+        .await;
         assert_eq!(r.status, 404, "{path}");
     }
     srv.stop().await;

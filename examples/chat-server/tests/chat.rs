@@ -12,7 +12,13 @@ async fn ws_and_tcp_clients_chat() {
     let a = srv.addrs;
     let alice = register(a.http, "alice").await;
     // Logging in issues a second, independent token.
-    let r = post_json(a.http, "/api/login", None, json!({"name":"alice","password":"correct horse"})).await;
+    let r = post_json(
+        a.http,
+        "/api/login",
+        None,
+        json!({"name":"alice","password":"correct horse"}),
+    )
+    .await;
     assert_eq!(r.status, 200);
     let alice2 = r.json()["token"].as_str().unwrap().to_owned();
     assert_ne!(alice, alice2);
@@ -56,14 +62,20 @@ async fn ws_and_tcp_clients_chat() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids ascend: {ids:?}");
     assert_eq!(acked, ids);
     for (i, id) in ids.iter().enumerate() {
-        assert_eq!(tcp.line().await.unwrap(), format!("MSG general {id} alice hi {i}"));
+        assert_eq!(
+            tcp.line().await.unwrap(),
+            format!("MSG general {id} alice hi {i}")
+        );
     }
 
     // Bob answers over TCP.
     tcp.send("SAY general b1 hello alice").await;
     let ack = tcp.line().await.unwrap();
     let bid: i64 = ack.strip_prefix("OK ack b1 ").unwrap().parse().unwrap();
-    assert_eq!(tcp.line().await.unwrap(), format!("MSG general {bid} bob hello alice"));
+    assert_eq!(
+        tcp.line().await.unwrap(),
+        format!("MSG general {bid} bob hello alice")
+    );
     let m = ws.recv_type("message").await;
     assert_eq!(m["id"], bid);
     assert_eq!(m["text"], "hello alice");
@@ -71,8 +83,12 @@ async fn ws_and_tcp_clients_chat() {
     // Resending the same client_id returns the same id and stores nothing.
     tcp.send("SAY general b1 hello alice").await;
     assert_eq!(tcp.line().await.unwrap(), format!("OK ack b1 {bid}"));
-    ws.send(json!({"type":"send","room":"general","text":"hi 0","client_id":"a0"})).await;
-    assert_eq!(ws.recv().await, json!({"type":"ack","client_id":"a0","id":ids[0]}));
+    ws.send(json!({"type":"send","room":"general","text":"hi 0","client_id":"a0"}))
+        .await;
+    assert_eq!(
+        ws.recv().await,
+        json!({"type":"ack","client_id":"a0","id":ids[0]})
+    );
 
     // History: WS, TCP and HTTP agree.
     ws.send(json!({"type":"history","room":"general"})).await;
@@ -80,17 +96,36 @@ async fn ws_and_tcp_clients_chat() {
     let msgs = h["messages"].as_array().unwrap();
     assert_eq!(msgs.len(), 4);
     assert_eq!(msgs[3]["text"], "hello alice");
-    ws.send(json!({"type":"history","room":"general","before":bid,"limit":2})).await;
+    ws.send(json!({"type":"history","room":"general","before":bid,"limit":2}))
+        .await;
     let h = ws.recv().await;
-    let page: Vec<i64> = h["messages"].as_array().unwrap().iter().map(|m| m["id"].as_i64().unwrap()).collect();
+    let page: Vec<i64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(page, vec![ids[1], ids[2]]);
 
     tcp.send("HISTORY general 2").await;
     assert_eq!(tcp.line().await.unwrap(), "HISTORY general 2");
-    assert_eq!(tcp.line().await.unwrap(), format!("MSG general {} alice hi 2", ids[2]));
-    assert_eq!(tcp.line().await.unwrap(), format!("MSG general {bid} bob hello alice"));
+    assert_eq!(
+        tcp.line().await.unwrap(),
+        format!("MSG general {} alice hi 2", ids[2])
+    );
+    assert_eq!(
+        tcp.line().await.unwrap(),
+        format!("MSG general {bid} bob hello alice")
+    );
 
-    let r = http(a.http, "GET", "/api/rooms/general/messages?limit=10", Some(&bob), None).await;
+    let r = http(
+        a.http,
+        "GET",
+        "/api/rooms/general/messages?limit=10",
+        Some(&bob),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["messages"].as_array().unwrap().len(), 4);
 
@@ -123,21 +158,58 @@ async fn rooms_and_private_membership() {
 
     let r = http(a.http, "GET", "/api/rooms", Some(&owner), None).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.json(), json!([{"name":"general","private":false,"owner":null}]));
+    assert_eq!(
+        r.json(),
+        json!([{"name":"general","private":false,"owner":null}])
+    );
 
-    let r = post_json(a.http, "/api/rooms", Some(&owner), json!({"name":"secret","private":true})).await;
+    let r = post_json(
+        a.http,
+        "/api/rooms",
+        Some(&owner),
+        json!({"name":"secret","private":true}),
+    )
+    .await;
     assert_eq!(r.status, 201);
-    assert_eq!(r.json(), json!({"name":"secret","private":true,"owner":"owner"}));
-    let r = post_json(a.http, "/api/rooms", Some(&owner), json!({"name":"secret","private":false})).await;
+    assert_eq!(
+        r.json(),
+        json!({"name":"secret","private":true,"owner":"owner"})
+    );
+    let r = post_json(
+        a.http,
+        "/api/rooms",
+        Some(&owner),
+        json!({"name":"secret","private":false}),
+    )
+    .await;
     assert_eq!(r.status, 409);
-    let r = post_json(a.http, "/api/rooms", Some(&guest), json!({"name":"open","private":false})).await;
+    let r = post_json(
+        a.http,
+        "/api/rooms",
+        Some(&guest),
+        json!({"name":"open","private":false}),
+    )
+    .await;
     assert_eq!(r.status, 201);
 
     // The guest cannot see, read or join the private room yet.
     let r = http(a.http, "GET", "/api/rooms", Some(&guest), None).await;
-    let names: Vec<String> = r.json().as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect();
+    let names: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(names, vec!["general", "open"]);
-    let r = http(a.http, "GET", "/api/rooms/secret/messages", Some(&guest), None).await;
+    let r = http(
+        a.http,
+        "GET",
+        "/api/rooms/secret/messages",
+        Some(&guest),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"], "forbidden");
     let mut ws = Ws::login(a.http, &guest).await;
@@ -154,30 +226,86 @@ async fn rooms_and_private_membership() {
     assert!(tcp.line().await.unwrap().starts_with("ERR not_found "));
 
     // Only the owner adds members; unknown rooms and users are 404.
-    let r = post_json(a.http, "/api/rooms/secret/members", Some(&guest), json!({"user":"guest"})).await;
+    let r = post_json(
+        a.http,
+        "/api/rooms/secret/members",
+        Some(&guest),
+        json!({"user":"guest"}),
+    )
+    .await;
     assert_eq!(r.status, 403);
-    let r = post_json(a.http, "/api/rooms/nowhere/members", Some(&owner), json!({"user":"guest"})).await;
+    let r = post_json(
+        a.http,
+        "/api/rooms/nowhere/members",
+        Some(&owner),
+        json!({"user":"guest"}),
+    )
+    .await;
     assert_eq!(r.status, 404);
-    let r = post_json(a.http, "/api/rooms/secret/members", Some(&owner), json!({"user":"nobody"})).await;
+    let r = post_json(
+        a.http,
+        "/api/rooms/secret/members",
+        Some(&owner),
+        json!({"user":"nobody"}),
+    )
+    .await;
     assert_eq!(r.status, 404);
-    let r = post_json(a.http, "/api/rooms/secret/members", Some(&owner), json!({"user":"guest"})).await;
+    let r = post_json(
+        a.http,
+        "/api/rooms/secret/members",
+        Some(&owner),
+        json!({"user":"guest"}),
+    )
+    .await;
     assert_eq!(r.status, 204);
 
     ws.send(json!({"type":"join","room":"secret"})).await;
     assert_eq!(ws.recv().await, json!({"type":"joined","room":"secret"}));
-    let r = http(a.http, "GET", "/api/rooms/secret/messages", Some(&guest), None).await;
+    let r = http(
+        a.http,
+        "GET",
+        "/api/rooms/secret/messages",
+        Some(&guest),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200);
-    let r = http(a.http, "GET", "/api/rooms/nowhere/messages", Some(&guest), None).await;
+    let r = http(
+        a.http,
+        "GET",
+        "/api/rooms/nowhere/messages",
+        Some(&guest),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 404);
 
     // Duplicate names and bad logins.
-    let r = post_json(a.http, "/api/register", None, json!({"name":"owner","password":"whatever1"})).await;
+    let r = post_json(
+        a.http,
+        "/api/register",
+        None,
+        json!({"name":"owner","password":"whatever1"}),
+    )
+    .await;
     assert_eq!(r.status, 409);
     assert_eq!(r.json()["error"], "name_taken");
-    let r = post_json(a.http, "/api/login", None, json!({"name":"owner","password":"wrong-password"})).await;
+    let r = post_json(
+        a.http,
+        "/api/login",
+        None,
+        json!({"name":"owner","password":"wrong-password"}),
+    )
+    .await;
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"], "bad_credentials");
-    let r = post_json(a.http, "/api/login", None, json!({"name":"ghost","password":"wrong-password"})).await;
+    let r = post_json(
+        a.http,
+        "/api/login",
+        None,
+        json!({"name":"ghost","password":"wrong-password"}),
+    )
+    .await;
     assert_eq!(r.status, 401);
 
     // The web client is served at `/`.

@@ -19,7 +19,7 @@ use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite;
 
 enum Attempt {
-    Ws(Ws),
+    Ws(Box<Ws>),
     Tcp(Tcp),
     Refused,
 }
@@ -28,7 +28,7 @@ enum Attempt {
 async fn attempt(addrs: chat_server::Addrs, ws: bool) -> Attempt {
     if ws {
         match tokio_tungstenite::connect_async(format!("ws://{}/ws", addrs.http)).await {
-            Ok((ws, _)) => Attempt::Ws(Ws { ws }),
+            Ok((ws, _)) => Attempt::Ws(Box::new(Ws { ws })),
             Err(tungstenite::Error::Http(resp)) => {
                 assert_eq!(resp.status(), 503);
                 let retry = resp.headers().get("retry-after").expect("Retry-After");
@@ -53,7 +53,10 @@ async fn attempt(addrs: chat_server::Addrs, ws: bool) -> Attempt {
 
 /// Polls `/health` until stopped: every answer must be 200, in_use never
 /// above 20. Returns (polls, max in_use, saw saturated).
-fn watch_health(status: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, u64, bool)> {
+fn watch_health(
+    status: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, u64, bool)> {
     tokio::spawn(async move {
         let (mut polls, mut max, mut saturated) = (0, 0, false);
         while !stop.load(Ordering::Relaxed) {
@@ -81,7 +84,9 @@ async fn overrun_is_capped_and_health_answers() {
     let watcher = watch_health(a.status, stop.clone());
 
     // 200 attempts at once, half WebSocket, half TCP.
-    let tasks: Vec<_> = (0..200).map(|i| tokio::spawn(attempt(a, i % 2 == 0))).collect();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| tokio::spawn(attempt(a, i % 2 == 0)))
+        .collect();
     let mut admitted = Vec::new();
     let mut refused = 0;
     for t in tasks {
@@ -95,7 +100,10 @@ async fn overrun_is_capped_and_health_answers() {
     assert_eq!(admitted.len(), 20, "the cap is reached, not undershot");
 
     // At the cap: /health says saturated, and more attempts are refused.
-    let h = wait_health(a.status, DEADLINE, |c, h| c == 200 && h["status"] == "saturated").await;
+    let h = wait_health(a.status, DEADLINE, |c, h| {
+        c == 200 && h["status"] == "saturated"
+    })
+    .await;
     assert_eq!(h["limiters"]["chat"]["in_use"], 20);
     for ws in [true, false] {
         assert!(matches!(attempt(a, ws).await, Attempt::Refused));
@@ -116,7 +124,11 @@ async fn overrun_is_capped_and_health_answers() {
                 t.send(&format!("AUTH {token}")).await;
                 assert_eq!(t.line().await.unwrap(), "OK ready crowd");
                 t.send(&format!("SAY general t{n} still up")).await;
-                assert!(t.line().await.unwrap().starts_with(&format!("OK ack t{n} ")));
+                assert!(t
+                    .line()
+                    .await
+                    .unwrap()
+                    .starts_with(&format!("OK ack t{n} ")));
             }
             Attempt::Refused => unreachable!(),
         }
@@ -124,14 +136,22 @@ async fn overrun_is_capped_and_health_answers() {
 
     stop.store(true, Ordering::Relaxed);
     let (polls, max, saturated) = watcher.await.unwrap();
-    assert!(polls > 0 && max <= 20 && saturated, "polls={polls} max={max} saturated={saturated}");
+    assert!(
+        polls > 0 && max <= 20 && saturated,
+        "polls={polls} max={max} saturated={saturated}"
+    );
     let (_, h) = health(a.status).await;
-    let rejected = h["limiters"]["chat"]["rejected_total"]["full"].as_u64().unwrap();
+    let rejected = h["limiters"]["chat"]["rejected_total"]["full"]
+        .as_u64()
+        .unwrap();
     assert!(rejected >= 182, "rejections counted: {rejected}");
 
     // Once clients leave, room comes back.
     drop(admitted);
-    wait_health(a.status, DEADLINE, |c, h| c == 200 && h["limiters"]["chat"]["in_use"] == 0).await;
+    wait_health(a.status, DEADLINE, |c, h| {
+        c == 200 && h["limiters"]["chat"]["in_use"] == 0
+    })
+    .await;
     assert!(matches!(attempt(a, false).await, Attempt::Tcp(_)));
 }
 
@@ -140,7 +160,15 @@ async fn leaked_permits_are_reclaimed_by_the_watchdog() {
     let data = scratch("leak");
     let srv = Proc::start(
         &data,
-        &["--max-connections", "20", "--fault-injection", "--idle-timeout", "2", "--admin-token", "t0k"],
+        &[
+            "--max-connections",
+            "20",
+            "--fault-injection",
+            "--idle-timeout",
+            "2",
+            "--admin-token",
+            "t0k",
+        ],
     );
     let a = srv.addrs;
 
@@ -149,7 +177,13 @@ async fn leaked_permits_are_reclaimed_by_the_watchdog() {
     let mut steady = Tcp::login(a.tcp, &token, "steady").await;
 
     // Leak every remaining permit, as the buggy library did.
-    let r = post_json(a.status, "/admin/faults", Some("t0k"), json!({"kind":"leak","permits":20})).await;
+    let r = post_json(
+        a.status,
+        "/admin/faults",
+        Some("t0k"),
+        json!({"kind":"leak","permits":20}),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["leaked"], 19);
     let leaked_at = Instant::now();
@@ -163,7 +197,10 @@ async fn leaked_permits_are_reclaimed_by_the_watchdog() {
     // Nobody intervenes. Within 5 s a new connection gets in.
     let pings = AtomicU64::new(0);
     let recovered = loop {
-        assert!(leaked_at.elapsed() < Duration::from_secs(5), "no recovery within 5 s");
+        assert!(
+            leaked_at.elapsed() < Duration::from_secs(5),
+            "no recovery within 5 s"
+        );
         // Traffic keeps the steady client's lease fresh.
         steady.send("PING").await;
         assert_eq!(steady.line().await.unwrap(), "PONG");
@@ -183,7 +220,10 @@ async fn leaked_permits_are_reclaimed_by_the_watchdog() {
         c == 200 && h["limiters"]["chat"]["reclaimed_total"].as_u64().unwrap() >= 19
     })
     .await;
-    assert!(h["limiters"]["chat"]["revoked_total"].as_u64().unwrap() >= 19, "{h}");
+    assert!(
+        h["limiters"]["chat"]["revoked_total"].as_u64().unwrap() >= 19,
+        "{h}"
+    );
     assert_eq!(h["watchdog"]["alive"], true);
     assert_eq!(h["status"], "healthy");
     // The steady client was never cut off.
@@ -196,16 +236,33 @@ async fn lost_wakeups_are_repaired() {
     let data = scratch("stall");
     let srv = Proc::start(
         &data,
-        &["--max-connections", "1", "--queue", "4", "--fault-injection", "--admin-token", "t0k"],
+        &[
+            "--max-connections",
+            "1",
+            "--queue",
+            "4",
+            "--fault-injection",
+            "--admin-token",
+            "t0k",
+        ],
     );
     let a = srv.addrs;
     let first = Tcp::hello(a.tcp).await;
     // The limiter will lose its next wake-ups.
-    let r = post_json(a.status, "/admin/faults", Some("t0k"), json!({"kind":"stall"})).await;
+    let r = post_json(
+        a.status,
+        "/admin/faults",
+        Some("t0k"),
+        json!({"kind":"stall"}),
+    )
+    .await;
     assert_eq!(r.status, 200);
     // A second connection waits in the queue...
     let second = tokio::spawn(async move { Tcp::hello(a.tcp).await });
-    wait_health(a.status, DEADLINE, |_, h| h["limiters"]["chat"]["waiting"] == 1).await;
+    wait_health(a.status, DEADLINE, |_, h| {
+        h["limiters"]["chat"]["waiting"] == 1
+    })
+    .await;
     // ...and when the first leaves, its wake-up is lost. The watchdog sees a
     // waiter beside a free permit and re-drives the hand-off.
     drop(first);
@@ -213,7 +270,10 @@ async fn lost_wakeups_are_repaired() {
         .await
         .expect("the waiter is admitted after the repair")
         .unwrap();
-    let h = wait_health(a.status, DEADLINE, |_, h| h["limiters"]["chat"]["repaired_total"].as_u64().unwrap() >= 1).await;
+    let h = wait_health(a.status, DEADLINE, |_, h| {
+        h["limiters"]["chat"]["repaired_total"].as_u64().unwrap() >= 1
+    })
+    .await;
     assert_eq!(h["limiters"]["chat"]["in_use"], 1);
     drop(second);
 }

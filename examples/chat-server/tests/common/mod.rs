@@ -133,7 +133,12 @@ impl Proc {
             .expect("server printed its listening line");
         let get = |key: &str| -> SocketAddr {
             let start = line.find(key).unwrap() + key.len();
-            line[start..].split_whitespace().next().unwrap().parse().unwrap()
+            line[start..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
         };
         Proc {
             addrs: Addrs {
@@ -200,7 +205,13 @@ impl Resp {
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-pub async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> Resp {
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> Resp {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(t) = token {
@@ -230,7 +241,14 @@ pub fn parse_response(raw: &[u8]) -> Resp {
         .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(raw)));
     let head = String::from_utf8_lossy(&raw[..end]).to_string();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
@@ -251,9 +269,9 @@ pub fn parse_response(raw: &[u8]) -> Resp {
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(i) = b.windows(2).position(|w| w == b"\r\n") else { break };
-        let n = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap().trim(), 16).unwrap_or(0);
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let n =
+            usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap().trim(), 16).unwrap_or(0);
         if n == 0 {
             break;
         }
@@ -276,7 +294,12 @@ pub async fn register(addr: SocketAddr, name: &str) -> String {
         serde_json::json!({"name": name, "password": "correct horse"}),
     )
     .await;
-    assert_eq!(r.status, 201, "register {name}: {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        201,
+        "register {name}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
     r.json()["token"].as_str().unwrap().to_owned()
 }
 
@@ -286,19 +309,27 @@ pub async fn health(status: SocketAddr) -> (u16, Value) {
 }
 
 /// Polls `/health` until `pred` holds, with a deadline.
-pub async fn wait_health(status: SocketAddr, within: Duration, pred: impl Fn(u16, &Value) -> bool) -> Value {
+pub async fn wait_health(
+    status: SocketAddr,
+    within: Duration,
+    pred: impl Fn(u16, &Value) -> bool,
+) -> Value {
     let start = Instant::now();
     loop {
         let (code, h) = health(status).await;
         if pred(code, &h) {
             return h;
         }
-        assert!(start.elapsed() < within, "health condition not reached: {code} {h}");
+        assert!(
+            start.elapsed() < within,
+            "health condition not reached: {code} {h}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
 /// A WebSocket client.
 pub struct Ws {
@@ -316,14 +347,18 @@ impl Ws {
     /// Connects and authenticates; returns after `ready`.
     pub async fn login(addr: SocketAddr, token: &str) -> Ws {
         let mut ws = Ws::connect(addr).await;
-        ws.send(serde_json::json!({"type":"auth","token":token})).await;
+        ws.send(serde_json::json!({"type":"auth","token":token}))
+            .await;
         let r = ws.recv().await;
         assert_eq!(r["type"], "ready", "{r}");
         ws
     }
 
     pub async fn send(&mut self, v: Value) {
-        self.ws.send(Message::Text(v.to_string().into())).await.unwrap();
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
     }
 
     pub async fn send_raw(&mut self, m: Message) {
@@ -402,7 +437,10 @@ impl Tcp {
     }
 
     pub async fn send(&mut self, line: &str) {
-        self.w.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        self.w
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
     }
 
     pub async fn send_bytes(&mut self, b: &[u8]) {
