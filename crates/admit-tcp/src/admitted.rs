@@ -73,6 +73,10 @@ struct Idle {
 /// * Dropping it closes the socket, then releases the permit and the
 ///   per-address count.
 ///
+/// Revocation is noticed by whichever task polls the stream last: a stream
+/// split between a reader task and a writer task wakes the one that polled
+/// most recently (the other sees it on its next poll).
+///
 /// ```
 /// use admit_tcp::Admitted;
 /// use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -823,8 +823,9 @@ impl AdmitListener {
         match message {
             Some(message) => {
                 // A direct send: the socket is non-blocking, and a fresh
-                // socket's empty buffer takes a short message whole.
-                let _ = sock.send(message);
+                // socket's empty buffer takes a short message whole. A
+                // peer that already reset gets EPIPE, without a SIGPIPE.
+                let _ = sock.send_with_flags(message, SEND_FLAGS);
                 let _ = sock.shutdown(Shutdown::Write);
                 // Discard what the client already sent, so the close is a
                 // FIN after the message rather than a RST that could
@@ -846,6 +847,29 @@ impl AdmitListener {
         drop(socket);
     }
 }
+
+/// Flags for the busy message's `send`: no SIGPIPE where the platform
+/// supports asking.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+    target_os = "illumos",
+))]
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+    target_os = "illumos",
+)))]
+const SEND_FLAGS: libc::c_int = 0;
 
 /// One non-blocking accept: the new socket is non-blocking and close-on-exec
 /// from the start (`accept4`), so no further call is needed before use.
