@@ -1,1 +1,198 @@
-fn main() {}
+//! The core limiter against its peers, side by side in one run.
+//!
+//! Groups:
+//! 1. `uncontended`: one owned permit taken and dropped — admit (with and
+//!    without a `touch()`), tokio's `Semaphore::try_acquire_owned`,
+//!    async-lock's `Semaphore::try_acquire_arc`, and a bare atomic
+//!    compare-exchange + fetch_sub pair (the floor).
+//! 2. `two_threads`: two threads hammering one limiter (throughput).
+//! 3. `handoff`: latency of a release reaching a waiting task, on tokio's
+//!    current-thread and multi-thread runtimes.
+//! 4. `watchdog`: one watchdog tick over 10,000 held leases.
+//!
+//! Ratios, not absolute times, are what benches/README.md records.
+
+use admit::{Limiter, Watchdog, WatchdogConfig};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn uncontended(c: &mut Criterion) {
+    let mut g = c.benchmark_group("uncontended");
+    let admit = Limiter::new(64);
+    g.bench_function("admit", |b| {
+        b.iter(|| drop(black_box(admit.try_acquire().unwrap())))
+    });
+    g.bench_function("admit_touch", |b| {
+        b.iter(|| {
+            let p = admit.try_acquire().unwrap();
+            p.touch();
+            drop(black_box(p))
+        })
+    });
+    let tokio_sem = Arc::new(tokio::sync::Semaphore::new(64));
+    g.bench_function("tokio", |b| {
+        b.iter(|| drop(black_box(tokio_sem.clone().try_acquire_owned().unwrap())))
+    });
+    let async_lock_sem = Arc::new(async_lock::Semaphore::new(64));
+    g.bench_function("async_lock", |b| {
+        b.iter(|| drop(black_box(async_lock_sem.try_acquire_arc().unwrap())))
+    });
+    let bare = AtomicUsize::new(0);
+    g.bench_function("bare_atomic", |b| {
+        b.iter(|| {
+            let cur = bare.load(Ordering::Relaxed);
+            if cur < 64
+                && bare
+                    .compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                black_box(&bare).fetch_sub(1, Ordering::AcqRel);
+            }
+        })
+    });
+    g.finish();
+}
+
+const OPS_PER_THREAD: u64 = 20_000;
+
+/// Runs `op` OPS_PER_THREAD times on each of two threads; returns the time.
+fn two_threads(op: impl Fn() + Send + Sync + 'static) -> Duration {
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let op = op.clone();
+            std::thread::spawn(move || {
+                for _ in 0..OPS_PER_THREAD {
+                    op();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    start.elapsed()
+}
+
+fn contended(c: &mut Criterion) {
+    let mut g = c.benchmark_group("two_threads");
+    g.throughput(Throughput::Elements(2 * OPS_PER_THREAD));
+    g.sample_size(20);
+    g.bench_function("admit", |b| {
+        b.iter_custom(|iters| {
+            let l = Limiter::new(4);
+            (0..iters)
+                .map(|_| {
+                    let l = l.clone();
+                    two_threads(move || {
+                        if let Ok(p) = l.try_acquire() {
+                            drop(black_box(p));
+                        }
+                    })
+                })
+                .sum()
+        })
+    });
+    g.bench_function("tokio", |b| {
+        b.iter_custom(|iters| {
+            let s = Arc::new(tokio::sync::Semaphore::new(4));
+            (0..iters)
+                .map(|_| {
+                    let s = s.clone();
+                    two_threads(move || {
+                        if let Ok(p) = s.clone().try_acquire_owned() {
+                            drop(black_box(p));
+                        }
+                    })
+                })
+                .sum()
+        })
+    });
+    g.finish();
+}
+
+fn handoff(c: &mut Criterion) {
+    let mut g = c.benchmark_group("handoff");
+    for (name, rt) in [
+        (
+            "current_thread",
+            tokio::runtime::Builder::new_current_thread().build().unwrap(),
+        ),
+        (
+            "multi_thread",
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build()
+                .unwrap(),
+        ),
+    ] {
+        g.bench_function(format!("admit/{name}"), |b| {
+            let l = Limiter::builder()
+                .capacity(1)
+                .queue_limit(1)
+                .build()
+                .unwrap();
+            b.to_async(&rt).iter(|| {
+                let l = l.clone();
+                async move {
+                    let held = l.try_acquire().unwrap();
+                    let waiter = tokio::spawn({
+                        let l = l.clone();
+                        async move { drop(l.acquire().await.unwrap()) }
+                    });
+                    while l.waiting() == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    drop(held);
+                    waiter.await.unwrap();
+                }
+            })
+        });
+        g.bench_function(format!("tokio/{name}"), |b| {
+            let s = Arc::new(tokio::sync::Semaphore::new(1));
+            b.to_async(&rt).iter(|| {
+                let s = s.clone();
+                async move {
+                    let held = s.clone().try_acquire_owned().unwrap();
+                    let waiter = tokio::spawn({
+                        let s = s.clone();
+                        async move { drop(s.acquire_owned().await.unwrap()) }
+                    });
+                    // tokio has no public waiter count: yield until the
+                    // waiter has had its turn to queue.
+                    for _ in 0..2 {
+                        tokio::task::yield_now().await;
+                    }
+                    drop(held);
+                    waiter.await.unwrap();
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+fn watchdog(c: &mut Criterion) {
+    let mut g = c.benchmark_group("watchdog");
+    let l = Limiter::new(10_000);
+    let held: Vec<_> = (0..10_000).map(|_| l.try_acquire().unwrap()).collect();
+    let mut dog = Watchdog::new(
+        l.clone(),
+        WatchdogConfig::default().max_idle(Duration::from_secs(3600)),
+    );
+    g.bench_function("tick_10k_leases", |b| b.iter(|| black_box(dog.tick())));
+    drop(held);
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = uncontended, contended, handoff, watchdog
+}
+criterion_main!(benches);
