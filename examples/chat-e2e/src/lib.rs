@@ -26,7 +26,7 @@
 
 use std::fmt;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +41,11 @@ use serde_json::{json, Value};
 /// Errors of the helpers and the tests: boxed, with a message that says what
 /// went wrong and what to do about it.
 pub type Error = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// How long one HTTP exchange or one protocol line may take. Registering
+/// hashes a password with argon2, which takes seconds in a debug build on a
+/// busy machine.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long to wait for a process to report that it is ready.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -335,11 +340,6 @@ pub fn chromium_path() -> Result<PathBuf, Error> {
     .ok_or_else(|| format!("chromium was not found; {INSTALL_HINT}").into())
 }
 
-/// A free TCP port on 127.0.0.1 at the time of the call.
-fn free_port() -> Result<u16, Error> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// A running `chromedriver`, killed on drop.
 #[derive(Debug)]
 pub struct ChromeDriver {
@@ -348,21 +348,56 @@ pub struct ChromeDriver {
 }
 
 impl ChromeDriver {
-    /// Starts `chromedriver` on a free port of 127.0.0.1.
+    /// Starts `chromedriver` on a port of 127.0.0.1 that it picks itself
+    /// (`--port=0`), and reads the port from its "started successfully on
+    /// port N" line, so no other process can take the port in between.
     pub fn start() -> Result<Self, Error> {
         let bin = chromedriver_path()?;
-        let port = free_port()?;
-        let child = Command::new(&bin)
-            .arg(format!("--port={port}"))
+        let mut child = Command::new(&bin)
+            .arg("--port=0")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}; {INSTALL_HINT}", bin.display()))?;
-        Ok(Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        })
+        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            // Keep reading to the end, so chromedriver never blocks on a
+            // full pipe.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // "Starting ChromeDriver … on port 0" comes first; the
+                // real port follows in "… started successfully on port N."
+                let port = line
+                    .split("successfully on port ")
+                    .nth(1)
+                    .and_then(|p| p.trim().trim_end_matches('.').parse::<u16>().ok())
+                    .filter(|&p| p != 0);
+                if let Some(port) = port {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(port);
+                    }
+                }
+            }
+        });
+        match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(port) => Ok(Self {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                Err(format!(
+                    "{} did not report its port within {STARTUP_TIMEOUT:?} (exit status: \
+                     {status:?}); {INSTALL_HINT}",
+                    bin.display()
+                )
+                .into())
+            }
+        }
     }
 
     /// The WebDriver endpoint, `http://127.0.0.1:PORT`.
@@ -648,9 +683,9 @@ pub async fn http_request(
         stream.read_to_end(&mut raw).await?;
         Ok::<_, std::io::Error>(raw)
     };
-    let raw = tokio::time::timeout(Duration::from_secs(10), io)
+    let raw = tokio::time::timeout(IO_TIMEOUT, io)
         .await
-        .map_err(|_| format!("{method} http://{addr}{path}: no answer within 10 s"))?
+        .map_err(|_| format!("{method} http://{addr}{path}: no answer within {IO_TIMEOUT:?}"))?
         .map_err(|e| format!("{method} http://{addr}{path}: {e}"))?;
     parse_http_response(&raw).ok_or_else(|| {
         format!(
@@ -767,9 +802,9 @@ impl LineClient {
     pub async fn read_line(&mut self) -> Result<Option<String>, Error> {
         use tokio::io::AsyncBufReadExt;
         let mut line = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut line))
+        let n = tokio::time::timeout(IO_TIMEOUT, self.reader.read_line(&mut line))
             .await
-            .map_err(|_| "no line from the TCP listener within 10 s")??;
+            .map_err(|_| format!("no line from the TCP listener within {IO_TIMEOUT:?}"))??;
         if n == 0 {
             return Ok(None);
         }
@@ -816,7 +851,9 @@ pub mod web {
     use fantoccini::Locator;
 
     /// How long a page action may take to show its effect.
-    pub const UI_TIMEOUT: Duration = Duration::from_secs(15);
+    /// Generous: a debug build hashes passwords (argon2) slowly, and CI
+    /// machines are small.
+    pub const UI_TIMEOUT: Duration = Duration::from_secs(30);
 
     /// Fills in the sign-in form and presses "Create account" (`register`
     /// true) or "Sign in".
