@@ -433,6 +433,9 @@ pub const CHROMIUM_FLAGS: &[&str] = &[
 /// takes its browser along.
 pub struct Browser {
     client: Client,
+    session: Option<String>,
+    // Field order matters on drop: the session is ended (in `Drop`), then
+    // chromedriver is killed, then the profile directory removed.
     driver: ChromeDriver,
     _profile: TempDir,
 }
@@ -488,8 +491,10 @@ impl Browser {
                 }
             }
         };
+        let session = client.session_id().await.ok().flatten();
         Ok(Self {
             client,
+            session,
             driver,
             _profile: profile,
         })
@@ -501,9 +506,42 @@ impl Browser {
     }
 
     /// Ends the session and chromedriver.
-    pub async fn close(self) -> Result<(), Error> {
+    pub async fn close(mut self) -> Result<(), Error> {
+        self.session = None;
         self.client.clone().close().await?;
         Ok(())
+    }
+}
+
+impl Drop for Browser {
+    /// A browser not closed with [`Browser::close`] (a test that panicked)
+    /// still ends its session, so that chromedriver stops Chromium instead
+    /// of leaving it running once chromedriver is killed.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let Some(addr) = self
+            .driver
+            .url
+            .strip_prefix("http://")
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+        else {
+            return;
+        };
+        let end = || -> std::io::Result<()> {
+            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(
+                stream,
+                "DELETE /session/{session} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut sink = Vec::new();
+            let _ = stream.read_to_end(&mut sink);
+            Ok(())
+        };
+        let _ = end();
     }
 }
 
