@@ -368,3 +368,49 @@ async fn the_drain_deadline_closes_stuck_requests_and_upgraded_streams() {
     .await;
     assert_eq!(server.limiter.in_use(), 0);
 }
+
+/// A WebSocket handler that splits the socket: one task reads, another
+/// writes, as chat servers do. Revocation must still end it.
+async fn split_echo(upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(|socket| async move {
+        let (mut sink, mut stream) = socket.split();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<WsMessage>(8);
+        let writer = tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, WsMessage::Text(_)) && tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let _ = writer.await;
+    })
+}
+
+#[tokio::test]
+async fn revocation_ends_a_websocket_read_and_written_from_separate_tasks() {
+    let app = Router::new().route("/split", routing::get(split_echo));
+    let server = start(Server::new(), app, 2).await;
+    let limiter = server.limiter.clone();
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/split", server.addr), stream)
+            .await
+            .unwrap();
+    for text in ["one", "two"] {
+        ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    assert_eq!(limiter.in_use(), 1);
+    assert_eq!(limiter.revoke_idle(Duration::ZERO), 1);
+    within("the split WebSocket ends", async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    wait_until("its permit is released", || limiter.in_use() == 0).await;
+}

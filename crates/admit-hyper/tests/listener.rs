@@ -1,0 +1,189 @@
+//! HttpListener's refusals, per-address caps and bounds; serving through
+//! admit-tcp's AdmitListener; per-connection services. Loopback only.
+
+mod common;
+
+use admit::Limiter;
+use admit_hyper::{ConnInfo, HttpListener, Server};
+use axum::extract::ConnectInfo;
+use axum::{routing, Extension, Router};
+use common::{get, http1_client, wait_until, within};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tower::Layer;
+
+fn app() -> Router {
+    Router::new().route("/", routing::get(|| async { "hello" }))
+}
+
+/// Connects from `source` (an address in 127.0.0.0/8) to `addr`.
+async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Sends one request on a fresh connection and reads until the server closes.
+async fn raw_request(mut stream: TcpStream) -> String {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    within(
+        "the server answers and closes",
+        stream.read_to_end(&mut out),
+    )
+    .await
+    .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn spawn_serve(
+    listener: impl admit_hyper::Accept + 'static,
+    app: Router,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(Server::new().serve(listener, app, std::future::pending()))
+}
+
+#[tokio::test]
+async fn a_silent_refused_client_is_dropped_after_the_refusal_timeout_without_stalling_others() {
+    let limiter = Limiter::new(1);
+    let listener = HttpListener::builder(limiter.clone())
+        .refusal_timeout(Duration::from_millis(300))
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = spawn_serve(listener, app());
+
+    let _holder = TcpStream::connect(addr).await.unwrap();
+    wait_until("the holder is admitted", || limiter.in_use() == 1).await;
+
+    // Refused and silent: the refusal waits for a request that never comes.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    // Meanwhile a refused client that does speak is answered at once.
+    let answer = raw_request(TcpStream::connect(addr).await.unwrap()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nRetry-After: 5\r\n"));
+    assert!(answer.contains("\r\nConnection: close\r\n"));
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "not held up by the silent one"
+    );
+
+    let mut buf = Vec::new();
+    let _ = within(
+        "the silent refused client is closed",
+        silent.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(buf.is_empty(), "no answer without a request");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(limiter.health().snapshot().rejected_total["full"], 2);
+    server.abort();
+}
+
+#[tokio::test]
+async fn the_per_address_cap_answers_503_and_counts_per_ip() {
+    let limiter = Limiter::new(8);
+    let listener = admit_hyper::listener(limiter.clone())
+        .per_ip(1)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = spawn_serve(listener, app());
+
+    let _holder = connect_from("127.0.0.2", addr).await;
+    wait_until("the first connection from 127.0.0.2 is admitted", || {
+        limiter.in_use() == 1
+    })
+    .await;
+    let answer = raw_request(connect_from("127.0.0.2", addr).await).await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    // Another address is still served.
+    let answer = raw_request(connect_from("127.0.0.3", addr).await).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("hello"));
+    assert_eq!(limiter.health().snapshot().rejected_total["per_ip"], 1);
+    server.abort();
+}
+
+#[tokio::test]
+async fn beyond_max_refusals_refused_connections_are_closed_without_an_answer() {
+    let limiter = Limiter::new(0);
+    let listener = HttpListener::builder(limiter.clone())
+        .max_refusals(0)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = spawn_serve(listener, app());
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let mut buf = Vec::new();
+    let _ = within(
+        "the refused connection is closed",
+        stream.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(buf.is_empty());
+    server.abort();
+}
+
+#[tokio::test]
+async fn an_admit_tcp_listener_can_be_served_too() {
+    let limiter = Limiter::new(4);
+    let listener = admit_tcp::AdmitListener::builder(limiter.clone())
+        .policy(admit_tcp::Policy::Reject)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = spawn_serve(listener, app());
+    let (status, _, body) = get(&http1_client(), &format!("http://{addr}/"))
+        .await
+        .unwrap();
+    assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"hello"[..]));
+    assert_eq!(limiter.in_use(), 1);
+    server.abort();
+}
+
+#[tokio::test]
+async fn serve_with_makes_a_service_per_connection_with_its_peer_address() {
+    let limiter = Limiter::new(4);
+    let listener = admit_hyper::listener(limiter.clone())
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route(
+        "/",
+        routing::get(
+            |ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.ip().to_string() },
+        ),
+    );
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let server = {
+        let seen = seen.clone();
+        tokio::spawn(Server::new().serve_with(
+            listener,
+            move |conn: &ConnInfo| {
+                seen.lock().unwrap().push(conn.lease);
+                Extension(ConnectInfo(conn.remote_addr)).layer(app.clone())
+            },
+            std::future::pending(),
+        ))
+    };
+    let answer = raw_request(connect_from("127.0.0.4", addr).await).await;
+    assert!(answer.ends_with("127.0.0.4"), "{answer}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    server.abort();
+}
