@@ -154,8 +154,8 @@ fn rejection_cost(c: &mut Criterion, rt: &Runtime) {
 /// over seconds, so sequential criterion groups can differ by more than the
 /// effect being measured; neighbouring batches see the same load.
 fn interleaved_ratio(rt: &Runtime, ours: SocketAddr, peer: SocketAddr) -> (f64, f64, f64) {
-    const ROUNDS: usize = 21;
-    const BATCH: u64 = 400;
+    const ROUNDS: usize = 15;
+    const BATCH: u64 = 300;
     let mut ratios: Vec<f64> = (0..ROUNDS)
         .map(|round| {
             let (t_ours, t_peer) = if round % 2 == 0 {
@@ -190,7 +190,7 @@ fn print_ratios(rt: &Runtime) {
     let reject = rt.block_on(admit_server(busy_limiter.clone(), Policy::Reject, true));
     let busy = rt.block_on(admit_server(busy_limiter, Policy::busy_default(), true));
     println!("interleaved throughput ratios against the bare tokio accept-and-close loop");
-    println!("(median of 21 rounds of 400 connections each, with the quartiles):");
+    println!("(median of 15 rounds of 300 connections each, with the quartiles):");
     for (name, addr) in [
         ("admit_listener", admit),
         ("admit_listener_no_socket_options", admit_plain),
@@ -206,8 +206,9 @@ fn main() {
     let rt = runtime();
     let mut c = Criterion::default()
         .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .without_plots()
         .configure_from_args();
     accept_throughput(&mut c, &rt);
     rejection_cost(&mut c, &rt);
