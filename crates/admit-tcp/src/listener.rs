@@ -248,13 +248,20 @@ impl Builder {
 
     /// Wraps a tokio listener. Must be called inside a tokio runtime.
     pub fn from_tokio(self, listener: TcpListener) -> io::Result<AdmitListener> {
-        // Back to a plain (non-blocking) socket, watched through AsyncFd.
+        // Back to a plain non-blocking socket, watched through AsyncFd.
+        self.from_std(listener.into_std()?)
+    }
+
+    /// Wraps a std listener (switching it to non-blocking mode). Must be
+    /// called inside a tokio runtime.
+    pub fn from_std(self, listener: std::net::TcpListener) -> io::Result<AdmitListener> {
+        listener.set_nonblocking(true)?;
         // `AsyncFd::new` is deprecated in favour of an `unsafe fn register`
         // whose contract is that the descriptor stays open and unchanged while
         // registered. It does here: the listener is owned by the `AsyncFd`
         // and only ever borrowed from it, so the safe constructor is sound.
         #[allow(deprecated)]
-        let listener = AsyncFd::new(listener.into_std()?)?;
+        let listener = AsyncFd::new(listener)?;
         let per_ip = self.per_ip.map(|choice| match choice {
             PerIpChoice::Shared(limit) => limit,
             PerIpChoice::Cap(max) => PerIpLimit::for_connections(
@@ -279,13 +286,6 @@ impl Builder {
             waits: FuturesUnordered::new(),
             pause: Pause::default(),
         })
-    }
-
-    /// Wraps a std listener (switching it to non-blocking mode). Must be
-    /// called inside a tokio runtime.
-    pub fn from_std(self, listener: std::net::TcpListener) -> io::Result<AdmitListener> {
-        listener.set_nonblocking(true)?;
-        self.from_tokio(TcpListener::from_std(listener)?)
     }
 }
 
