@@ -59,7 +59,13 @@ pub struct ConnInfo {
 ///   (end of file) and writes (error).
 /// * Shutdown: stop accepting, let in-flight requests finish, close idle
 ///   connections, and after [`drain_timeout`](Self::drain_timeout) close the
-///   rest, upgraded streams included (by revoking their leases).
+///   rest, upgraded streams included (by revoking their leases). Upgraded
+///   streams belong to the application, which should end them on the same
+///   signal (a WebSocket close frame, say); the drain waits for them until
+///   the deadline. The limiter is not closed, as other listeners may share
+///   it; call [`Limiter::close`](admit::Limiter::close) beside the shutdown
+///   signal if health should read `draining`. Dropping the serve future
+///   instead closes every connection it serves at once.
 ///
 /// ```no_run
 /// use admit_hyper::Server;

@@ -414,3 +414,61 @@ async fn revocation_ends_a_websocket_read_and_written_from_separate_tasks() {
     .await;
     wait_until("its permit is released", || limiter.in_use() == 0).await;
 }
+
+#[tokio::test]
+async fn http2_requests_in_flight_complete_on_shutdown() {
+    let (app, entered, gate) = gated_app();
+    let mut server = start(Server::new(), app, 4).await;
+    let client = http2_client();
+    let url = server.url("/slow");
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move { get(&client, &url).await })
+    };
+    entered.await.unwrap();
+    server.shutdown();
+    gate.send(()).unwrap();
+    let (status, _, body) = within("the HTTP/2 request completes", in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (status, &body[..]),
+        (http::StatusCode::OK, &b"slow done"[..])
+    );
+    within("serve returns", &mut server.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(server.limiter.in_use(), 0);
+}
+
+#[tokio::test]
+async fn request_admission_and_connection_admission_work_together() {
+    // Connections are capped by the listener's limiter; requests on them by
+    // admit-tower's layer with a limiter of its own.
+    let requests = admit::Limiter::new(1);
+    let (app, entered, gate) = gated_app();
+    let app = app.layer(admit_tower::HttpAdmitLayer::new(requests.clone()));
+    let server = start(Server::new(), app, 8).await;
+
+    let client = http2_client();
+    let url = server.url("/slow");
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { get(&client, &url).await })
+    };
+    entered.await.unwrap();
+    // Same HTTP/2 connection, second request: shed by the request limiter.
+    let (status, headers, _) = get(&client, &server.url("/")).await.unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(server.limiter.in_use(), 1, "one connection");
+
+    gate.send(()).unwrap();
+    let (status, _, _) = slow.await.unwrap().unwrap();
+    assert_eq!(status, 200);
+    let (status, _, body) = get(&client, &server.url("/")).await.unwrap();
+    assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"hello"[..]));
+    assert_eq!(requests.in_use(), 0);
+}
