@@ -168,7 +168,11 @@ pub async fn run(cli: Cli) -> Result<Report, RunError> {
         }
     };
 
-    let result = run_with_target(&cli, target, connector, limit, spawned.is_some()).await;
+    // Ctrl-C ends the run early but still stops a spawned server.
+    let result = tokio::select! {
+        r = run_with_target(&cli, target, connector, limit, spawned.is_some()) => r,
+        _ = tokio::signal::ctrl_c() => Err(RunError::Setup("interrupted".into())),
+    };
     let mut server_exit = None;
     if let Some(s) = spawned {
         server_exit = Some(s.stop().await);

@@ -183,7 +183,10 @@ fn draw_inner(report: &Report, path: &Path) -> DrawResult {
     // Panel 3: latency.
     let y3 = tl.iter().filter_map(|s| s.p99_ms).fold(1.0, f64::max) * 1.15;
     let mut c3 = ChartBuilder::on(&panels[2])
-        .caption("chat message latency per bin", ("sans-serif", 16))
+        .caption(
+            format!("{} per bin", report.latency_label),
+            ("sans-serif", 16),
+        )
         .margin(8)
         .x_label_area_size(30)
         .y_label_area_size(60)
@@ -229,11 +232,14 @@ fn draw_inner(report: &Report, path: &Path) -> DrawResult {
             EVENT.stroke_width(1),
         ))?;
     }
-    c3.configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    let has_latency = tl.iter().any(|s| s.p50_ms.is_some());
+    if has_latency {
+        c3.configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
 
     root.present()?;
     Ok(())

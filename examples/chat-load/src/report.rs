@@ -55,6 +55,9 @@ pub struct Report {
     pub timeline: Vec<Sample>,
     /// The chat capacity (for the plot's reference line), when known.
     pub capacity: Option<u64>,
+    /// What the time line's latency samples measure (the plot's third
+    /// panel title).
+    pub latency_label: String,
 }
 
 impl Report {
@@ -68,6 +71,7 @@ impl Report {
             events: Vec::new(),
             timeline: Vec::new(),
             capacity: None,
+            latency_label: "chat message latency (send → delivered)".to_string(),
         }
     }
 

@@ -214,6 +214,7 @@ async fn normal_client(
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx, args: &SlowlorisArgs) -> Result<Report, ScenarioError> {
     let mut report = Report::new("slowloris");
+    report.latency_label = "normal client cycle (connect → auth → join → send → ack)".into();
     let slow = slow_count(args, ctx.capacity);
     let observe = args
         .observe

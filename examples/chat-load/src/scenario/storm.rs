@@ -72,6 +72,7 @@ fn hold(set: &mut JoinSet<()>, mut conn: ChatConn, end: CancellationToken) {
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx, args: &StormArgs) -> Result<Report, ScenarioError> {
     let mut report = Report::new("storm");
+    report.latency_label = "reconnect answer time (connect → admitted or rejected)".into();
     let n = clients(args, ctx.capacity);
     let token = register_users(ctx, 1).await?.remove(0);
     report.figure("clients", n, "");
@@ -121,6 +122,7 @@ pub async fn run(ctx: &Ctx, args: &StormArgs) -> Result<Report, ScenarioError> {
                     let wait = backoff(&args, jitter, attempt, &mut rand::thread_rng());
                     tokio::time::sleep(wait).await;
                     let r = timed_open(&connector, &target, transport, timeout).await;
+                    timeline.latency(r.elapsed);
                     match r.result {
                         Ok(Opened::Admitted(mut conn)) => {
                             timeline.outcome(Outcome::Admitted);

@@ -91,11 +91,13 @@ async fn probe(
         Err(_) => Outcome::Failed,
     };
     timeline.outcome(outcome);
+    timeline.latency(r.elapsed);
     Probe { started, outcome }
 }
 
 async fn leak(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, ScenarioError> {
     let mut report = Report::new("wedge");
+    report.latency_label = "connection answer time (connect → admitted or rejected)".into();
     let interval = Duration::from_millis(args.probe_interval_ms.max(10));
 
     // Baseline: the server admits.
@@ -310,6 +312,7 @@ fn wedge_checks(
 
 async fn stall(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, ScenarioError> {
     let mut report = Report::new("wedge");
+    report.latency_label = "connection answer time (connect → admitted or rejected)".into();
     let tokens = register_users(ctx, 1).await?;
     let token = tokens[0].clone();
     let cap = ctx.capacity;
@@ -368,6 +371,7 @@ async fn stall(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, Scenar
         let end = hold_end.clone();
         waiters.spawn(async move {
             let r = timed_open(&connector, &target, transport, waiter_timeout).await;
+            timeline.latency(r.elapsed);
             let outcome = match r.result {
                 Ok(Opened::Admitted(mut conn)) => {
                     let _ = tx.send((Instant::now(), Outcome::Admitted));
