@@ -1,11 +1,15 @@
 //! Recovery as people see it: a connection the server revokes (close code
 //! 1013, "try again later") comes back by itself, and the status page shows a
-//! leaked-permit outage and the watchdog's repair as they happen.
+//! leaked-permit outage and the watchdog's repair as they happen; while the
+//! server is full, the page waits at least as long as its `Retry-After` says.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chat_e2e::{
-    eval, health, http_request, wait_for, wait_js, web, Browser, ChatServer, Error, ServerOptions,
+    eval, health, http_request, wait_for, wait_js, web, Browser, ChatServer, Error, LineClient,
+    ServerOptions,
 };
 use serde_json::json;
 
@@ -141,6 +145,112 @@ async fn status_page_shows_a_leak_and_its_repair() -> Result<(), Error> {
         Ok::<_, Error>(())
     }
     .await;
+    let _ = browser.close().await;
+    result
+}
+
+/// Takes every chat slot that frees, until told to stop: a crowd that
+/// leaves no room. Connections the server closes (revoked ones) just stay in
+/// the list; the loop keeps trying, so any slot that frees is taken again.
+fn greedy_crowd(tcp: std::net::SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut held: Vec<LineClient> = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match LineClient::connect(tcp).await {
+                Ok(c) if c.admitted() => held.push(c),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_while_full() -> Result<(), Error> {
+    let server = admin_server(&[], 3)?;
+    let browser = Browser::start().await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut crowd = None;
+    let result = async {
+        let c = browser.client();
+        let addrs = server.addrs();
+        c.goto(&server.client_url()).await?;
+        web::sign_in(c, "grace", "password-grace", true).await?;
+        web::wait_online(c, T).await?;
+        c.execute(RECORD_STATES, vec![]).await?;
+
+        // A crowd takes the free slot, and every slot that frees later.
+        crowd = Some(greedy_crowd(addrs.tcp, stop.clone()));
+        wait_for(T, "the server to be full", || async {
+            let h = health(addrs.status).await.ok()?;
+            (h.get("status")?.as_str()? == "saturated").then_some(())
+        })
+        .await?;
+
+        // The operator revokes every connection: the page's slots go to the
+        // crowd, and its attempts are answered 503 with Retry-After.
+        let res = http_request(
+            addrs.status,
+            "POST",
+            "/admin/revoke",
+            Some(&json!({"idle_ms": 0})),
+            Some(ADMIN),
+        )
+        .await?;
+        assert_eq!(res.status, 200, "revoke: {}", res.json);
+        // The revoked connections close, and the crowd takes their slots.
+        let busy = wait_for(T, "the HTTP listener to answer 503", || async {
+            let r = http_request(addrs.http, "GET", "/api/rooms", None, None)
+                .await
+                .ok()?;
+            (r.status == 503).then_some(r)
+        })
+        .await?;
+        let retry_after_ms = busy
+            .header("retry-after")
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or("a 503 without Retry-After")?
+            * 1000;
+
+        // The page read the same Retry-After and waits at least that long.
+        let seen = wait_js(
+            c,
+            "document.body.dataset.retryAfterMs",
+            T,
+            "the page to read Retry-After",
+        )
+        .await?;
+        assert_eq!(seen, retry_after_ms.to_string());
+        let delay: u64 = eval(c, "document.body.dataset.nextDelayMs")
+            .await?
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .ok_or("no scheduled delay")?;
+        assert!(
+            delay >= retry_after_ms,
+            "next attempt in {delay} ms, before the server's Retry-After of {retry_after_ms} ms"
+        );
+        wait_js(
+            c,
+            "!document.getElementById('banner').hidden && \
+             document.getElementById('banner').textContent.includes('at capacity')",
+            T,
+            "the banner saying the server is at capacity",
+        )
+        .await?;
+
+        // The crowd leaves; the page is back by itself.
+        stop.store(true, Ordering::Relaxed);
+        if let Some(crowd) = crowd.take() {
+            crowd.await?;
+        }
+        web::wait_online(c, Duration::from_secs(45)).await?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    if let Some(crowd) = crowd {
+        let _ = crowd.await;
+    }
     let _ = browser.close().await;
     result
 }
