@@ -21,6 +21,19 @@ pub struct Cli {
     pub common: Common,
 }
 
+impl Cli {
+    /// The idle timeout a spawned server gets: short where the scenario
+    /// waits for it (wedge's leak repair, slowloris), long elsewhere so
+    /// quiet load clients are not closed mid-run.
+    pub fn idle_timeout(&self) -> u64 {
+        self.common.idle_timeout.unwrap_or(match self.scenario {
+            Scenario::Wedge(_) => 3,
+            Scenario::Slowloris(_) => 5,
+            _ => 60,
+        })
+    }
+}
+
 /// Options shared by every scenario.
 #[derive(Debug, Args, Clone)]
 pub struct Common {
@@ -51,9 +64,10 @@ pub struct Common {
     #[arg(long, global = true, default_value_t = 0)]
     pub queue: u64,
     /// Spawned server: --idle-timeout in seconds (also what `wedge` expects
-    /// the leak repair to wait for).
-    #[arg(long, global = true, default_value_t = 5)]
-    pub idle_timeout: u64,
+    /// the leak repair to wait for). Default: 3 for wedge, 5 for slowloris,
+    /// 60 otherwise.
+    #[arg(long, global = true)]
+    pub idle_timeout: Option<u64>,
     /// Append the spawned server's log to this file.
     #[arg(long, global = true, value_name = "FILE")]
     pub server_log: Option<PathBuf>,
@@ -329,7 +343,8 @@ mod tests {
         assert_eq!(w.expect_recovery_within, Some(7.5));
         assert_eq!(w.fault, FaultKind::Stall);
         assert_eq!(cli.common.queue, 10);
-        assert_eq!(cli.common.idle_timeout, 5);
+        assert_eq!(cli.common.idle_timeout, None);
+        assert_eq!(cli.idle_timeout(), 3);
         assert_eq!(cli.scenario.name(), "wedge");
     }
 

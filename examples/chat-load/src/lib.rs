@@ -157,7 +157,7 @@ pub async fn run(cli: Cli) -> Result<Report, RunError> {
                 capacity: common.capacity,
                 per_ip: common.per_ip.unwrap_or(common.capacity).max(1),
                 queue,
-                idle_timeout: common.idle_timeout,
+                idle_timeout: cli.idle_timeout(),
                 fault_injection: matches!(cli.scenario, Scenario::Wedge(_)),
                 log: common.server_log.clone(),
             };
@@ -222,10 +222,10 @@ async fn run_with_target(
     if !spawned {
         check_fd_budget(planned_sockets(&cli.scenario, capacity), 0, limit)?;
     }
-    let idle = spawned.then_some(common.idle_timeout);
+    let idle = spawned.then_some(cli.idle_timeout());
 
     let stop = CancellationToken::new();
-    let max_time = deadline(cli, common.idle_timeout);
+    let max_time = deadline(cli, cli.idle_timeout());
     let start = Instant::now();
     let timeline = Arc::new(Timeline::new(
         start,

@@ -14,8 +14,7 @@
 //! attempt that is reset, refused or times out counts as unanswered.
 
 use super::{
-    chatter, connect_chatter, register_users, report_tracker, wait_closed, Ctx, ScenarioError,
-    Tracker,
+    chatter, connect_chatter, hold, register_users, report_tracker, Ctx, ScenarioError, Tracker,
 };
 use crate::cli::FloodArgs;
 use crate::client::{timed_open, ClientError, Opened};
@@ -27,6 +26,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+/// How often a held flood connection pings, so the server's idle timeout
+/// does not free its slot before the flood ends.
+const PING_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 struct Counts {
@@ -146,11 +149,7 @@ pub async fn run(ctx: &Ctx, args: &FloodArgs) -> Result<Report, ScenarioError> {
                         r = conn.auth(&token, timeout) => r.is_ok(),
                         _ = flood_end.cancelled() => true,
                     };
-                    let lost = !authed
-                        || tokio::select! {
-                            _ = flood_end.cancelled() => false,
-                            _ = wait_closed(&mut conn) => true,
-                        };
+                    let lost = !authed || !hold(&mut conn, &flood_end, PING_EVERY).await;
                     if lost {
                         counts.holders_lost.fetch_add(1, Ordering::Relaxed);
                     }

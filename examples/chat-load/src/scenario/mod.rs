@@ -536,6 +536,29 @@ pub fn report_tracker(report: &mut Report, t: &Tracker, seconds: f64) {
     report.figure("lagged errors", t.lagged.load(Ordering::Relaxed), "");
 }
 
+/// Keeps an admitted connection alive like a real idle client (a ping every
+/// `ping_every`, so the idle timeout does not apply) until `end`. Returns
+/// `false` when the server closed it first.
+pub async fn hold(conn: &mut ChatConn, end: &CancellationToken, ping_every: Duration) -> bool {
+    let mut tick = tokio::time::interval(ping_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = end.cancelled() => return true,
+            _ = tick.tick() => {
+                if conn.send(&Command::Ping).await.is_err() {
+                    return false;
+                }
+            }
+            ev = conn.recv() => {
+                if matches!(ev, Event::Closed(_) | Event::Bye | Event::Busy { .. }) {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 /// Reads events until the server closes the connection.
 pub async fn wait_closed(conn: &mut ChatConn) -> Event {
     loop {

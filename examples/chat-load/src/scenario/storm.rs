@@ -9,7 +9,7 @@
 //! rejections, unanswered attempts, clients that gave up, and the time until
 //! everyone was back.
 
-use super::{register_users, wait_closed, Ctx, ScenarioError};
+use super::{register_users, Ctx, ScenarioError};
 use crate::cli::StormArgs;
 use crate::client::{timed_open, ChatConn, Opened};
 use crate::metrics::Outcome;
@@ -60,10 +60,7 @@ struct Round {
 /// A connected, authenticated client that waits to be dropped.
 fn hold(set: &mut JoinSet<()>, mut conn: ChatConn, end: CancellationToken) {
     set.spawn(async move {
-        tokio::select! {
-            _ = end.cancelled() => {}
-            _ = wait_closed(&mut conn) => {}
-        }
+        super::hold(&mut conn, &end, Duration::from_secs(1)).await;
         // Dropped without a goodbye, like a client whose network went away.
         drop(conn);
     });
