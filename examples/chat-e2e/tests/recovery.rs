@@ -34,6 +34,7 @@ const RECORD_STATES: &str = "window.__states = []; \
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_connection_comes_back_by_itself() -> Result<(), Error> {
+    const WINDOWS: usize = 4;
     let server = admin_server(&[], 64)?;
     let browser = Browser::start().await?;
     let result = async {
@@ -42,8 +43,21 @@ async fn revoked_connection_comes_back_by_itself() -> Result<(), Error> {
         c.goto(&server.client_url()).await?;
         web::sign_in(c, "frank", "password-frank", true).await?;
         web::wait_online(c, T).await?;
-        web::trap_alerts(c).await?;
-        c.execute(RECORD_STATES, vec![]).await?;
+        // More windows of the same person (signed in from the stored
+        // session): a small room that loses its connections together.
+        let mut windows = vec![c.window().await?];
+        for _ in 1..WINDOWS {
+            let w = c.new_window(false).await?.handle;
+            c.switch_to_window(w.clone()).await?;
+            c.goto(&server.client_url()).await?;
+            windows.push(w);
+        }
+        for w in &windows {
+            c.switch_to_window(w.clone()).await?;
+            web::wait_online(c, T).await?;
+            web::trap_alerts(c).await?;
+            c.execute(RECORD_STATES, vec![]).await?;
+        }
 
         // The operator revokes every chat connection (idle for 0 ms or more).
         let res = http_request(
@@ -56,31 +70,63 @@ async fn revoked_connection_comes_back_by_itself() -> Result<(), Error> {
         .await?;
         assert_eq!(res.status, 200, "revoke: {}", res.json);
 
-        // The page notices, waits as told (1013: try again later), and is
-        // back without anyone touching it.
-        wait_js(
-            c,
-            "window.__states.includes('reconnecting')",
-            T,
-            "the page to notice the revocation",
-        )
-        .await?;
-        assert_eq!(
-            eval(c, "document.body.dataset.lastClose").await?,
-            "1013",
-            "close code of a revoked connection"
+        // Every window notices, waits as told (1013: try again later, at
+        // least 1 s) plus its own random share, and is back by itself.
+        let mut delays = Vec::new();
+        for w in &windows {
+            c.switch_to_window(w.clone()).await?;
+            wait_js(
+                c,
+                "window.__states.includes('reconnecting')",
+                T,
+                "the page to notice the revocation",
+            )
+            .await?;
+            assert_eq!(
+                eval(c, "document.body.dataset.lastClose").await?,
+                "1013",
+                "close code of a revoked connection"
+            );
+            let delay: u64 = eval(c, "document.body.dataset.nextDelayMs")
+                .await?
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .ok_or("no scheduled delay")?;
+            assert!(
+                (1000..=11_000).contains(&delay),
+                "a 1013 close must wait at least 1 s, and back-off is capped: {delay} ms"
+            );
+            delays.push(delay);
+        }
+        for w in &windows {
+            c.switch_to_window(w.clone()).await?;
+            web::wait_online(c, T).await?;
+        }
+        delays.sort_unstable();
+        delays.dedup();
+        assert!(
+            delays.len() > 1,
+            "{WINDOWS} windows all chose the same reconnect delay: no jitter"
         );
-        web::wait_online(c, T).await?;
         let revoked = health(addrs.status)
             .await?
             .pointer("/limiters/chat/revoked_total")
             .and_then(|v| v.as_u64())
             .unwrap_or(0);
-        assert!(revoked >= 1, "revocation not counted");
+        assert!(
+            revoked >= WINDOWS as u64,
+            "revocations not counted: {revoked}"
+        );
 
-        // And it works: a message goes through on the new connection.
+        // And it works: a message goes through on a new connection, and the
+        // other windows of the same person see it.
+        c.switch_to_window(windows[0].clone()).await?;
         web::send(c, "back after the revocation").await?;
-        web::wait_message(c, "back after the revocation", T).await?;
+        for w in &windows {
+            c.switch_to_window(w.clone()).await?;
+            web::wait_message(c, "back after the revocation", T).await?;
+            assert_eq!(web::alerts(c).await?, 0);
+        }
         Ok::<_, Error>(())
     }
     .await;
