@@ -39,6 +39,54 @@
 //! assert_eq!(limiter.health().snapshot().in_use, 0);
 //! # Ok(()) }
 //! ```
+//!
+//! ## An axum app with WebSockets
+//!
+//! Upgrades need nothing special: [`Server`] serves every connection with
+//! upgrades enabled, so axum's `WebSocketUpgrade` works as usual, and the
+//! upgraded socket keeps the connection's permit until the handler drops it.
+//! Revoking the lease (an operator, or a [`Watchdog`](admit::Watchdog) with
+//! `max_idle`) makes the socket's next read end, so the handler's receive
+//! loop finishes.
+//!
+//! ```no_run
+//! use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+//! use axum::{response::Response, routing::get, Router};
+//! use std::time::Duration;
+//!
+//! async fn ws(upgrade: WebSocketUpgrade) -> Response {
+//!     upgrade.on_upgrade(|mut socket: WebSocket| async move {
+//!         while let Some(Ok(msg)) = socket.recv().await {
+//!             if let Message::Text(text) = msg {
+//!                 if socket.send(Message::Text(text)).await.is_err() {
+//!                     break;
+//!                 }
+//!             }
+//!         }
+//!     })
+//! }
+//!
+//! # #[tokio::main]
+//! # async fn main() -> std::io::Result<()> {
+//! let limiter = admit::Limiter::builder().capacity(10_000).name("chat").build().unwrap();
+//! let _watchdog = admit::Watchdog::spawn(
+//!     limiter.clone(),
+//!     admit::WatchdogConfig::default().max_idle(Duration::from_secs(300)),
+//! )?;
+//! let listener = admit_hyper::listener(limiter.clone())
+//!     .per_ip(256)
+//!     .bind("127.0.0.1:8080")
+//!     .await?;
+//! let app = Router::new().route("/ws", get(ws));
+//! let shutdown = async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! };
+//! admit_hyper::Server::new()
+//!     .drain_timeout(Duration::from_secs(5))
+//!     .serve(listener, app, shutdown)
+//!     .await
+//! # }
+//! ```
 #![warn(
     missing_docs,
     missing_debug_implementations,
