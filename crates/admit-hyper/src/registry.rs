@@ -1,5 +1,9 @@
 //! The connections a server has handed out, upgraded ones included, so a
 //! drain can wait for them and, past its deadline, revoke them.
+//!
+//! A plain `Mutex` is enough here: it is taken twice per connection (admit
+//! and close) and once per drain, never per request or per read, and never
+//! held across an await. The lock-free rule (I5) is the core crate's.
 
 use admit::{LeaseId, Limiter};
 use std::collections::HashMap;
