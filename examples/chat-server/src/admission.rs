@@ -1,5 +1,12 @@
-//! Connection admission: the thin layer between a listening socket and the
-//! protocol code.
+//! Connection admission for the HTTP listeners: the thin layer between a
+//! listening socket and hyper.
+//!
+//! (The TCP listener uses `admit_tcp::AdmitListener` directly. The HTTP
+//! side keeps this layer because an upgraded WebSocket must be able to see
+//! its own lease being revoked and send close 1013 *before* the socket
+//! goes; a permit sealed inside the upgraded I/O object can only end the
+//! stream. Both listeners share one `admit_tcp::PerIpLimit`, so the
+//! per-address budget is one number across HTTP, WebSocket and TCP.)
 //!
 //! Every accepted connection must hold a [`Permit`] from the listener's
 //! limiter (and, for chat, a share of its address's per-IP budget) before
@@ -14,11 +21,11 @@
 //! exactly the connections that went quiet.
 
 use admit::{Limiter, Permit, Rejected};
-use std::collections::HashMap;
+use admit_tcp::{PerIpGuard, PerIpLimit};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -30,86 +37,12 @@ pub const RETRY_AFTER_SECS: u32 = 2;
 /// How long a waiting connection (`--queue`) may wait for a permit.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(10);
 
-/// The key a per-address budget is counted under: the IPv4 address, or the
-/// /64 prefix of an IPv6 one (one host usually owns a whole /64).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IpKey {
-    /// An IPv4 address (IPv4-mapped IPv6 addresses count as IPv4).
-    V4(u32),
-    /// The upper 64 bits of an IPv6 address.
-    V6(u64),
-}
-
-impl IpKey {
-    /// The budget key for an address.
-    pub fn of(ip: IpAddr) -> IpKey {
-        match ip {
-            IpAddr::V4(v4) => IpKey::V4(u32::from(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpKey::V4(u32::from(v4)),
-                None => IpKey::V6((u128::from(v6) >> 64) as u64),
-            },
-        }
-    }
-}
-
-/// Concurrent connections per address. The table holds only addresses with
-/// a live connection, so its size is bounded by the limiter's capacity.
-#[derive(Debug)]
-pub struct PerIp {
-    max: u32,
-    counts: Mutex<HashMap<IpKey, u32>>,
-}
-
-/// One connection's share of its address's budget; returned on drop.
-#[derive(Debug)]
-pub struct IpGuard {
-    table: Arc<PerIp>,
-    key: IpKey,
-}
-
-impl PerIp {
-    /// A table allowing `max` connections per address.
-    pub fn new(max: u32) -> Arc<PerIp> {
-        Arc::new(PerIp {
-            max,
-            counts: Mutex::new(HashMap::new()),
-        })
-    }
-
-    fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
-        let key = IpKey::of(ip);
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(key).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(IpGuard {
-            table: self.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for IpGuard {
-    fn drop(&mut self) {
-        let mut counts = self.table.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.key);
-            }
-        }
-    }
-}
-
 /// A connection's right to exist: the limiter permit and the per-IP share.
 #[derive(Debug)]
 pub struct Admission {
     /// The lease; revoked by the watchdog when the connection idles.
     pub permit: Permit,
-    _ip: Option<IpGuard>,
+    _ip: Option<PerIpGuard>,
 }
 
 /// The admission policy of one listener.
@@ -117,14 +50,14 @@ pub struct Admission {
 pub struct Gate {
     /// The limiter connections are counted against.
     pub limiter: Limiter,
-    per_ip: Option<Arc<PerIp>>,
+    per_ip: Option<PerIpLimit>,
     queue: bool,
 }
 
 impl Gate {
     /// A gate over `limiter`, with an optional per-address budget, waiting
     /// in the limiter's queue when `queue` is set.
-    pub fn new(limiter: Limiter, per_ip: Option<Arc<PerIp>>, queue: bool) -> Gate {
+    pub fn new(limiter: Limiter, per_ip: Option<PerIpLimit>, queue: bool) -> Gate {
         Gate {
             limiter,
             per_ip,
@@ -137,9 +70,9 @@ impl Gate {
         // The per-address share is taken first: a single address flooding
         // us is refused without touching the shared limiter at all.
         let ip_guard = match &self.per_ip {
-            Some(t) => match t.try_take(ip) {
-                Some(g) => Some(g),
-                None => {
+            Some(t) => match t.try_acquire(ip) {
+                Ok(g) => Some(g),
+                Err(_) => {
                     self.limiter.record_rejection(Rejected::PerIp);
                     return Err(Rejected::PerIp);
                 }

@@ -49,7 +49,7 @@ pub mod store;
 pub mod tcp;
 pub mod ws;
 
-use admission::{accept_loop, Gate, PerIp, Refusal};
+use admission::{accept_loop, Gate, Refusal};
 use admit::{Limiter, Watchdog, WatchdogConfig};
 use chat::Chat;
 use std::net::SocketAddr;
@@ -94,6 +94,9 @@ pub struct Config {
     /// Argon2id memory cost in KiB (the OWASP-recommended 19 MiB by default;
     /// tests lower it to run fast).
     pub argon2_m_cost: u32,
+    /// Most writes committed in one transaction (group commit); 1 commits
+    /// every message on its own, for comparison.
+    pub max_batch: usize,
 }
 
 impl Default for Config {
@@ -111,6 +114,7 @@ impl Default for Config {
             fault_injection: false,
             token_ttl: Duration::from_secs(30 * 24 * 3600),
             argon2_m_cost: 19 * 1024,
+            max_batch: store::MAX_BATCH,
         }
     }
 }
@@ -258,7 +262,8 @@ impl Server {
             })?,
         };
         let data = config.data.clone();
-        let store = tokio::task::spawn_blocking(move || store::Store::open(&data))
+        let max_batch = config.max_batch;
+        let store = tokio::task::spawn_blocking(move || store::Store::open(&data, max_batch))
             .await
             .map_err(|e| StartError::Admission(e.to_string()))??;
         let chat = Chat::new(Arc::new(store), config.token_ttl, config.argon2_m_cost)?;
@@ -337,28 +342,43 @@ impl Server {
 
         let (stop_tx, stop) = watch::channel(false);
         let (http, tcp, status) = self.listeners;
-        let per_ip = PerIp::new(self.per_ip);
-        let chat_gate = Gate::new(app.chat_limiter.clone(), Some(per_ip), self.queue);
+        // One per-address budget for HTTP/WebSocket and TCP alike.
+        let per_ip = admit_tcp::PerIpLimit::for_connections(
+            self.per_ip,
+            app.chat_limiter.max_capacity() as usize,
+        );
+        let chat_gate = Gate::new(app.chat_limiter.clone(), Some(per_ip.clone()), self.queue);
 
         let api = api::router(app.clone());
         let goodbye = app.goodbye.clone();
-        let http_task = tokio::spawn(accept_loop(
-            http,
-            chat_gate.clone(),
-            Refusal::Http,
-            stop.clone(),
-            {
-                let goodbye = goodbye.clone();
-                move |stream, _peer, adm| {
-                    api::serve_connection(stream, adm, api.clone(), goodbye.subscribe())
-                }
-            },
-        ));
-        let chat = app.chat.clone();
-        let tcp_task = tokio::spawn(accept_loop(tcp, chat_gate, Refusal::Line, stop.clone(), {
+        let http_task = tokio::spawn(accept_loop(http, chat_gate, Refusal::Http, stop.clone(), {
             let goodbye = goodbye.clone();
-            move |stream, _peer, adm| tcp::run(stream, adm, chat.clone(), goodbye.subscribe())
+            move |stream, _peer, adm| {
+                api::serve_connection(stream, adm, api.clone(), goodbye.subscribe())
+            }
         }));
+
+        // The TCP listener is admit-tcp's: refusals get `BUSY retry-after=N`
+        // written off the accept loop, EMFILE is backed off, and the stream
+        // it yields touches its lease on every read and write.
+        let busy = format!("BUSY retry-after={}\n", admission::RETRY_AFTER_SECS).into_bytes();
+        let policy = if self.queue {
+            admit_tcp::Policy::Wait(admission::QUEUE_WAIT)
+        } else {
+            admit_tcp::Policy::busy(busy.clone())
+        };
+        let tcp = admit_tcp::AdmitListener::builder(app.chat_limiter.clone())
+            .policy(policy)
+            .busy_message(busy)
+            .per_ip_limit(per_ip)
+            .from_tokio(tcp)
+            .map_err(|e| StartError::Admission(format!("tcp listener: {e}")))?;
+        let tcp_task = tokio::spawn(tcp::accept_loop(
+            tcp,
+            app.chat.clone(),
+            goodbye.clone(),
+            stop.clone(),
+        ));
         let status_router = status::router(app.clone());
         let status_gate = Gate::new(app.status_limiter.clone(), None, false);
         let status_task = tokio::spawn(accept_loop(

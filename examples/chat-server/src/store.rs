@@ -178,7 +178,11 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 
 impl Store {
     /// Opens (creating if needed) `dir/chat.db` and starts the writer thread.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    ///
+    /// `max_batch` caps the writes committed together (at most
+    /// [`MAX_BATCH`]); 1 turns group commit off, for comparison.
+    pub fn open(dir: &Path, max_batch: usize) -> Result<Store, StoreError> {
+        let max_batch = max_batch.clamp(1, MAX_BATCH);
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Db(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
@@ -194,7 +198,7 @@ impl Store {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("chat-db-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, max_batch))
             .map_err(|e| {
                 StoreError::Db(rusqlite::Error::SqliteFailure(
                     rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
@@ -433,12 +437,12 @@ enum Pending {
     Post(OnCommit, Result<Posted, StoreError>),
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Write>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
     loop {
         let Ok(first) = rx.recv() else { return };
         batch.push(first);
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(w) => batch.push(w),
                 Err(_) => break,

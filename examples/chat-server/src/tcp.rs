@@ -5,19 +5,45 @@
 //! goes through [`LineFramer`] (bounded memory, over-long lines refused
 //! without being buffered) and [`parse_line`].
 
-use crate::admission::{Admission, TouchIo};
 use crate::chat::{Chat, Session};
 use crate::hub::{Outbox, Push, SEND_WINDOW};
 use crate::protocol::tcp::{
     format_msg, parse_line, Command, Frame, LineFramer, GREETING, MAX_LINE,
 };
 use crate::protocol::ProtoError;
+use admit_tcp::{AdmitListener, Admitted};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-type Io = TouchIo<TcpStream>;
+type Io = Admitted<TcpStream>;
+
+/// Accepts admitted connections until `stop` turns true, one task each.
+pub async fn accept_loop(
+    mut listener: AdmitListener,
+    chat: Arc<Chat>,
+    goodbye: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = crate::until_true(&mut stop) => return,
+        };
+        match accepted {
+            Ok((io, _peer)) => {
+                tokio::spawn(run(io, chat.clone(), goodbye.subscribe()));
+            }
+            Err(e) => {
+                // admit-tcp already backs off on descriptor exhaustion;
+                // anything it returns is worth a log line and a pause.
+                tracing::warn!("tcp accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
 
 async fn line(io: &mut Io, text: &str) -> bool {
     let mut buf = Vec::with_capacity(text.len() + 1);
@@ -55,15 +81,10 @@ enum Next {
     Close,
 }
 
-/// Runs a connection until it closes.
-pub async fn run(
-    stream: TcpStream,
-    admission: Admission,
-    chat: Arc<Chat>,
-    mut goodbye: watch::Receiver<bool>,
-) {
-    let admission = Arc::new(admission);
-    let mut io = TouchIo::new(stream, admission.clone());
+/// Runs a connection until it closes. The permit inside `io` keeps the
+/// connection's slot; when the watchdog revokes it, `io`'s reads end and
+/// the loop below ends with them.
+pub async fn run(mut io: Io, chat: Arc<Chat>, mut goodbye: watch::Receiver<bool>) {
     if !line(&mut io, GREETING).await {
         return;
     }
@@ -80,10 +101,6 @@ pub async fn run(
         let outbox = conn.session.as_ref().map(|(_, o)| o.clone());
         tokio::select! {
             _ = crate::until_true(&mut goodbye) => {
-                line(&mut io, "BYE").await;
-                break;
-            }
-            _ = admission.permit.revoked() => {
                 line(&mut io, "BYE").await;
                 break;
             }
