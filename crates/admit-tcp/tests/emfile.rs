@@ -63,10 +63,11 @@ fn cpu_time(stat: &mut File) -> Duration {
 #[test]
 #[ignore = "runs only as the child of accept_backs_off_on_emfile_and_serves_again"]
 fn emfile_child() {
-    assert!(
-        std::env::var_os(CHILD_ENV).is_some(),
-        "run through accept_backs_off_on_emfile_and_serves_again"
-    );
+    if std::env::var_os(CHILD_ENV).is_none() {
+        // Run with --include-ignored outside its parent: it must not lower
+        // this process's descriptors; the parent test covers it.
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
