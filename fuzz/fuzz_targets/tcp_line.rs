@@ -1,0 +1,11 @@
+//! `cargo fuzz run tcp_line`: see `admit_fuzz::tcp_line`. Built without `--cfg fuzzing`
+//! (plain `cargo build`), it replays the files named on its command line.
+#![cfg_attr(fuzzing, no_main)]
+
+#[cfg(fuzzing)]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| admit_fuzz::tcp_line(data));
+
+#[cfg(not(fuzzing))]
+fn main() {
+    admit_fuzz::replay_args(admit_fuzz::tcp_line);
+}
