@@ -47,7 +47,9 @@ fn draw_inner(report: &Report, path: &Path) -> DrawResult {
         [a, b, ..] => (b.t_s - a.t_s).max(1e-3),
         _ => 1.0,
     };
-    let t_end = tl.last().map(|s| s.t_s + bin_s).unwrap_or(1.0).max(1.0);
+    let t_last = tl.last().map(|s| s.t_s + bin_s).unwrap_or(1.0).max(1.0);
+    // A little room on the right so the last event's label fits.
+    let t_end = t_last * 1.06;
     let mid = |t: f64| t + bin_s / 2.0;
     // Counters and gauges are drawn as steps over their bin, so a rise
     // shows where it happened rather than interpolated from the bin before.
