@@ -364,7 +364,7 @@ pub async fn run(ctx: &Ctx, args: &SlowlorisArgs) -> Result<Report, ScenarioErro
     if let Some(limit) = args.expect_closed_within {
         report.check(
             "slow connections closed in time",
-            all_closed && slowest.map_or(true, |d| d.as_secs_f64() <= limit),
+            all_closed && slowest.is_none_or(|d| d.as_secs_f64() <= limit),
             format!(
                 "slowest after {}, limit {limit} s",
                 opt(slowest.map(|d| d.as_secs_f64()), "s")

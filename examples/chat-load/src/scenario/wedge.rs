@@ -463,7 +463,7 @@ async fn stall(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, Scenar
     }
     // A stall shows as waiters left beside free permits; the waiters not
     // getting in within ~50 ms of the release is the visible effect.
-    let fault_seen = queued_n > 0 && (first_in.map_or(true, |f| f > 0.05) || detect_s.is_some());
+    let fault_seen = queued_n > 0 && (first_in.is_none_or(|f| f > 0.05) || detect_s.is_some());
     wedge_checks(
         &mut report,
         fault_seen,
