@@ -162,6 +162,10 @@ pub struct SteadyArgs {
     /// Connections opened at once while connecting.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: u64,
+    /// Seconds to wait after sending stops for messages still in flight
+    /// (the wait ends early once every message reached every member).
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
     /// Fail when the delivery p99 exceeds this many milliseconds.
     #[arg(long)]
     pub expect_p99_ms: Option<f64>,

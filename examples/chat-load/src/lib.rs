@@ -100,7 +100,7 @@ pub fn check_fd_budget(planned: u64, server_sockets: u64, limit: u64) -> Result<
 /// An upper bound on a scenario's running time, after which it is stopped.
 fn deadline(cli: &Cli, idle: u64) -> Duration {
     let s = match &cli.scenario {
-        Scenario::Steady(a) => a.duration + 120.0 + a.clients as f64 / 50.0,
+        Scenario::Steady(a) => a.duration + a.drain + 120.0 + a.clients as f64 / 50.0,
         Scenario::Flood(a) => a.baseline + a.ramp + a.hold + a.after + 120.0,
         Scenario::Wedge(a) => {
             a.expect_recovery_within

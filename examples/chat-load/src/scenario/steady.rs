@@ -144,7 +144,14 @@ pub async fn run(ctx: &Ctx, args: &SteadyArgs) -> Result<Report, ScenarioError> 
     tracker.sending.store(false, Ordering::Relaxed);
     let send_secs = send_started.elapsed().as_secs_f64();
     ctx.event("sending stops");
-    ctx.phase(2.0, "draining in-flight messages").await;
+    let drain_end = Instant::now() + Duration::from_secs_f64(args.drain.max(0.0));
+    while Instant::now() < drain_end
+        && !ctx.stop.is_cancelled()
+        && tracker.completed.load(Ordering::Relaxed) < tracker.sent.load(Ordering::Relaxed)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctx.event("drained");
     stop.cancel();
     let mut ends = Vec::new();
     while let Some(e) = chat_tasks.join_next().await {
