@@ -175,3 +175,88 @@ async fn history_scrolls_back_to_the_first_message() -> Result<(), Error> {
     let _ = browser.close().await;
     result
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_survives_a_reload_and_is_stored_once() -> Result<(), Error> {
+    let server = ChatServer::start(&ServerOptions::default())?;
+    let browser = Browser::start().await?;
+    let result = async {
+        let c = browser.client();
+        let addrs = server.addrs();
+        c.goto(&server.client_url()).await?;
+        web::sign_in(c, "heidi", "password-heidi", true).await?;
+        web::wait_online(c, T).await?;
+        let token = eval(
+            c,
+            "JSON.parse(localStorage.getItem('admit-chat:session')).token",
+        )
+        .await?;
+        let token = token.as_str().ok_or("no stored session token")?.to_string();
+
+        // A message that reached the server, but whose ack the page never
+        // saw: it is stored (here over TCP, as the same person, same
+        // client_id) and still in the page's outbox when the page reloads.
+        let mut tcp = chat_e2e::LineClient::connect(addrs.tcp).await?;
+        tcp.send(&format!("AUTH {token}")).await?;
+        tcp.expect("OK ready").await?;
+        tcp.send("SAY general reload-1 said before the reload").await?;
+        let ack = tcp.expect("OK ack reload-1 ").await?;
+        let id = ack.rsplit(' ').next().unwrap_or_default().to_string();
+        // And one the server never got.
+        c.execute(
+            "localStorage.setItem('admit-chat:outbox:heidi', JSON.stringify([\
+               ['reload-1', {room: 'general', text: 'said before the reload', at: new Date().toISOString()}],\
+               ['reload-2', {room: 'general', text: 'typed, never sent', at: new Date().toISOString()}]]));",
+            vec![],
+        )
+        .await?;
+        c.refresh().await?;
+
+        // After the reload both are sent; the first gets its old id back,
+        // and each shows exactly once.
+        web::wait_online(c, T).await?;
+        web::wait_message(c, "typed, never sent", T).await?;
+        web::wait_message(c, "said before the reload", T).await?;
+        wait_js(
+            c,
+            "document.querySelectorAll('#messages li.pending').length === 0",
+            T,
+            "the outbox to empty",
+        )
+        .await?;
+        let texts = web::message_texts(c).await?;
+        for text in ["said before the reload", "typed, never sent"] {
+            let n = texts.iter().filter(|t| t.as_str() == text).count();
+            assert_eq!(n, 1, "{text:?} shown {n} times: {texts:?}");
+        }
+        let shown_id = eval(
+            c,
+            "Array.from(document.querySelectorAll('#messages li.msg[data-id]'))\
+               .find(li => li.querySelector('.text').textContent === 'said before the reload').dataset.id",
+        )
+        .await?;
+        assert_eq!(shown_id, id.as_str(), "the resent message got a new id");
+        assert_eq!(
+            eval(c, "localStorage.getItem('admit-chat:outbox:heidi')").await?,
+            "[]"
+        );
+
+        // The server stored it once: history has one copy.
+        tcp.send("HISTORY general 50").await?;
+        let head = tcp.expect("HISTORY general ").await?;
+        let count: usize = head.rsplit(' ').next().unwrap_or("0").parse()?;
+        let mut copies = 0;
+        for _ in 0..count {
+            let line = tcp.read_line().await?.unwrap_or_default();
+            if line.ends_with("said before the reload") {
+                copies += 1;
+            }
+        }
+        assert_eq!(copies, 1, "stored {copies} times");
+        tcp.send("QUIT").await?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    let _ = browser.close().await;
+    result
+}
