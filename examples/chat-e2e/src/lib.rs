@@ -7,11 +7,15 @@
 //!   it on port 0 for every listener with a fresh temporary `--data` directory,
 //!   and reads the bound addresses from its `listening http=… tcp=… status=…`
 //!   stderr line.
-//! - [`Browser::start`] starts `chromedriver` on a free port and opens a
-//!   session with a fresh profile, headless, with background networking off,
-//!   so the browser only ever talks to 127.0.0.1.
+//! - [`Browser::start`] starts `chromedriver` on a port it picks itself and
+//!   opens a session with a fresh profile, headless, with background
+//!   networking and speculative preconnects off, so the browser only ever
+//!   talks to 127.0.0.1 and holds only the connections the page uses.
 //! - [`wait_js`] polls a JavaScript expression in the page until it yields a
 //!   truthy value or a deadline passes: tests wait for conditions, not for time.
+//! - [`web`] drives the web client by the element ids it documents;
+//!   [`http_request`], [`LineClient`] and [`fill_to_capacity`] talk to the
+//!   server directly (HTTP API, status listener, TCP line protocol).
 //!
 //! Chromium and chromedriver come from Debian:
 //! `apt-get install -y chromium chromium-driver`.
