@@ -17,7 +17,10 @@
 //! * `service_call`: the same four stacks called in-process (clone and
 //!   `oneshot`, as hyper-util's tower adapter does per request), no sockets:
 //!   the middleware's own cost per request, which the socket groups above
-//!   can only show as a share of a much larger number.
+//!   can only show as a share of a much larger number. At the end they are
+//!   timed once more by the thread's own CPU time (Linux schedstat), which
+//!   time spent preempted by other processes does not inflate, and the
+//!   added nanoseconds per request are printed.
 //!
 //! After the criterion groups, the socket variants are run again
 //! interleaved (each variant in turn, in rotating order, for several
@@ -369,6 +372,105 @@ fn service_call_bench(c: &mut Criterion) {
     assert_eq!(limiter.in_use(), 0);
 }
 
+/// Runs a stack `n` times.
+type Runner<'a> = Box<dyn FnMut(u64) + 'a>;
+
+/// Nanoseconds the calling thread has spent on a CPU (Linux schedstat).
+fn thread_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().next()?.parse().ok()
+}
+
+/// The in-process stacks again, timed by the thread's own CPU time rather
+/// than the wall clock, so time spent preempted by other processes does not
+/// count: the middleware's cost per request in nanoseconds, as a median over
+/// interleaved rounds.
+fn service_cpu_cost() {
+    let Some(_) = thread_cpu_ns() else {
+        println!("service_call on-CPU: /proc/thread-self/schedstat not available");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let base = tower::service_fn(hello_unit);
+    let limiter = Limiter::new(PLENTY);
+    let concurrency = ConcurrencyLimitLayer::new(PLENTY as usize).layer(base);
+    let admit = AdmitLayer::new(limiter.clone()).layer(base);
+    let http_admit = HttpAdmitLayer::new(limiter.clone()).layer(base);
+    let mut variants: Vec<(&str, Runner<'_>)> = vec![
+        (
+            "no_limit",
+            Box::new(|n| {
+                rt.block_on(async {
+                    for _ in 0..n {
+                        call_once(&base).await
+                    }
+                })
+            }),
+        ),
+        (
+            "tower_concurrency_limit",
+            Box::new(|n| {
+                rt.block_on(async {
+                    for _ in 0..n {
+                        call_once(&concurrency).await
+                    }
+                })
+            }),
+        ),
+        (
+            "admit_layer",
+            Box::new(|n| {
+                rt.block_on(async {
+                    for _ in 0..n {
+                        call_once(&admit).await
+                    }
+                })
+            }),
+        ),
+        (
+            "http_admit_layer",
+            Box::new(|n| {
+                rt.block_on(async {
+                    for _ in 0..n {
+                        call_once(&http_admit).await
+                    }
+                })
+            }),
+        ),
+    ];
+    const ROUNDS: usize = 9;
+    const CALLS: u64 = 50_000;
+    let mut per_call = vec![Vec::with_capacity(ROUNDS); variants.len()];
+    for round in 0..ROUNDS {
+        for k in 0..variants.len() {
+            let i = (k + round) % variants.len();
+            let before = thread_cpu_ns().unwrap_or(0);
+            (variants[i].1)(CALLS);
+            let after = thread_cpu_ns().unwrap_or(0);
+            per_call[i].push(after.saturating_sub(before) as f64 / CALLS as f64);
+        }
+    }
+    let medians: Vec<f64> = per_call
+        .iter_mut()
+        .map(|v| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect();
+    for (i, (name, _)) in variants.iter().enumerate().skip(1) {
+        println!(
+            "service_call (on-CPU, {ROUNDS} rounds of {CALLS}): {name} {:.0} ns/call, no_limit {:.0} ns/call: {:+.0} ns per request, throughput ratio {:.3}",
+            medians[i],
+            medians[0],
+            medians[i] - medians[0],
+            medians[0] / medians[i]
+        );
+    }
+    assert_eq!(limiter.in_use(), 0);
+}
+
 /// The mean time per element criterion recorded for `group/id` (best effort).
 fn mean_ns(group: &str, id: &str) -> Option<f64> {
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
@@ -417,6 +519,7 @@ fn main() {
     interleaved("http_connections", &names, 15, 200, |i, n| {
         rt.block_on(connections(servers[i].1, n))
     });
+    service_cpu_cost();
     println!();
     for ours in ["admit_layer", "http_admit_layer", "tower_concurrency_limit"] {
         print_ratio("keepalive_requests", ours, "no_limit", "request");
