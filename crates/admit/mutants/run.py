@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Breaks the limiter on purpose, one way at a time, and checks that the loom
+model (or proptest) meant to catch that break fails.
+
+Each mutant is (file, original text, broken text, test target, test name).
+Mutants are applied to a private copy of the crate (in a scratch
+workspace), so the working tree is never touched.
+
+Usage: python3 crates/admit/mutants/run.py [--preemptions N] [NAME ...]
+"""
+import os, pathlib, shutil, subprocess, sys, tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+SCRATCH = pathlib.Path(tempfile.mkdtemp(prefix="admit-mutants-"))
+CRATE = SCRATCH / "crates" / "admit"
+SRC = CRATE / "src"
+
+
+MUTANTS = [
+    ("cap_off_by_one", "limiter.rs",
+     "if cur.in_use() >= limit || (!critical && cur.tickets() != 0) {",
+     "if cur.in_use() > limit || (!critical && cur.tickets() != 0) {",
+     "loom_limiter", "cap_holds_under_racing_try_acquire"),
+    ("lost_wakeup", "queue.rs",
+     "                            slot.wait_waker.wake();\n                            Deliver::Delivered",
+     "                            Deliver::Delivered",
+     "loom_limiter", "release_never_loses_the_wakeup"),
+    ("cancel_drops_grant", "acquire.rs",
+     "                    Err(_) => Some(self.take_grant(slot, gen)),",
+     "                    Err(_) => None,",
+     "loom_limiter", "cancelled_waiter_passes_the_permit_on"),
+    ("close_forgets_waiters", "limiter.rs",
+     "        self.inner\n            .queue\n            .wake_all(prev.head(), prev.tail(), &self.inner.slots);",
+     "",
+     "loom_limiter", "close_wakes_everyone_and_leaks_nothing"),
+    ("set_capacity_blind_store", "limiter.rs",
+     """            match self.inner.state.compare_exchange_weak(
+                cur.0,
+                next.0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => cur = State(actual),
+            }""",
+     """            let _ = &mut cur;
+            self.inner.state.store(next.0, Ordering::Release);
+            break;""",
+     "loom_limiter", "set_capacity_races_keep_the_cap"),
+    ("drop_ignores_reclaim", "permit.rs",
+     "            if gen_of(word) != self.gen || !live {",
+     "            if false && (gen_of(word) != self.gen || !live) {",
+     "loom_lease", "reclaim_racing_drop_releases_once"),
+    ("stale_drop_frees_new_lease", "permit.rs",
+     "            if gen_of(word) != self.gen || !live {",
+     "            if !live {",
+     "loom_lease", "stale_holder_cannot_touch_or_free_the_next_lease"),
+    ("revoke_forgets_holder", "limiter.rs",
+     "        slot.revoke_waker.wake();\n",
+     "",
+     "loom_lease", "revocation_wakes_the_holder"),
+]
+
+
+def make_scratch():
+    """A one-member copy of the workspace: same manifest, only this crate."""
+    shutil.copytree(ROOT / "crates/admit", CRATE, ignore=shutil.ignore_patterns("mutants"))
+    ws = (ROOT / "Cargo.toml").read_text()
+    ws = ws.replace('members = ["crates/*", "examples/*", "benches"]', 'members = ["crates/admit"]')
+    (SCRATCH / "Cargo.toml").write_text(ws)
+    shutil.copy(ROOT / "Cargo.lock", SCRATCH / "Cargo.lock")
+
+
+def run(name, file, old, new, target, test, preemptions):
+    path = SRC / file
+    original = path.read_text()
+    assert original.count(old) == 1, f"{name}: pattern not found exactly once in {file}"
+    path.write_text(original.replace(old, new))
+    try:
+        env = dict(os.environ, RUSTFLAGS="--cfg admit_loom",
+                   LOOM_MAX_PREEMPTIONS=str(preemptions))
+        env.setdefault("CARGO_TARGET_DIR", str(ROOT / "target/loom-mutants"))
+        r = subprocess.run(
+            ["cargo", "test", "-q", "--release", "--test", target,
+             "--", "--exact", test],
+            cwd=CRATE, env=env, capture_output=True, text=True, timeout=1800)
+        caught = r.returncode != 0
+        why = ""
+        for line in (r.stdout + r.stderr).splitlines():
+            if "panicked" in line or "deadlock" in line.lower() or "assert" in line:
+                why = line.strip()[:160]
+                break
+        return caught, why
+    finally:
+        path.write_text(original)
+
+
+def main():
+    args = sys.argv[1:]
+    preemptions = 2
+    if args[:1] == ["--preemptions"]:
+        preemptions = int(args[1])
+        args = args[2:]
+    make_scratch()
+    failed = False
+    for m in MUTANTS:
+        if args and m[0] not in args:
+            continue
+        caught, why = run(*m, preemptions)
+        print(f"{m[0]:28} {'caught' if caught else 'NOT CAUGHT'}  {m[4]}::{m[5]}  {why}", flush=True)
+        failed |= not caught
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
