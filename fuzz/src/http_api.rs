@@ -90,13 +90,24 @@ fn bodies(body: &[u8]) {
         credentials,
     );
     check(body, decode_new_room, |r| room_name_ok(&r.name), new_room);
-    check(body, decode_add_member, |m| user_name_ok(&m.user), add_member);
-    check(body, decode_capacity, |_| true, |c: &SetCapacity| {
-        json!({"capacity": c.capacity})
-    });
-    check(body, decode_revoke, |_| true, |r: &Revoke| {
-        json!({"idle_ms": r.idle_ms})
-    });
+    check(
+        body,
+        decode_add_member,
+        |m| user_name_ok(&m.user),
+        add_member,
+    );
+    check(
+        body,
+        decode_capacity,
+        |_| true,
+        |c: &SetCapacity| json!({"capacity": c.capacity}),
+    );
+    check(
+        body,
+        decode_revoke,
+        |_| true,
+        |r: &Revoke| json!({"idle_ms": r.idle_ms}),
+    );
     if let Some(Fault::Stall { wakeups }) = check(body, decode_fault, |_| true, fault) {
         // An omitted count means the default of 1000.
         if let Ok(v) = serde_json::from_slice::<Value>(body) {

@@ -199,7 +199,10 @@ pub fn run(data: &[u8]) {
     let slots = limit.slots();
     assert!(slots >= PROBE_WINDOW && slots.is_power_of_two());
     let max = limit.max_per_ip();
-    assert!(max < u32::MAX, "the cap must leave room for the reserved marker");
+    assert!(
+        max < u32::MAX,
+        "the cap must leave room for the reserved marker"
+    );
     let _ = format!("{limit:?}");
     let mut sut = Sut {
         limit,
@@ -246,5 +249,9 @@ pub fn run(data: &[u8]) {
         sut.check();
     }
     sut.guards.clear();
-    assert_eq!(sut.limit.tracked(), 0, "counts left after every guard was dropped");
+    assert_eq!(
+        sut.limit.tracked(),
+        0,
+        "counts left after every guard was dropped"
+    );
 }

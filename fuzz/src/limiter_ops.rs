@@ -98,7 +98,9 @@ enum Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LeaseState {
     Held,
-    Revoked { at: u64 },
+    Revoked {
+        at: u64,
+    },
     /// Reclaimed by force: the holder's drop must not release it again.
     Reclaimed,
 }
@@ -318,7 +320,10 @@ impl Sut {
             .expect("a valid configuration");
         // Same sizing as the limiter's own: mailboxes a power of two at
         // least four times the queue limit, tickets up to half of them.
-        let window = ((queue_limit as usize * 4).next_power_of_two().clamp(2, 2048) / 2) as u32;
+        let window = ((queue_limit as usize * 4)
+            .next_power_of_two()
+            .clamp(2, 2048)
+            / 2) as u32;
         limiter.faults().advance_clock(FAKE_EPOCH_MS);
         let now = FAKE_EPOCH_MS;
         let watchdog = c.watchdog.then(|| {
@@ -583,7 +588,11 @@ impl Sut {
                     }
                 }
                 self.model.revoked += held.len() as u64;
-                assert_eq!(self.limiter.revoke_oldest(n), held.len(), "revoke_oldest({n})");
+                assert_eq!(
+                    self.limiter.revoke_oldest(n),
+                    held.len(),
+                    "revoke_oldest({n})"
+                );
             }
             Op::Reclaim(g) => {
                 let grace = u64::from(g) * 4;
@@ -760,9 +769,10 @@ impl Sut {
 
     fn expected_state(&self) -> HealthState {
         let m = &self.model;
-        let silent = self.watchdog.as_ref().is_some_and(|(_, wd)| {
-            m.now - wd.last_tick > (wd.interval * 3).max(250)
-        });
+        let silent = self
+            .watchdog
+            .as_ref()
+            .is_some_and(|(_, wd)| m.now - wd.last_tick > (wd.interval * 3).max(250));
         let leaking = self.watchdog.as_ref().is_some_and(|(_, wd)| wd.leaking);
         if m.closed {
             if m.in_use > 0 {
@@ -897,10 +907,17 @@ impl Sut {
             self.drop_permit(self.permits.len() - 1);
         }
         self.check();
-        assert_eq!(self.limiter.waiting(), 0, "waiters left after every future was dropped");
+        assert_eq!(
+            self.limiter.waiting(),
+            0,
+            "waiters left after every future was dropped"
+        );
         // A drift streak repairs the least excess it saw, so a streak that
         // began before the last drift may need a second one.
-        let ticks = self.watchdog.as_ref().map_or(0, |(_, wd)| 2 * wd.drift_ticks);
+        let ticks = self
+            .watchdog
+            .as_ref()
+            .map_or(0, |(_, wd)| 2 * wd.drift_ticks);
         for _ in 0..ticks {
             self.apply(Op::Tick);
         }

@@ -16,9 +16,7 @@
 //! * `format_msg` never lets a pushed message forge a second line.
 
 use crate::contract::{client_id_ok, limit_ok, room_name_ok, string_of, text_ok};
-use chat_server::protocol::tcp::{
-    format_msg, parse_line, Command, Frame, LineFramer, MAX_LINE,
-};
+use chat_server::protocol::tcp::{format_msg, parse_line, Command, Frame, LineFramer, MAX_LINE};
 
 /// Runs one input.
 pub fn run(data: &[u8]) {
@@ -177,7 +175,11 @@ fn check_line(line: &[u8]) {
     // A CRLF client sends the same line with `\r` at the end; the verb is
     // case-insensitive.
     let line = encode(&cmd);
-    assert_eq!(parse_line(format!("{line}\r").as_bytes()), Ok(cmd.clone()), "{line:?}");
+    assert_eq!(
+        parse_line(format!("{line}\r").as_bytes()),
+        Ok(cmd.clone()),
+        "{line:?}"
+    );
     if !line.ends_with('\r') {
         assert_eq!(parse_line(line.as_bytes()), Ok(cmd.clone()), "{line:?}");
     }

@@ -71,8 +71,15 @@ fn check_frame(frame: &[u8]) -> Option<ClientFrame> {
             client_id,
         } => {
             assert!(room_name_ok(room), "bad room {room:?} accepted");
-            assert!(text_ok(text), "bad text of {} chars accepted", text.chars().count());
-            assert!(client_id_ok(client_id), "bad client_id {client_id:?} accepted");
+            assert!(
+                text_ok(text),
+                "bad text of {} chars accepted",
+                text.chars().count()
+            );
+            assert!(
+                client_id_ok(client_id),
+                "bad client_id {client_id:?} accepted"
+            );
         }
         ClientFrame::History { room, limit, .. } => {
             assert!(room_name_ok(room), "bad room {room:?} accepted");

@@ -49,7 +49,9 @@ fn corpus_replays_clean() {
         failures.join("\n")
     );
     for &(name, _) in admit_fuzz::TARGETS {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(name);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("corpus")
+            .join(name);
         assert!(!files(&dir).is_empty(), "no corpus for {name}");
     }
 }
@@ -61,7 +63,11 @@ fn corpus_replays_clean() {
 fn open_regressions_still_fail() {
     let (n, failures) = replay("regressions");
     eprintln!("{} of {n} open regression inputs fail", failures.len());
-    assert_eq!(failures.len(), n, "some regressions pass now: move them to corpus/");
+    assert_eq!(
+        failures.len(),
+        n,
+        "some regressions pass now: move them to corpus/"
+    );
 }
 
 #[test]
