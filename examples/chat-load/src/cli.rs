@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// Load generator and outage replay for the chat server.
 ///
 /// Starts a chat server (`--spawn-server PATH`, or the `chat-server` binary
-/// found under the cargo target directory) or drives a running one
+/// next to this one or under the cargo target directory) or drives a running one
 /// (`--http`, `--tcp`, `--status`, `--admin-token`). Exits 1 when a
 /// scenario's safety check fails, 2 when the run could not be set up.
 #[derive(Debug, Parser)]
@@ -50,7 +50,8 @@ pub struct Common {
     #[arg(long, global = true, env = "CHAT_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
     /// Start this chat-server binary for the run (default when no --http is
-    /// given: look for target/{release,debug}/chat-server).
+    /// given: the chat-server next to this binary, else under
+    /// $CARGO_TARGET_DIR or ./target/{release,debug}).
     #[arg(long, global = true, value_name = "PATH", conflicts_with = "http")]
     pub spawn_server: Option<PathBuf>,
     /// Spawned server: --max-connections.

@@ -68,15 +68,18 @@ pub struct SpawnedServer {
     data_dir: PathBuf,
 }
 
-/// The binaries looked for when none is given, most preferred first:
-/// `$CARGO_TARGET_DIR/{release,debug}`, `./target/{release,debug}`, and
-/// next to this executable.
+/// The binaries looked for when none is given, most preferred first: next
+/// to this executable (the same build), then
+/// `$CARGO_TARGET_DIR/{release,debug}` and `./target/{release,debug}`.
 pub fn candidate_paths(
     cargo_target_dir: Option<&Path>,
     cwd: Option<&Path>,
     exe_dir: Option<&Path>,
 ) -> Vec<PathBuf> {
     let mut out = Vec::new();
+    if let Some(d) = exe_dir {
+        out.push(d.join("chat-server"));
+    }
     for base in [
         cargo_target_dir.map(Path::to_path_buf),
         cwd.map(|c| c.join("target")),
@@ -86,9 +89,6 @@ pub fn candidate_paths(
     {
         out.push(base.join("release").join("chat-server"));
         out.push(base.join("debug").join("chat-server"));
-    }
-    if let Some(d) = exe_dir {
-        out.push(d.join("chat-server"));
     }
     out.dedup();
     out
@@ -342,7 +342,7 @@ mod tests {
     }
 
     #[test]
-    fn candidates_prefer_cargo_target_dir_release() {
+    fn candidates_prefer_the_same_build_then_cargo_target_dir() {
         let c = candidate_paths(
             Some(Path::new("/t")),
             Some(Path::new("/w")),
@@ -351,11 +351,11 @@ mod tests {
         assert_eq!(
             c,
             vec![
+                PathBuf::from("/e/chat-server"),
                 PathBuf::from("/t/release/chat-server"),
                 PathBuf::from("/t/debug/chat-server"),
                 PathBuf::from("/w/target/release/chat-server"),
                 PathBuf::from("/w/target/debug/chat-server"),
-                PathBuf::from("/e/chat-server"),
             ]
         );
     }
