@@ -379,28 +379,34 @@ impl Server {
             goodbye.clone(),
             stop.clone(),
         ));
-        let status_router = status::router(app.clone());
-        let status_gate = Gate::new(app.status_limiter.clone(), None, false);
-        let status_task = tokio::spawn(accept_loop(
-            status,
-            status_gate,
-            Refusal::Http,
-            stop.clone(),
-            {
-                // The status listener follows shutdown, not drain.
-                let shutdown = app.shutdown.clone();
-                move |stream, _peer, adm| {
-                    api::serve_connection(stream, adm, status_router.clone(), shutdown.subscribe())
-                }
-            },
-        ));
+        // The status listener is served by admit-hyper end to end: its own
+        // small limiter, 503 + Retry-After when that is full, a header
+        // timeout, and a bounded drain at shutdown. It follows shutdown,
+        // not drain: after `POST /admin/drain` it must keep answering.
+        let status_listener = admit_hyper::listener(app.status_limiter.clone())
+            .retry_after(Duration::from_secs(admission::RETRY_AFTER_SECS.into()))
+            .from_tokio(status);
+        let status_stop = {
+            let mut rx = app.shutdown.subscribe();
+            async move { until_true(&mut rx).await }
+        };
+        let status_task = tokio::spawn(
+            admit_hyper::Server::new()
+                .http1_only()
+                .header_timeout(api::HEADER_TIMEOUT)
+                .drain_timeout(Duration::from_secs(3))
+                .serve(status_listener, status::router(app.clone()), status_stop),
+        );
 
         shutdown.await;
         tracing::info!("shutting down: closing listeners and saying goodbye to clients");
         stop_tx.send_replace(true);
-        let _ = tokio::join!(http_task, tcp_task, status_task);
         app.begin_drain();
         app.shutdown.send_replace(true);
+        let _ = tokio::join!(http_task, tcp_task);
+        if let Ok(Err(e)) = status_task.await {
+            tracing::warn!("status listener: {e}");
+        }
         app.status_limiter.close();
         let drained = async {
             app.chat_limiter.drained().await;
