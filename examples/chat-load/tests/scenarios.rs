@@ -11,6 +11,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Numbers each run so parallel tests write distinct report files.
+static RUN: AtomicUsize = AtomicUsize::new(0);
 
 fn server_candidates() -> Vec<PathBuf> {
     let mut c = Vec::new();
@@ -54,9 +58,10 @@ fn find_server() -> Option<PathBuf> {
 
 fn run_load(server: &Path, args: &[&str]) -> Option<(i32, String, serde_json::Value)> {
     let json = std::env::temp_dir().join(format!(
-        "chat-load-test-{}-{}.json",
+        "chat-load-test-{}-{}-{}.json",
         std::process::id(),
-        args[0]
+        args[0],
+        RUN.fetch_add(1, Ordering::Relaxed)
     ));
     let out = Command::new(env!("CARGO_BIN_EXE_chat-load"))
         .args(args)
@@ -172,4 +177,30 @@ fn an_unmet_recovery_bound_fails_the_run() {
     };
     assert_eq!(code, 1, "expected a failed check:\n{stdout}");
     assert!(stdout.contains("FAIL recovered in time"), "{stdout}");
+}
+
+#[test]
+fn wedge_stall_is_repaired() {
+    let Some(server) = find_server() else { return };
+    // The spawned server gets a wait queue (2 × waiters) for this fault.
+    let Some((code, stdout, report)) = run_load(
+        &server,
+        &[
+            "wedge",
+            "--fault",
+            "stall",
+            "--capacity",
+            "20",
+            "--waiters",
+            "5",
+        ],
+    ) else {
+        return;
+    };
+    assert_eq!(code, 0, "stall wedge failed:\n{stdout}");
+    assert_eq!(
+        figure(&report, "waiters admitted").as_u64(),
+        Some(5),
+        "{stdout}"
+    );
 }
