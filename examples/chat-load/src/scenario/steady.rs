@@ -80,29 +80,20 @@ pub async fn run(ctx: &Ctx, args: &SteadyArgs) -> Result<Report, ScenarioError> 
         let room = rooms[room_idx].clone();
         let transport = ctx.transport();
         let bar = bar.clone();
-        // Connecting borrows the context; the task owns what it needs.
-        let conn = {
-            let ctx_connector = ctx.connector.clone();
-            let ctx_target = ctx.target.clone();
-            let timeline = ctx.timeline.clone();
-            let timeout = ctx.timeout();
-            async move {
-                let r = open_auth_join(
-                    &ctx_connector,
-                    &ctx_target,
-                    &timeline,
-                    timeout,
-                    &token,
-                    &room,
-                    transport,
-                )
-                .await;
-                drop(permit);
-                bar.inc(1);
-                (r, room, room_idx)
-            }
-        };
-        connecting.spawn(conn);
+        // The spawned task owns clones of what it needs from the context.
+        let connector = ctx.connector.clone();
+        let target = ctx.target.clone();
+        let timeline = ctx.timeline.clone();
+        let timeout = ctx.timeout();
+        connecting.spawn(async move {
+            let r = open_auth_join(
+                &connector, &target, &timeline, timeout, &token, &room, transport,
+            )
+            .await;
+            drop(permit);
+            bar.inc(1);
+            (r, room, room_idx)
+        });
         if ctx.stop.is_cancelled() {
             break;
         }
