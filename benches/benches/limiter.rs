@@ -114,6 +114,9 @@ fn contended(c: &mut Criterion) {
     g.finish();
 }
 
+/// One hand-off: the measuring task queues for a permit another task
+/// holds, the other task releases it, and the clock stops when the waiting
+/// task has the permit. Both limiters run the same steps.
 fn handoff(c: &mut Criterion) {
     let mut g = c.benchmark_group("handoff");
     for (name, rt) in [
@@ -139,15 +142,10 @@ fn handoff(c: &mut Criterion) {
                 let l = l.clone();
                 async move {
                     let held = l.try_acquire().unwrap();
-                    let waiter = tokio::spawn({
-                        let l = l.clone();
-                        async move { drop(l.acquire().await.unwrap()) }
-                    });
-                    while l.waiting() == 0 {
-                        tokio::task::yield_now().await;
-                    }
-                    drop(held);
-                    waiter.await.unwrap();
+                    let mut wait = std::pin::pin!(l.acquire());
+                    assert!(futures::poll!(&mut wait).is_pending());
+                    tokio::spawn(async move { drop(held) });
+                    drop(wait.await.unwrap());
                 }
             })
         });
@@ -157,17 +155,10 @@ fn handoff(c: &mut Criterion) {
                 let s = s.clone();
                 async move {
                     let held = s.clone().try_acquire_owned().unwrap();
-                    let waiter = tokio::spawn({
-                        let s = s.clone();
-                        async move { drop(s.acquire_owned().await.unwrap()) }
-                    });
-                    // tokio has no public waiter count: yield until the
-                    // waiter has had its turn to queue.
-                    for _ in 0..2 {
-                        tokio::task::yield_now().await;
-                    }
-                    drop(held);
-                    waiter.await.unwrap();
+                    let mut wait = std::pin::pin!(s.clone().acquire_owned());
+                    assert!(futures::poll!(&mut wait).is_pending());
+                    tokio::spawn(async move { drop(held) });
+                    drop(wait.await.unwrap());
                 }
             })
         });
