@@ -95,6 +95,18 @@ async fn shutdown_on(sig: &str) {
     tcp.send("SAY general last-words goodbye").await;
     assert!(tcp.line().await.unwrap().starts_with("OK ack last-words "));
 
+    // A live status feed must not hold the shutdown up.
+    let mut feed = tokio::net::TcpStream::connect(a.status).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut feed, b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 64];
+    let n = tokio::io::AsyncReadExt::read(&mut feed, &mut first)
+        .await
+        .unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+
+    let signalled = std::time::Instant::now();
     srv.signal(sig);
     assert_eq!(
         ws.close_code().await,
@@ -112,6 +124,8 @@ async fn shutdown_on(sig: &str) {
     assert_eq!(tcp.line().await, None);
     let code = srv.wait_exit(Duration::from_secs(10));
     assert_eq!(code, Some(0), "exit 0 on {sig}");
+    eprintln!("exited {:?} after {sig}", signalled.elapsed());
+    drop(feed);
 
     // What was acknowledged before the signal is there after a restart.
     let srv = Proc::start(&data, &[]);
