@@ -122,7 +122,9 @@ fn handoff(c: &mut Criterion) {
     for (name, rt) in [
         (
             "current_thread",
-            tokio::runtime::Builder::new_current_thread().build().unwrap(),
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap(),
         ),
         (
             "multi_thread",

@@ -31,7 +31,9 @@ enum Phase {
 
 impl std::fmt::Debug for Acquire {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Acquire").field("phase", &self.phase).finish()
+        f.debug_struct("Acquire")
+            .field("phase", &self.phase)
+            .finish()
     }
 }
 
@@ -167,11 +169,7 @@ impl Acquire {
                 };
             }
             if !registered {
-                self.inner()
-                    .slots
-                    .get(slot)
-                    .wait_waker
-                    .register(cx.waker());
+                self.inner().slots.get(slot).wait_waker.register(cx.waker());
             }
         }
         Poll::Pending

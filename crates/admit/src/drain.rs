@@ -6,8 +6,8 @@
 //! again on its next wake-up instead of parking, which is slower but never
 //! misses the drain.
 
-use crate::loom::{AtomicBool, AtomicWaker, Ordering};
 use crate::limiter::Limiter;
+use crate::loom::{AtomicBool, AtomicWaker, Ordering};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -52,7 +52,9 @@ pub struct Drained {
 
 impl std::fmt::Debug for Drained {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Drained").field("place", &self.place).finish()
+        f.debug_struct("Drained")
+            .field("place", &self.place)
+            .finish()
     }
 }
 

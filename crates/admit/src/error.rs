@@ -73,7 +73,9 @@ pub struct CapacityError {
 #[non_exhaustive]
 pub enum BuildError {
     /// `capacity` is larger than `max_capacity`.
-    #[error("capacity {capacity} exceeds max_capacity {max}; raise max_capacity or lower capacity")]
+    #[error(
+        "capacity {capacity} exceeds max_capacity {max}; raise max_capacity or lower capacity"
+    )]
     CapacityAboveMax {
         /// Requested capacity.
         capacity: u32,

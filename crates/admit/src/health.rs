@@ -395,7 +395,11 @@ impl Health {
         let interval = h.watchdog_interval.load(Ordering::Acquire);
         let attached = interval != 0;
         let last = h.watchdog_tick.load(Ordering::Acquire);
-        let since = if attached { now.saturating_sub(last) } else { 0 };
+        let since = if attached {
+            now.saturating_sub(last)
+        } else {
+            0
+        };
         // Three missed ticks (and at least 250 ms, so a loaded machine's
         // scheduling jitter is not called an outage) mean the watchdog is gone.
         let silent = attached && since > (interval * 3).max(250);
@@ -426,7 +430,12 @@ impl Health {
 
         let rejected_total = Rejected::ALL
             .iter()
-            .map(|r| (r.as_str(), inner.rejected[r.index()].load(Ordering::Relaxed)))
+            .map(|r| {
+                (
+                    r.as_str(),
+                    inner.rejected[r.index()].load(Ordering::Relaxed),
+                )
+            })
             .collect();
         Snapshot {
             name: h.name.clone(),
@@ -479,7 +488,11 @@ impl Health {
             HealthState::Closed => 4.0,
         };
         metrics::gauge!("admit_state", &l).set(state);
-        metrics::gauge!("admit_watchdog_alive", &l).set(if snap.watchdog.alive { 1.0 } else { 0.0 });
+        metrics::gauge!("admit_watchdog_alive", &l).set(if snap.watchdog.alive {
+            1.0
+        } else {
+            0.0
+        });
         metrics::gauge!("admit_watchdog_last_tick_seconds", &l)
             .set(snap.watchdog.last_tick_ms as f64 / 1e3);
         metrics::counter!("admit_admitted_total", &l).absolute(snap.admitted_total);

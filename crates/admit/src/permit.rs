@@ -86,7 +86,12 @@ impl Permit {
 
     /// Whether the lease was revoked (or already reclaimed).
     pub fn is_revoked(&self) -> bool {
-        let word = self.inner.slots.get(self.slot).state.load(Ordering::Acquire);
+        let word = self
+            .inner
+            .slots
+            .get(self.slot)
+            .state
+            .load(Ordering::Acquire);
         gen_of(word) != self.gen || status_of(word) != status::HELD
     }
 

@@ -91,7 +91,6 @@ impl Queue {
         }
     }
 
-
     fn mailbox(&self, ticket: u32) -> &AtomicU64 {
         &self.boxes[ticket as usize & (self.boxes.len() - 1)]
     }

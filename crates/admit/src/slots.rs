@@ -103,7 +103,6 @@ impl Slots {
         }
     }
 
-
     pub(crate) fn get(&self, index: u32) -> &Slot {
         &self.slots[index as usize]
     }

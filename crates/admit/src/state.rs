@@ -99,7 +99,9 @@ mod tests {
 
     #[test]
     fn fields_do_not_overlap() {
-        let s = State::new(MAX_CAPACITY).with_in_use(MAX_CAPACITY).with_closed();
+        let s = State::new(MAX_CAPACITY)
+            .with_in_use(MAX_CAPACITY)
+            .with_closed();
         assert_eq!(s.capacity(), MAX_CAPACITY);
         assert_eq!(s.in_use(), MAX_CAPACITY);
         assert!(s.closed());

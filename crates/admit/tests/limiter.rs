@@ -157,7 +157,11 @@ fn growing_capacity_wakes_waiters_and_shrinking_keeps_permits() {
     assert_eq!(l.in_use(), 2, "shrinking keeps held permits");
     assert_eq!(l.try_acquire().unwrap_err(), Rejected::Full);
     drop(a);
-    assert_eq!(l.try_acquire().unwrap_err(), Rejected::Full, "still at the new cap");
+    assert_eq!(
+        l.try_acquire().unwrap_err(),
+        Rejected::Full,
+        "still at the new cap"
+    );
     drop(b);
     assert!(l.try_acquire().is_ok());
     let err = l.set_capacity(5).unwrap_err();

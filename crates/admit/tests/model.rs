@@ -78,7 +78,11 @@ impl Model {
         if self.closed {
             return Err(Rejected::Closed);
         }
-        let limit = if critical { self.capacity } else { self.limit() };
+        let limit = if critical {
+            self.capacity
+        } else {
+            self.limit()
+        };
         if self.in_use >= limit || (!critical && !self.queue.is_empty()) {
             return Err(Rejected::Full);
         }
@@ -145,7 +149,10 @@ impl Sut {
             .queue_limit(queue_limit)
             .build()
             .unwrap();
-        let window = ((queue_limit as usize * 4).next_power_of_two().clamp(2, 2048) / 2) as u32;
+        let window = ((queue_limit as usize * 4)
+            .next_power_of_two()
+            .clamp(2, 2048)
+            / 2) as u32;
         Sut {
             limiter,
             model: Model {
@@ -195,7 +202,10 @@ impl Sut {
                 let granted = self.model.granted.contains(&id);
                 match poll(&mut self.waiters[i].1) {
                     Poll::Ready(Ok(p)) => {
-                        assert!(granted, "waiter {id} got a permit the model did not grant (FIFO)");
+                        assert!(
+                            granted,
+                            "waiter {id} got a permit the model did not grant (FIFO)"
+                        );
                         self.model.granted.retain(|&g| g != id);
                         self.permits.push((p, false));
                         drop(self.waiters.remove(i));

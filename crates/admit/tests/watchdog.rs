@@ -103,15 +103,20 @@ fn lost_wakeups_are_noticed_and_redriven() {
         }
         v
     });
-    assert!(seen.contains(&HealthState::Degraded(Cause::Stalled)), "{seen:?}");
+    assert!(
+        seen.contains(&HealthState::Degraded(Cause::Stalled)),
+        "{seen:?}"
+    );
 }
 
 #[test]
 fn a_dead_watchdog_is_reported() {
     let l = Limiter::new(4);
     let dog = Watchdog::spawn(l.clone(), WatchdogConfig::default().interval(TICK)).unwrap();
-    wait_for(Duration::from_secs(2), || l.health().snapshot().watchdog.ticks > 2)
-        .expect("watchdog ticking");
+    wait_for(Duration::from_secs(2), || {
+        l.health().snapshot().watchdog.ticks > 2
+    })
+    .expect("watchdog ticking");
     assert!(l.health().snapshot().watchdog.alive);
     dog.kill();
     let took = wait_for(Duration::from_secs(3), || {
@@ -161,10 +166,7 @@ fn idle_leases_are_revoked_then_reclaimed_by_ticks() {
     assert_eq!(r.revoked, 1, "only the idle lease is revoked");
     assert!(idle.is_revoked());
     assert!(!busy.is_revoked());
-    assert_eq!(
-        l.health().state(),
-        HealthState::Degraded(Cause::Leaking)
-    );
+    assert_eq!(l.health().state(), HealthState::Degraded(Cause::Leaking));
     l.faults().advance_clock(1_500);
     let r = dog.tick();
     assert_eq!(r.reclaimed, 1);
@@ -253,6 +255,12 @@ fn saturation_and_recovery_are_streamed() {
     let (a, b) = futures::executor::block_on(async {
         (changes.next().await.unwrap(), changes.next().await.unwrap())
     });
-    assert_eq!((a.from, a.to), (HealthState::Healthy, HealthState::Saturated));
-    assert_eq!((b.from, b.to), (HealthState::Saturated, HealthState::Healthy));
+    assert_eq!(
+        (a.from, a.to),
+        (HealthState::Healthy, HealthState::Saturated)
+    );
+    assert_eq!(
+        (b.from, b.to),
+        (HealthState::Saturated, HealthState::Healthy)
+    );
 }
