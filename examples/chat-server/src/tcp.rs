@@ -49,7 +49,18 @@ async fn line(io: &mut Io, text: &str) -> bool {
     let mut buf = Vec::with_capacity(text.len() + 1);
     buf.extend_from_slice(text.as_bytes());
     buf.push(b'\n');
-    io.write_all(&buf).await.is_ok()
+    write_all(io, &buf).await
+}
+
+/// How long one write may wait for a client that does not read; past it
+/// the connection is given up rather than left pinned forever.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn write_all(io: &mut Io, buf: &[u8]) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, io.write_all(buf)).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn err(io: &mut Io, e: &ProtoError) -> bool {
@@ -195,9 +206,9 @@ async fn lagged(io: &mut Io) {
 /// Writes `buf[*pos..]`, advancing `pos` as bytes go out.
 async fn write_tracked(io: &mut Io, buf: &[u8], pos: &mut usize) -> bool {
     while *pos < buf.len() {
-        match io.write(&buf[*pos..]).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => *pos += n,
+        match tokio::time::timeout(WRITE_TIMEOUT, io.write(&buf[*pos..])).await {
+            Ok(Ok(n)) if n > 0 => *pos += n,
+            _ => return false,
         }
     }
     true
@@ -220,7 +231,7 @@ fn render_push(push: &Push) -> String {
 
 async fn send_push(io: &mut Io, push: &Push) -> bool {
     let out = render_push(push);
-    io.write_all(out.as_bytes()).await.is_ok()
+    write_all(io, out.as_bytes()).await
 }
 
 impl Conn {
@@ -309,7 +320,7 @@ impl Conn {
                             out.push('\n');
                         }
                         // One write keeps the page contiguous.
-                        io.write_all(out.as_bytes()).await.is_ok()
+                        write_all(io, out.as_bytes()).await
                     }
                     Err(e) => err(io, &e).await,
                 }

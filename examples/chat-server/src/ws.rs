@@ -34,11 +34,14 @@ pub mod close {
     pub const UNAUTHORIZED: u16 = 4401;
 }
 
+/// How long one write may wait for a client that does not read. Past it
+/// the connection is given up: a blocked write would otherwise keep the
+/// task (and its socket) alive even after the watchdog reclaimed its slot.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn send(socket: &mut WebSocket, frame: ServerFrame<'_>) -> bool {
-    socket
-        .send(Message::Text(frame.encode().into()))
-        .await
-        .is_ok()
+    let write = socket.send(Message::Text(frame.encode().into()));
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
 }
 
 async fn send_error(socket: &mut WebSocket, e: &ProtoError) -> bool {
