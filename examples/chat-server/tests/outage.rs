@@ -277,3 +277,34 @@ async fn lost_wakeups_are_repaired() {
     assert_eq!(h["limiters"]["chat"]["in_use"], 1);
     drop(second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_cap_is_shared_by_http_and_tcp() {
+    let srv = InProc::start(chat_server::Config {
+        per_ip: 2,
+        ..config("per-ip")
+    })
+    .await;
+    let a = srv.addrs;
+    // Two connections from 127.0.0.1, one of each kind, use its budget.
+    let _ws = Ws::connect(a.http).await;
+    let _tcp = Tcp::hello(a.tcp).await;
+    assert!(matches!(attempt(a, true).await, Attempt::Refused));
+    assert!(matches!(attempt(a, false).await, Attempt::Refused));
+    // Another address still gets in.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut s = sock.connect(a.tcp).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HELLO chat 1"));
+    let (_, h) = health(a.status).await;
+    assert!(
+        h["limiters"]["chat"]["rejected_total"]["per_ip"]
+            .as_u64()
+            .unwrap()
+            >= 2,
+        "{h}"
+    );
+    srv.stop().await;
+}
