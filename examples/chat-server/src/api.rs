@@ -123,8 +123,10 @@ async fn register(State(app): State<Arc<App>>, body: Body) -> Result<Response, A
 }
 
 async fn login(State(app): State<Arc<App>>, body: Body) -> Result<Response, ApiError> {
-    let c = decode_credentials(&body_bytes(body).await?)
-        .map_err(|_| ProtoError::new("bad_credentials", "wrong name or password"))?;
+    // Malformed bodies and out-of-range fields are 400 here too, as the
+    // contract says for every endpoint; only a well-formed but wrong pair
+    // of name and password is 401.
+    let c = decode_credentials(&body_bytes(body).await?)?;
     let token = app.chat.login(c.name, c.password).await?;
     Ok(Json(serde_json::json!({ "token": token })).into_response())
 }

@@ -10,21 +10,25 @@
 //! ## How a connection flows
 //!
 //! ```text
-//! accept ─► admission (per-IP share + chat Limiter permit) ─► protocol task
-//!   │            └─ refused: 503 + Retry-After / BUSY, close
-//!   └─ permit rides in TouchIo: every read/write touches the lease
-//! watchdog thread ─► revokes leases idle past --idle-timeout ─► task closes
+//! HTTP/WS: accept ─► admission::Gate (per-IP share + chat permit) ─► hyper ─► axum / ws task
+//!            └─ refused: 503 + Retry-After + Connection: close
+//! TCP:     admit_tcp::AdmitListener (same per-IP table, same chat limiter) ─► tcp task
+//!            └─ refused: BUSY retry-after=N
+//! status:  admit_hyper::listener + Server (own `status` limiter) ─► status router
+//! watchdog thread ─► revokes leases idle past --idle-timeout ─► the task closes
 //! ```
 //!
-//! One [`admit::Limiter`] (`chat`) is shared by the HTTP/WebSocket and TCP
-//! listeners, so the budget is one number however clients connect. The
-//! status listener has its own small limiter (`status`), so `/health`
-//! answers while chat is full.
+//! Every read and write touches the connection's lease (`TouchIo` on the
+//! HTTP side, `admit_tcp::Admitted` on the TCP side), so "idle" means "no
+//! traffic". One [`admit::Limiter`] (`chat`) is shared by the
+//! HTTP/WebSocket and TCP listeners, so the budget is one number however
+//! clients connect. The status listener has its own small limiter
+//! (`status`), so `/health` answers while chat is full.
 //!
 //! ## Modules
 //!
 //! * [`protocol`] — pure decoders for every network input (fuzzable).
-//! * [`admission`] — accept loops, per-IP caps, refusals, lease touching.
+//! * [`admission`] — the HTTP accept loop: per-IP caps, refusals, lease touching.
 //! * [`api`] — HTTP API, web client, WebSocket upgrade, HTTP connection serving.
 //! * [`ws`], [`tcp`] — one task per chat connection.
 //! * [`chat`] — accounts, tokens, rooms, posting, history.

@@ -193,6 +193,9 @@ async fn http_abuse() {
         assert_eq!(r.json()["error"], "bad_request");
         assert!(r.json()["message"].is_string());
     }
+    let r = http(a.http, "POST", "/api/login", None, Some(b"{nope")).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "bad_request");
     let r = post_json(
         a.http,
         "/api/rooms",
