@@ -31,6 +31,14 @@ fn uncontended(c: &mut Criterion) {
             drop(black_box(p))
         })
     });
+    let untracked = Limiter::builder()
+        .capacity(64)
+        .track_leases(false)
+        .build()
+        .unwrap();
+    g.bench_function("admit_untracked", |b| {
+        b.iter(|| drop(black_box(untracked.try_acquire().unwrap())))
+    });
     let tokio_sem = Arc::new(tokio::sync::Semaphore::new(64));
     g.bench_function("tokio", |b| {
         b.iter(|| drop(black_box(tokio_sem.clone().try_acquire_owned().unwrap())))
@@ -84,6 +92,25 @@ fn contended(c: &mut Criterion) {
     g.bench_function("admit", |b| {
         b.iter_custom(|iters| {
             let l = Limiter::new(4);
+            (0..iters)
+                .map(|_| {
+                    let l = l.clone();
+                    two_threads(move || {
+                        if let Ok(p) = l.try_acquire() {
+                            drop(black_box(p));
+                        }
+                    })
+                })
+                .sum()
+        })
+    });
+    g.bench_function("admit_untracked", |b| {
+        b.iter_custom(|iters| {
+            let l = Limiter::builder()
+                .capacity(4)
+                .track_leases(false)
+                .build()
+                .unwrap();
             (0..iters)
                 .map(|_| {
                     let l = l.clone();

@@ -93,15 +93,28 @@ impl Acquire {
     }
 
     /// Turns the GRANTED slot we own into a permit.
-    fn take_grant(&mut self, slot: u32, gen: u64) -> Permit {
+    /// `admitted`: the permit goes to the caller (and is counted as an
+    /// admission), rather than being passed straight on by a cancellation.
+    fn take_grant(&mut self, slot: u32, gen: u64, admitted: bool) -> Permit {
         self.phase = Phase::Done;
         let inner = self.inner();
         let s = inner.slots.get(slot);
+        if !inner.track_leases {
+            // The slot only parked us; the permit itself is untracked.
+            s.state.store(pack(gen, status::FREE), Ordering::Release);
+            inner.slots.release(slot);
+            if admitted {
+                inner.untracked_grants.add_one();
+            }
+            return Permit::untracked(self.limiter.inner.clone());
+        }
         s.last_active.store(inner.clock.now(), Ordering::Relaxed);
         s.started.store(inner.clock.now(), Ordering::Relaxed);
         // Only the owner moves a GRANTED slot on, so a store is enough.
         s.state.store(pack(gen, status::HELD), Ordering::Release);
-        inner.slots.count_grant(slot);
+        if admitted {
+            inner.slots.count_grant(slot);
+        }
         Permit::new(self.limiter.inner.clone(), slot, gen)
     }
 
@@ -144,7 +157,7 @@ impl Acquire {
                         None
                     }
                     // Granted first: we own a permit.
-                    Err(_) => Some(self.take_grant(slot, gen)),
+                    Err(_) => Some(self.take_grant(slot, gen, false)),
                 }
             }
         }
@@ -159,12 +172,15 @@ impl Acquire {
     ) -> Poll<Result<Permit, Rejected>> {
         for registered in [false, true] {
             if self.granted(slot, gen) {
-                return Poll::Ready(Ok(self.take_grant(slot, gen)));
+                return Poll::Ready(Ok(self.take_grant(slot, gen, true)));
             }
             if self.inner().load().closed() {
                 return match self.cancel(ticket, slot, gen) {
                     // Granted before the close: a real permit.
-                    Some(permit) => Poll::Ready(Ok(permit)),
+                    Some(permit) => {
+                        permit.count_admission();
+                        Poll::Ready(Ok(permit))
+                    }
                     None => self.reject(Rejected::Closed),
                 };
             }
@@ -208,7 +224,7 @@ impl Future for Acquire {
                 };
                 inner.slots.get(slot).wait_waker.register(cx.waker());
                 match inner.queue.park(ticket, slot, gen) {
-                    Park::Granted => Poll::Ready(Ok(this.take_grant(slot, gen))),
+                    Park::Granted => Poll::Ready(Ok(this.take_grant(slot, gen, true))),
                     Park::Parked => {
                         this.phase = Phase::Parked { ticket, slot, gen };
                         this.poll_parked(cx, ticket, slot, gen)

@@ -452,7 +452,7 @@ impl Health {
             } else {
                 s.in_use() as f64 / s.capacity() as f64
             },
-            admitted_total: inner.slots.total_grants(),
+            admitted_total: inner.admitted_total(),
             rejected_total,
             revoked_total: inner.revoked.load(Ordering::Relaxed),
             reclaimed_total: inner.reclaimed.load(Ordering::Relaxed),

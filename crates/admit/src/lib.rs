@@ -49,6 +49,7 @@
 
 mod acquire;
 mod clock;
+mod counter;
 mod drain;
 mod error;
 #[cfg(feature = "fault-injection")]

@@ -18,6 +18,7 @@
 //!   first frees the count and the other does nothing (I2).
 
 use crate::clock::Clock;
+use crate::counter::Counter;
 use crate::drain::{DrainWakers, Drained};
 use crate::error::{BuildError, CapacityError, Rejected};
 use crate::health::{Health, HealthShared};
@@ -51,6 +52,7 @@ pub struct Builder {
     queue_limit: u32,
     reserve: u32,
     name: String,
+    track_leases: bool,
 }
 
 impl Builder {
@@ -80,6 +82,24 @@ impl Builder {
     /// [`Limiter::try_acquire_critical`] may use the reserve too.
     pub fn reserve(mut self, n: u32) -> Self {
         self.reserve = n;
+        self
+    }
+
+    /// Whether every permit is a lease (default true): revocable, reclaimable
+    /// by the watchdog, with start and activity times and a drift check.
+    ///
+    /// Turning it off saves two atomic operations per permit, for permits
+    /// that cannot leak because they never outlive a future (request-scoped
+    /// admission). Such permits cannot be revoked or reclaimed, their
+    /// `touch()` does nothing, and the watchdog can only repair stalls.
+    ///
+    /// ```
+    /// let limiter = admit::Limiter::builder().capacity(8).track_leases(false).build().unwrap();
+    /// let p = limiter.try_acquire().unwrap();
+    /// assert!(!limiter.revoke(p.lease_id()));
+    /// ```
+    pub fn track_leases(mut self, on: bool) -> Self {
+        self.track_leases = on;
         self
     }
 
@@ -122,6 +142,8 @@ impl Builder {
             window,
             queue_limit: self.queue_limit,
             reserve: self.reserve,
+            track_leases: self.track_leases,
+            untracked_grants: Counter::new(),
             max_capacity: max,
             clock: Clock::new(),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -149,6 +171,9 @@ pub(crate) struct Inner {
     pub(crate) window: u32,
     pub(crate) queue_limit: u32,
     pub(crate) reserve: u32,
+    pub(crate) track_leases: bool,
+    /// Grants of untracked permits (tracked ones count in their slot).
+    pub(crate) untracked_grants: Counter,
     pub(crate) max_capacity: u32,
     pub(crate) clock: Clock,
     pub(crate) rejected: [AtomicU64; 5],
@@ -213,6 +238,7 @@ impl Limiter {
             queue_limit: 0,
             reserve: 0,
             name: "default".to_owned(),
+            track_leases: true,
         }
     }
 
@@ -413,6 +439,11 @@ impl Limiter {
             .count()
     }
 
+    /// Whether permits are tracked as leases (see [`Builder::track_leases`]).
+    pub fn tracks_leases(&self) -> bool {
+        self.inner.track_leases
+    }
+
     /// Revokes one lease by id. Returns false if it is no longer held.
     pub fn revoke(&self, id: LeaseId) -> bool {
         let Some(slot) = self.inner.slots.slots.get(id.slot as usize) else {
@@ -497,12 +528,21 @@ impl Inner {
 
     /// Wraps a counted permit in a new lease.
     pub(crate) fn new_permit(&self, this: &Arc<Inner>) -> Permit {
+        if !self.track_leases {
+            self.untracked_grants.add_one();
+            return Permit::untracked(this.clone());
+        }
         let (slot, gen) = self
             .slots
             .claim(status::HELD, self.clock.now())
             .expect("the slot table holds max_capacity leases plus the queue window");
         self.slots.count_grant(slot);
         Permit::new(this.clone(), slot, gen)
+    }
+
+    /// Permits granted since the limiter was built.
+    pub(crate) fn admitted_total(&self) -> u64 {
+        self.slots.total_grants() + self.untracked_grants.sum()
     }
 
     /// Gives one counted permit back and runs the hand-off if anyone waits.

@@ -43,9 +43,13 @@ impl std::fmt::Display for LeaseId {
 /// ```
 pub struct Permit {
     inner: Arc<Inner>,
+    /// The lease slot, or `UNTRACKED` on a limiter built without leases.
     slot: u32,
     gen: u64,
 }
+
+/// Slot index of a permit from a limiter built with `track_leases(false)`.
+const UNTRACKED: u32 = u32::MAX;
 
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,6 +65,27 @@ impl Permit {
         Permit { inner, slot, gen }
     }
 
+    pub(crate) fn untracked(inner: Arc<Inner>) -> Permit {
+        Permit {
+            inner,
+            slot: UNTRACKED,
+            gen: 0,
+        }
+    }
+
+    /// Counts this permit as admitted (for grants that reached the caller
+    /// by an unusual path).
+    pub(crate) fn count_admission(&self) {
+        match self.slot() {
+            Some(_) => self.inner.slots.count_grant(self.slot),
+            None => self.inner.untracked_grants.add_one(),
+        }
+    }
+
+    fn slot(&self) -> Option<&crate::slots::Slot> {
+        (self.slot != UNTRACKED).then(|| self.inner.slots.get(self.slot))
+    }
+
     /// This lease's id, for [`Limiter::revoke`](crate::Limiter::revoke) and logs.
     pub fn lease_id(&self) -> LeaseId {
         LeaseId {
@@ -72,7 +97,7 @@ impl Permit {
     /// Marks the lease active now. Costs two relaxed loads and, at most once
     /// per clock tick, a relaxed store: call it on every I/O.
     pub fn touch(&self) {
-        let slot = self.inner.slots.get(self.slot);
+        let Some(slot) = self.slot() else { return };
         // A permit whose slot was reclaimed (and perhaps reused) must not
         // make someone else's lease look active.
         if gen_of(slot.state.load(Ordering::Relaxed)) != self.gen {
@@ -84,28 +109,27 @@ impl Permit {
         }
     }
 
-    /// Whether the lease was revoked (or already reclaimed).
+    /// Whether the lease was revoked (or already reclaimed). Always false
+    /// on a limiter built without leases.
     pub fn is_revoked(&self) -> bool {
-        let word = self
-            .inner
-            .slots
-            .get(self.slot)
-            .state
-            .load(Ordering::Acquire);
+        let Some(slot) = self.slot() else {
+            return false;
+        };
+        let word = slot.state.load(Ordering::Acquire);
         gen_of(word) != self.gen || status_of(word) != status::HELD
     }
 
     /// Polls for revocation: `Ready` once the lease is revoked. Adapters
     /// call this from their own `poll_*` methods.
     pub fn poll_revoked(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(slot) = self.slot() else {
+            // Without leases nothing can revoke this permit.
+            return Poll::Pending;
+        };
         if self.is_revoked() {
             return Poll::Ready(());
         }
-        self.inner
-            .slots
-            .get(self.slot)
-            .revoke_waker
-            .register(cx.waker());
+        slot.revoke_waker.register(cx.waker());
         // Re-check: a revocation between the check and the registration
         // woke no one.
         if self.is_revoked() {
@@ -123,14 +147,18 @@ impl Permit {
 
     /// How long ago the lease began (to the coarse clock's resolution).
     pub fn age(&self) -> Duration {
-        let slot = self.inner.slots.get(self.slot);
+        let Some(slot) = self.slot() else {
+            return Duration::ZERO;
+        };
         let now = self.inner.clock.now();
         Duration::from_millis(now.saturating_sub(slot.started.load(Ordering::Relaxed)))
     }
 
     /// How long since the lease was last touched (coarse).
     pub fn idle(&self) -> Duration {
-        let slot = self.inner.slots.get(self.slot);
+        let Some(slot) = self.slot() else {
+            return Duration::ZERO;
+        };
         let now = self.inner.clock.now();
         Duration::from_millis(now.saturating_sub(slot.last_active.load(Ordering::Relaxed)))
     }
@@ -145,7 +173,10 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let slot = self.inner.slots.get(self.slot);
+        let Some(slot) = self.slot() else {
+            self.inner.release_count();
+            return;
+        };
         let mut word = slot.state.load(Ordering::Acquire);
         loop {
             let live = matches!(status_of(word), status::HELD | status::REVOKED);

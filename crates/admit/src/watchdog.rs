@@ -246,7 +246,9 @@ impl Watchdog {
         }
 
         // Drift: count above the lease table while nothing moved.
-        if before == after && after.in_use() > live {
+        if !inner.track_leases {
+            // No lease table to compare the count with.
+        } else if before == after && after.in_use() > live {
             let excess = after.in_use() - live;
             self.drift_min = if self.drift_seen == 0 {
                 excess

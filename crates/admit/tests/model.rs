@@ -134,6 +134,7 @@ struct Sut {
     waiters: Vec<(usize, Acquire)>,
     permits: Vec<(Permit, bool)>,
     next_id: usize,
+    admitted: u64,
 }
 
 fn poll(f: &mut Acquire) -> Poll<Result<Permit, Rejected>> {
@@ -141,12 +142,13 @@ fn poll(f: &mut Acquire) -> Poll<Result<Permit, Rejected>> {
 }
 
 impl Sut {
-    fn new(capacity: u32, max: u32, reserve: u32, queue_limit: u32) -> Sut {
+    fn new(capacity: u32, max: u32, reserve: u32, queue_limit: u32, leases: bool) -> Sut {
         let limiter = Limiter::builder()
             .capacity(capacity)
             .max_capacity(max)
             .reserve(reserve)
             .queue_limit(queue_limit)
+            .track_leases(leases)
             .build()
             .unwrap();
         let window = ((queue_limit as usize * 4)
@@ -166,6 +168,7 @@ impl Sut {
             waiters: Vec::new(),
             permits: Vec::new(),
             next_id: 0,
+            admitted: 0,
         }
     }
 
@@ -181,6 +184,7 @@ impl Sut {
                 let expect = self.model.try_acquire(critical);
                 assert_eq!(real.as_ref().map(|_| ()).map_err(|e| *e), expect, "{op:?}");
                 if let Ok(p) = real {
+                    self.admitted += 1;
                     self.permits.push((p, false));
                 }
             }
@@ -190,7 +194,10 @@ impl Sut {
                 let mut fut = self.limiter.acquire();
                 let expect = self.model.acquire(id);
                 match (poll(&mut fut), expect) {
-                    (Poll::Ready(Ok(p)), Ok(true)) => self.permits.push((p, false)),
+                    (Poll::Ready(Ok(p)), Ok(true)) => {
+                        self.admitted += 1;
+                        self.permits.push((p, false))
+                    }
                     (Poll::Pending, Ok(false)) => self.waiters.push((id, fut)),
                     (Poll::Ready(Err(a)), Err(b)) => assert_eq!(a, b),
                     (real, model) => panic!("acquire: real {real:?}, model {model:?}"),
@@ -207,6 +214,7 @@ impl Sut {
                             "waiter {id} got a permit the model did not grant (FIFO)"
                         );
                         self.model.granted.retain(|&g| g != id);
+                        self.admitted += 1;
                         self.permits.push((p, false));
                         drop(self.waiters.remove(i));
                     }
@@ -252,9 +260,9 @@ impl Sut {
             Op::Revoke(i) if !self.permits.is_empty() => {
                 let i = i % self.permits.len();
                 let (p, reclaimed) = &self.permits[i];
-                let was_live = !p.is_revoked() && !reclaimed;
+                let was_live = !p.is_revoked() && !reclaimed && self.limiter.tracks_leases();
                 assert_eq!(self.limiter.revoke(p.lease_id()), was_live);
-                assert!(p.is_revoked());
+                assert_eq!(p.is_revoked(), self.limiter.tracks_leases());
             }
             Op::Reclaim => {
                 let mut expect = 0;
@@ -297,6 +305,10 @@ impl Sut {
         assert_eq!(self.limiter.waiting(), 0);
         let snap = self.limiter.health().snapshot();
         assert_eq!(snap.repaired_total, 0, "a release found the count at zero");
+        assert_eq!(
+            snap.admitted_total, self.admitted,
+            "admissions miscounted (I6)"
+        );
     }
 }
 
@@ -309,9 +321,10 @@ proptest! {
         extra in 0u32..3,
         reserve in 0u32..2,
         queue_limit in 0u32..4,
+        leases in proptest::bool::weighted(0.8),
         ops in proptest::collection::vec(op(), 1..80),
     ) {
-        let mut sut = Sut::new(capacity, capacity + extra, reserve, queue_limit);
+        let mut sut = Sut::new(capacity, capacity + extra, reserve, queue_limit, leases);
         for op in &ops {
             sut.apply(op);
         }
