@@ -19,8 +19,11 @@ pub use limiter_ops::run as limiter_ops;
 pub use tcp_line::run as tcp_line;
 pub use ws_frame::run as ws_frame;
 
+/// A fuzz target: one input in, a panic on any failure.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, as `cargo fuzz` and the corpus directories name them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("limiter_ops", limiter_ops),
     ("keyed_table", keyed_table),
     ("ws_frame", ws_frame),
@@ -30,7 +33,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 
 /// Runs `target` on every file named on the command line (directories are
 /// walked one level deep): a way to replay a crash without libFuzzer.
-pub fn replay_args(target: fn(&[u8])) {
+pub fn replay_args(target: Target) {
     let mut n = 0;
     for arg in std::env::args_os().skip(1) {
         let path = std::path::PathBuf::from(arg);

@@ -677,11 +677,9 @@ impl Sut {
         let mut releases = 0;
         for (_, l) in self.permits.iter_mut().chain(self.leaked.iter_mut()) {
             match l.state {
-                LeaseState::Held => {
-                    if max_idle.is_some_and(|m| now - l.last_active >= m) {
-                        l.state = LeaseState::Revoked { at: now };
-                        revoked += 1;
-                    }
+                LeaseState::Held if max_idle.is_some_and(|m| now - l.last_active >= m) => {
+                    l.state = LeaseState::Revoked { at: now };
+                    revoked += 1;
                 }
                 LeaseState::Revoked { at } if now - at >= grace => {
                     l.state = LeaseState::Reclaimed;
