@@ -83,8 +83,8 @@ enum Op {
     Acquire(Addr),
     Release(u8),
     Count(Addr),
-    /// `8 * (n + 1)` distinct addresses from `base`, each acquired once and
-    /// either kept or dropped at once.
+    /// `8 * (n % 32 + 1)` distinct addresses from `base`, each acquired once
+    /// and either kept or dropped at once (a few floods fill any table).
     Flood {
         base: u32,
         n: u8,
@@ -228,7 +228,7 @@ pub fn run(data: &[u8]) {
             }
             Op::Count(a) => sut.check_count(a.ip()),
             Op::Flood { base, n, keep, v6 } => {
-                for i in 0..(u32::from(n) + 1) * 8 {
+                for i in 0..(u32::from(n % 32) + 1) * 8 {
                     let ip = if v6 {
                         let prefix = 0x2001_0db8_0000_0000u64 ^ (u64::from(base) << 16);
                         IpAddr::V6(Ipv6Addr::from(u128::from(prefix + u64::from(i)) << 64 | 1))
