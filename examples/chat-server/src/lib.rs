@@ -330,8 +330,10 @@ impl Server {
         // The watchdog runs on its own thread. Idle leases are revoked after
         // --idle-timeout; the connection then closes itself, and a lease
         // whose holder never lets go (a leak) is reclaimed after the grace.
-        let grace =
-            (self.idle_timeout / 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
+        // A live holder closes within milliseconds of its revocation, so one
+        // second is plenty, and it keeps recovery from a leak within
+        // --idle-timeout + 2 s whatever the timeout.
+        let grace = Duration::from_secs(1);
         let wd_config = WatchdogConfig::default()
             .interval(Duration::from_millis(100))
             .max_idle(self.idle_timeout)
