@@ -89,40 +89,27 @@ fn contended(c: &mut Criterion) {
     let mut g = c.benchmark_group("two_threads");
     g.throughput(Throughput::Elements(2 * OPS_PER_THREAD));
     g.sample_size(20);
-    g.bench_function("admit", |b| {
-        b.iter_custom(|iters| {
-            let l = Limiter::new(4);
-            (0..iters)
-                .map(|_| {
-                    let l = l.clone();
-                    two_threads(move || {
-                        if let Ok(p) = l.try_acquire() {
-                            drop(black_box(p));
-                        }
+    for (name, leases) in [("admit", true), ("admit_untracked", false)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let l = Limiter::builder()
+                    .capacity(4)
+                    .track_leases(leases)
+                    .build()
+                    .unwrap();
+                (0..iters)
+                    .map(|_| {
+                        let l = l.clone();
+                        two_threads(move || {
+                            if let Ok(p) = l.try_acquire() {
+                                drop(black_box(p));
+                            }
+                        })
                     })
-                })
-                .sum()
-        })
-    });
-    g.bench_function("admit_untracked", |b| {
-        b.iter_custom(|iters| {
-            let l = Limiter::builder()
-                .capacity(4)
-                .track_leases(false)
-                .build()
-                .unwrap();
-            (0..iters)
-                .map(|_| {
-                    let l = l.clone();
-                    two_threads(move || {
-                        if let Ok(p) = l.try_acquire() {
-                            drop(black_box(p));
-                        }
-                    })
-                })
-                .sum()
-        })
-    });
+                    .sum()
+            })
+        });
+    }
     g.bench_function("tokio", |b| {
         b.iter_custom(|iters| {
             let s = Arc::new(tokio::sync::Semaphore::new(4));

@@ -21,7 +21,8 @@
 
 use crate::error::Rejected;
 use crate::limiter::Limiter;
-use crate::loom::{AtomicBool, AtomicU64, AtomicWaker, Ordering};
+use crate::loom::{AtomicBool, AtomicU64, Ordering};
+use crate::places::WakerPlaces;
 use crate::slots::status;
 use crate::slots::status_of;
 use futures_core::Stream;
@@ -209,8 +210,7 @@ pub(crate) struct HealthShared {
     current: AtomicU64,
     /// `sequence << 16 | from << 8 | to`, at `sequence % LOG_LEN`.
     log: [AtomicU64; LOG_LEN],
-    taken: [AtomicBool; SUBSCRIBERS],
-    wakers: [AtomicWaker; SUBSCRIBERS],
+    subscribers: WakerPlaces<SUBSCRIBERS>,
     /// Watchdog interval in ms; 0 when none is attached.
     pub(crate) watchdog_interval: AtomicU64,
     pub(crate) watchdog_tick: AtomicU64,
@@ -227,8 +227,7 @@ impl HealthShared {
             name,
             current: AtomicU64::new(0),
             log: std::array::from_fn(|_| AtomicU64::new(0)),
-            taken: std::array::from_fn(|_| AtomicBool::new(false)),
-            wakers: std::array::from_fn(|_| AtomicWaker::new()),
+            subscribers: WakerPlaces::new(),
             watchdog_interval: AtomicU64::new(0),
             watchdog_tick: AtomicU64::new(0),
             watchdog_ticks: AtomicU64::new(0),
@@ -237,11 +236,12 @@ impl HealthShared {
         }
     }
 
-    /// Evaluates the state and reports it if it changed.
-    pub(crate) fn note_change(&self, limiter: &Limiter) -> HealthState {
+    /// Evaluates the state, reports it if it changed, and returns the
+    /// snapshot it was derived from.
+    pub(crate) fn note_change(&self, limiter: &Limiter) -> Snapshot {
         let snap = Health::new(limiter.clone()).compute(false);
         self.report(&snap);
-        snap.state
+        snap
     }
 
     fn report(&self, snap: &Snapshot) {
@@ -265,9 +265,7 @@ impl HealthShared {
                         Ordering::Release,
                     );
                     log_transition(snap, from, to);
-                    for w in &self.wakers {
-                        w.wake();
-                    }
+                    self.subscribers.wake_all();
                     return;
                 }
                 Err(actual) => cur = actual,
@@ -551,19 +549,7 @@ impl Stream for Changes {
             return Poll::Ready(Some(t));
         }
         let inner = self.limiter.inner.clone();
-        let h = &inner.health;
-        if self.place.is_none() {
-            self.place = (0..SUBSCRIBERS).find(|&i| {
-                h.taken[i]
-                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            });
-        }
-        match self.place {
-            Some(i) => h.wakers[i].register(cx.waker()),
-            // Every place taken: poll again soon rather than never.
-            None => cx.waker().wake_by_ref(),
-        }
+        inner.health.subscribers.register(&mut self.place, cx);
         match self.try_next() {
             Some(t) => Poll::Ready(Some(t)),
             None => Poll::Pending,
@@ -573,8 +559,6 @@ impl Stream for Changes {
 
 impl Drop for Changes {
     fn drop(&mut self) {
-        if let Some(i) = self.place {
-            self.limiter.inner.health.taken[i].store(false, Ordering::Release);
-        }
+        self.limiter.inner.health.subscribers.release(self.place);
     }
 }

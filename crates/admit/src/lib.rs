@@ -58,6 +58,7 @@ mod health;
 mod limiter;
 mod loom;
 mod permit;
+mod places;
 mod queue;
 mod slots;
 mod state;

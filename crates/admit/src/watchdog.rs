@@ -20,7 +20,6 @@
 //! It runs on a plain thread, not on the async runtime it guards: a wedged
 //! runtime must not silence the thing that reports it.
 
-use crate::health::HealthState;
 use crate::limiter::Limiter;
 use crate::loom::Ordering;
 use crate::slots::{gen_of, status, status_of};
@@ -264,13 +263,11 @@ impl Watchdog {
             self.drift_seen = 0;
         }
 
-        let state = h.note_change(&self.limiter);
+        let snap = h.note_change(&self.limiter);
         #[cfg(feature = "metrics")]
-        {
-            let health = self.limiter.health();
-            health.publish_metrics(&health.compute(false));
-        }
-        let _: HealthState = state;
+        self.limiter.health().publish_metrics(&snap);
+        #[cfg(not(feature = "metrics"))]
+        drop(snap);
         report
     }
 
