@@ -5,26 +5,39 @@
 mod common;
 use common::*;
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Keeps sending 3 KB messages to `general` from a few TCP clients until
-/// told to stop.
+/// told to stop. With `pace`, the flood never runs more than half an
+/// outbox ahead of what a reading client has seen, so that a reader the
+/// scheduler starves for a moment is not mistaken for a laggard.
 fn flood(
     a: chat_server::Addrs,
     token: String,
     stop: Arc<AtomicBool>,
+    pace: Option<tokio::sync::watch::Receiver<u64>>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let sent = Arc::new(AtomicU64::new(0));
     (0..3)
         .map(|f| {
-            let (token, stop) = (token.clone(), stop.clone());
+            let (token, stop, sent, mut pace) =
+                (token.clone(), stop.clone(), sent.clone(), pace.clone());
             tokio::spawn(async move {
                 let mut t = Tcp::login(a.tcp, &token, "flooder").await;
                 let text = "z".repeat(3000);
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
+                    if let Some(seen) = pace.as_mut() {
+                        let ahead = sent.load(Ordering::Relaxed);
+                        let limit = (chat_server::hub::OUTBOX / 2) as u64;
+                        if seen.wait_for(|n| ahead < n + limit).await.is_err() {
+                            return;
+                        }
+                    }
+                    sent.fetch_add(8, Ordering::Relaxed);
                     for _ in 0..8 {
                         t.send(&format!("SAY general f{f}-{i} {text}")).await;
                         i += 1;
@@ -84,18 +97,22 @@ async fn a_websocket_that_stops_reading_is_closed_with_1013() {
     let mut good = Ws::login(a.http, &token).await;
     good.send(json!({"type":"join","room":"general"})).await;
     assert_eq!(good.recv().await["type"], "joined");
+    let (seen_tx, seen) = tokio::sync::watch::channel(0u64);
     let reader = tokio::spawn(async move {
         let mut n = 0u64;
         while let Some(Ok(m)) = futures::StreamExt::next(&mut good.ws).await {
-            if let Message::Text(_) = m {
-                n += 1;
+            if let Message::Text(t) = m {
+                if t.contains("\"type\":\"message\"") {
+                    n += 1;
+                    seen_tx.send_replace(n);
+                }
             }
         }
         n
     });
 
     let stop = Arc::new(AtomicBool::new(false));
-    let floods = flood(a, flooder, stop.clone());
+    let floods = flood(a, flooder, stop.clone(), Some(seen));
     wait_lagged(a, 1).await;
     stop.store(true, Ordering::Relaxed);
 
@@ -153,7 +170,7 @@ async fn a_tcp_client_that_stops_reading_gets_err_lagged() {
     assert_eq!(slow.line().await.unwrap(), "OK joined general");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let floods = flood(a, flooder, stop.clone());
+    let floods = flood(a, flooder, stop.clone(), None);
     wait_lagged(a, 1).await;
     stop.store(true, Ordering::Relaxed);
     let mut last = String::new();
