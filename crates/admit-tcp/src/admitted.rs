@@ -1,5 +1,6 @@
 //! [`Admitted`]: a connection that carries its permit.
 
+use crate::ending::Ending;
 use crate::per_ip::PerIpGuard;
 use admit::Permit;
 use pin_project::pin_project;
@@ -66,10 +67,16 @@ struct Idle {
 ///
 /// * Every read or write that moves bytes touches the lease, so the
 ///   watchdog can tell busy connections from dead ones.
-/// * When the lease is revoked (or the idle timeout passes), reads return
+/// * When the lease is revoked (or the idle timeout passes), the connection
+///   fires its end signal ([`ending`](Self::ending)); then reads return
 ///   end-of-file, writes fail with `ConnectionAborted` (`TimedOut`), and the
 ///   stream's write side is shut down, so the peer sees the close too. A task
 ///   blocked on a read is woken for this.
+/// * With a goodbye window ([`with_goodbye_window`](Self::with_goodbye_window)),
+///   the end comes in two steps: for the window's length writes keep working
+///   and reads wait (they are woken when the window closes), so the
+///   application can say goodbye in its own protocol — a WebSocket close
+///   frame, a `BYE` line — before the stream ends as above.
 /// * Dropping it closes the socket, then releases the permit and the
 ///   per-address count.
 ///
@@ -96,6 +103,7 @@ struct Idle {
 /// limiter.revoke(conn.permit().lease_id());
 /// assert_eq!(conn.read(&mut buf).await.unwrap(), 0); // revoked: end of file
 /// assert!(conn.write_all(b"late").await.is_err());
+/// assert!(conn.ending().is_ended());
 /// drop(conn);
 /// assert_eq!(limiter.in_use(), 0);
 /// # }
@@ -112,7 +120,23 @@ pub struct Admitted<S> {
     peer: SocketAddr,
     idle: Option<Idle>,
     ended: Option<Ended>,
+    /// Fired when `ended` is first set.
+    ending: Ending,
+    /// The goodbye window's length, if one was asked for.
+    goodbye: Option<Duration>,
+    /// While the goodbye window is open: the timer that closes it.
+    closing: Option<Pin<Box<Sleep>>>,
     shut_down: bool,
+}
+
+/// Where an [`Admitted`] connection is in its life.
+enum State {
+    /// Serving normally.
+    Open,
+    /// Ended from outside, inside the goodbye window: writes work, reads wait.
+    Closing,
+    /// Ended: reads see end-of-file, writes fail with this reason's error.
+    Ended(Ended),
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Admitted<S> {
@@ -122,6 +146,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Admitted<S> {
             .field("peer", &self.peer)
             .field("lease", &self.permit.lease_id())
             .field("ended", &self.ended)
+            .field("goodbye_window", &self.goodbye)
             .finish()
     }
 }
@@ -137,6 +162,9 @@ impl<S> Admitted<S> {
             peer,
             idle: None,
             ended: None,
+            ending: Ending::new(),
+            goodbye: None,
+            closing: None,
             shut_down: false,
         }
     }
@@ -162,6 +190,60 @@ impl<S> Admitted<S> {
             timer: Box::pin(tokio::time::sleep_until(now + timeout)),
         });
         self
+    }
+
+    /// When the connection is ended from outside (lease revoked, idle
+    /// timeout), keeps writes working for `window` before the stream ends,
+    /// so the application can say goodbye in its own protocol. Meanwhile
+    /// reads wait (returning `Pending`, woken when the window closes): the
+    /// peer gets no more say. The connection's end signal
+    /// ([`ending`](Self::ending)) fires when the window opens. Default: no
+    /// window — the stream ends at once, as described on [`Admitted`].
+    /// Needs a tokio runtime with the time driver.
+    ///
+    /// ```
+    /// use admit_tcp::Admitted;
+    /// use std::time::Duration;
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = admit::Limiter::new(1);
+    /// let (mut client, server) = tokio::io::duplex(64);
+    /// let mut conn = Admitted::new(server, limiter.try_acquire().unwrap(), "127.0.0.1:4000".parse().unwrap())
+    ///     .with_goodbye_window(Duration::from_millis(50));
+    /// let ending = conn.ending();
+    ///
+    /// // The serving loop: reads, and the end signal beside them.
+    /// limiter.revoke(conn.permit().lease_id());
+    /// let mut buf = [0u8; 16];
+    /// tokio::select! {
+    ///     _ = conn.read(&mut buf) => unreachable!("reads wait while the window is open"),
+    ///     _ = ending.ended() => conn.write_all(b"BYE revoked\n").await.unwrap(),
+    /// }
+    /// // The window closes: end of file, and the peer got its goodbye.
+    /// assert_eq!(conn.read(&mut buf).await.unwrap(), 0);
+    /// assert!(conn.write_all(b"late").await.is_err());
+    /// let mut got = String::new();
+    /// client.read_to_string(&mut got).await.unwrap();
+    /// assert_eq!(got, "BYE revoked\n");
+    /// # }
+    /// ```
+    pub fn with_goodbye_window(mut self, window: Duration) -> Admitted<S> {
+        self.goodbye = Some(window);
+        self
+    }
+
+    /// The goodbye window, if one is set.
+    pub fn goodbye_window(&self) -> Option<Duration> {
+        self.goodbye
+    }
+
+    /// The connection's end signal: fires when the connection is ended from
+    /// outside (see [`Ending`]). Hand a clone to the code that serves the
+    /// connection, so it can say goodbye inside the goodbye window.
+    pub fn ending(&self) -> Ending {
+        self.ending.clone()
     }
 
     /// The permit this connection holds.
@@ -213,27 +295,50 @@ impl<S> Admitted<S> {
 }
 
 impl<S: AsyncWrite> Admitted<S> {
-    /// Checks revocation and the idle timer, registering for both. Returns
-    /// why the connection ended, shutting the write side down the first time.
-    fn poll_ended(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Option<Ended> {
+    /// Checks revocation, the idle timer and the goodbye window,
+    /// registering for whichever can change the state next. Fires the end
+    /// signal when the connection is first ended, and shuts the write side
+    /// down once it has ended for good.
+    fn poll_state(self: Pin<&mut Self>, cx: &mut Context<'_>) -> State {
         let this = self.project();
-        if this.ended.is_none() {
-            if this.permit.poll_revoked(cx).is_ready() {
-                *this.ended = Some(Ended::Revoked);
-            } else if let Some(idle) = this.idle.as_mut() {
-                while idle.timer.as_mut().poll(cx).is_ready() {
-                    let deadline = idle.last + idle.timeout;
-                    if Instant::now() >= deadline {
-                        *this.ended = Some(Ended::IdleTimeout);
-                        break;
+        let ended = match *this.ended {
+            Some(ended) => ended,
+            None => {
+                let why = if this.permit.poll_revoked(cx).is_ready() {
+                    Some(Ended::Revoked)
+                } else if let Some(idle) = this.idle.as_mut() {
+                    let mut why = None;
+                    while idle.timer.as_mut().poll(cx).is_ready() {
+                        let deadline = idle.last + idle.timeout;
+                        if Instant::now() >= deadline {
+                            why = Some(Ended::IdleTimeout);
+                            break;
+                        }
+                        // Bytes moved since the timer was set: re-arm it
+                        // for the real deadline (and poll again to register).
+                        idle.timer.as_mut().reset(deadline);
                     }
-                    // Bytes moved since the timer was set: re-arm it for
-                    // the real deadline (and poll again to register).
-                    idle.timer.as_mut().reset(deadline);
+                    why
+                } else {
+                    None
+                };
+                let Some(why) = why else {
+                    return State::Open;
+                };
+                *this.ended = Some(why);
+                if let Some(window) = *this.goodbye {
+                    *this.closing = Some(Box::pin(tokio::time::sleep(window)));
                 }
+                this.ending.fire(why);
+                why
             }
+        };
+        if let Some(closing) = this.closing.as_mut() {
+            if closing.as_mut().poll(cx).is_pending() {
+                return State::Closing;
+            }
+            *this.closing = None;
         }
-        let ended = (*this.ended)?;
         if !*this.shut_down {
             // Best effort: a TCP stream shuts down at once; a stream whose
             // shutdown is pending is closed when it is dropped.
@@ -244,7 +349,7 @@ impl<S: AsyncWrite> Admitted<S> {
                 }
             }
         }
-        Some(ended)
+        State::Ended(ended)
     }
 
     fn note_io(self: Pin<&mut Self>) {
@@ -262,8 +367,11 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for Admitted<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.as_mut().poll_ended(cx).is_some() {
-            return Poll::Ready(Ok(()));
+        match self.as_mut().poll_state(cx) {
+            State::Open => {}
+            // The window's timer wakes this task when it closes.
+            State::Closing => return Poll::Pending,
+            State::Ended(_) => return Poll::Ready(Ok(())),
         }
         let before = buf.filled().len();
         let res = self.as_mut().project().io.poll_read(cx, buf);
@@ -282,8 +390,12 @@ impl<S: AsyncWrite> AsyncWrite for Admitted<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if let Some(ended) = self.as_mut().poll_ended(cx) {
-            return Poll::Ready(Err(ended.error()));
+        match self.as_mut().poll_state(cx) {
+            State::Open => {}
+            // Saying goodbye: the bytes go out, but no longer count as
+            // activity on the lease.
+            State::Closing => return self.project().io.poll_write(cx, buf),
+            State::Ended(ended) => return Poll::Ready(Err(ended.error())),
         }
         let res = self.as_mut().project().io.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
@@ -299,8 +411,10 @@ impl<S: AsyncWrite> AsyncWrite for Admitted<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if let Some(ended) = self.as_mut().poll_ended(cx) {
-            return Poll::Ready(Err(ended.error()));
+        match self.as_mut().poll_state(cx) {
+            State::Open => {}
+            State::Closing => return self.project().io.poll_write_vectored(cx, bufs),
+            State::Ended(ended) => return Poll::Ready(Err(ended.error())),
         }
         let res = self.as_mut().project().io.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = res {

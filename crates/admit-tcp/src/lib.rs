@@ -24,7 +24,10 @@
 //! [`Admitted`] touches its lease on every read and write, and when the lease
 //! is revoked (by the watchdog, say) its reads return end-of-file, its writes
 //! fail and the socket is shut down, so the watchdog's reclaim really closes
-//! dead connections.
+//! dead connections. It also fires an end signal ([`Ending`]) then, and with a
+//! goodbye window ([`Builder::goodbye_window`]) keeps its writes working a
+//! little longer, so the server can tell the client why in its own protocol
+//! before the socket goes.
 //!
 //! ```
 //! use admit_tcp::{AdmitListener, Policy};
@@ -62,11 +65,13 @@
 
 mod admitted;
 pub mod backoff;
+mod ending;
 mod listener;
 mod per_ip;
 mod policy;
 
 pub use admitted::{Admitted, Ended};
+pub use ending::{Ending, WaitEnded};
 pub use listener::{AdmitListener, Builder, Keepalive, ListenerStats};
 pub use per_ip::{PerIpError, PerIpGuard, PerIpLimit, PROBE_WINDOW};
 pub use policy::{Policy, DEFAULT_BUSY};

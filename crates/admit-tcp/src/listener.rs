@@ -173,6 +173,7 @@ pub struct Builder {
     nodelay: bool,
     keepalive: Option<Keepalive>,
     idle_timeout: Option<Duration>,
+    goodbye_window: Option<Duration>,
     reset_rejected: bool,
 }
 
@@ -232,6 +233,16 @@ impl Builder {
         self
     }
 
+    /// Gives admitted connections a goodbye window (see
+    /// [`Admitted::with_goodbye_window`]): when one is ended from outside,
+    /// its writes keep working for `window` while its reads wait, so the
+    /// server can tell the client why before the socket closes. Default:
+    /// none (the stream ends at once).
+    pub fn goodbye_window(mut self, window: Duration) -> Self {
+        self.goodbye_window = Some(window);
+        self
+    }
+
     /// Closes connections refused without a message ([`Policy::Reject`],
     /// per-address refusals under `Reject` and `Pause`) with a RST
     /// (`SO_LINGER` 0) instead of a FIN, so no `TIME_WAIT` state is left
@@ -278,6 +289,7 @@ impl Builder {
             nodelay: self.nodelay,
             keepalive: self.keepalive,
             idle_timeout: self.idle_timeout,
+            goodbye_window: self.goodbye_window,
             reset_rejected: self.reset_rejected,
             shared: Arc::new(Shared::default()),
             backoff: Backoff::new(),
@@ -399,6 +411,7 @@ pub struct AdmitListener {
     nodelay: bool,
     keepalive: Option<Keepalive>,
     idle_timeout: Option<Duration>,
+    goodbye_window: Option<Duration>,
     reset_rejected: bool,
     shared: Arc<Shared>,
     backoff: Backoff,
@@ -434,6 +447,7 @@ impl AdmitListener {
             nodelay: true,
             keepalive: Some(Keepalive::default()),
             idle_timeout: None,
+            goodbye_window: None,
             reset_rejected: false,
             // Keep in step with the builder's documented defaults.
         }
@@ -800,6 +814,9 @@ impl AdmitListener {
         );
         if let Some(timeout) = self.idle_timeout {
             conn = conn.with_idle_timeout(timeout);
+        }
+        if let Some(window) = self.goodbye_window {
+            conn = conn.with_goodbye_window(window);
         }
         Some((conn, peer))
     }
