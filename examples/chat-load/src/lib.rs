@@ -83,16 +83,20 @@ pub fn planned_sockets(scenario: &Scenario, capacity: u64) -> u64 {
     }
 }
 
-/// Checks that the planned client sockets, plus the server's when it runs
-/// on this machine, fit under the open-file `limit`.
+/// Checks that the planned client sockets fit under this process's
+/// open-file `limit`, and the server's sockets (when it runs as our child,
+/// with the same limit) under its own. The limit is per process
+/// (`RLIMIT_NOFILE`), so the two budgets are separate.
 pub fn check_fd_budget(planned: u64, server_sockets: u64, limit: u64) -> Result<(), RunError> {
-    let need = planned + server_sockets + FD_RESERVE;
-    if need > limit {
-        return Err(RunError::Setup(format!(
-            "this run needs about {need} open files ({planned} client sockets, \
-             {server_sockets} server sockets, {FD_RESERVE} spare) but the limit is {limit}; \
-             use fewer clients or a smaller capacity"
-        )));
+    for (who, n) in [("client", planned), ("server", server_sockets)] {
+        let need = n + FD_RESERVE;
+        if need > limit {
+            return Err(RunError::Setup(format!(
+                "this run needs about {need} open files in the {who} process ({n} {who} \
+                 sockets, {FD_RESERVE} spare) but the limit is {limit}; \
+                 use fewer clients or a smaller capacity"
+            )));
+        }
     }
     Ok(())
 }
@@ -370,9 +374,12 @@ mod tests {
     use clap::Parser;
 
     #[test]
-    fn fd_budget_counts_server_and_clients() {
-        assert!(check_fd_budget(9_000, 9_064, 20_000).is_ok());
-        let e = check_fd_budget(10_064, 10_064, 20_000).unwrap_err();
+    fn fd_budget_counts_server_and_clients_separately() {
+        assert!(check_fd_budget(10_080, 10_064, 20_000).is_ok());
+        let e = check_fd_budget(19_800, 64, 20_000).unwrap_err();
+        assert!(e.to_string().contains("client process"), "{e}");
+        let e = check_fd_budget(100, 19_800, 20_000).unwrap_err();
+        assert!(e.to_string().contains("server process"), "{e}");
         assert!(e.to_string().contains("limit is 20000"), "{e}");
     }
 
