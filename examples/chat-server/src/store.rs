@@ -168,12 +168,30 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(
-        e,
+/// A uniqueness violation means the name is taken; anything else is a
+/// database failure.
+fn exists_or_db(e: rusqlite::Error) -> StoreError {
+    match e {
         rusqlite::Error::SqliteFailure(f, _)
-            if f.code == rusqlite::ErrorCode::ConstraintViolation
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Exists
+        }
+        e => e.into(),
+    }
+}
+
+fn insert_token(
+    tx: &rusqlite::Transaction<'_>,
+    token_hash: &str,
+    user_id: i64,
+    expires: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO tokens (hash, user_id, expires) VALUES (?1, ?2, ?3)",
+        params![token_hash, user_id, expires],
     )
+    .map(|_| ())
 }
 
 impl Store {
@@ -486,19 +504,10 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
                         "INSERT INTO users (name, pw_hash) VALUES (?1, ?2)",
                         params![name, pw_hash],
                     )
-                    .map_err(|e| {
-                        if is_unique_violation(&e) {
-                            StoreError::Exists
-                        } else {
-                            e.into()
-                        }
-                    })
+                    .map_err(exists_or_db)
                     .and_then(|_| {
                         let id = tx.last_insert_rowid();
-                        tx.execute(
-                            "INSERT INTO tokens (hash, user_id, expires) VALUES (?1, ?2, ?3)",
-                            params![token_hash, id, expires],
-                        )?;
+                        insert_token(&tx, &token_hash, id, expires)?;
                         Ok(id)
                     });
                 pending.push(Pending::Id(reply, r));
@@ -509,13 +518,7 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
                 expires,
                 reply,
             } => {
-                let r = tx
-                    .execute(
-                        "INSERT INTO tokens (hash, user_id, expires) VALUES (?1, ?2, ?3)",
-                        params![token_hash, user_id, expires],
-                    )
-                    .map(|_| ())
-                    .map_err(StoreError::from);
+                let r = insert_token(&tx, &token_hash, user_id, expires).map_err(StoreError::from);
                 pending.push(Pending::Unit(reply, r));
             }
             Write::CreateRoom {
@@ -529,13 +532,7 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
                         "INSERT INTO rooms (name, private, owner) VALUES (?1, ?2, ?3)",
                         params![name, private as i64, owner],
                     )
-                    .map_err(|e| {
-                        if is_unique_violation(&e) {
-                            StoreError::Exists
-                        } else {
-                            e.into()
-                        }
-                    })
+                    .map_err(exists_or_db)
                     .and_then(|_| {
                         let id = tx.last_insert_rowid();
                         tx.execute(
