@@ -18,24 +18,14 @@
 //! the ones to record.
 
 use admit::Limiter;
+use admit_benches::{in_flight, interleaved, runtime};
 use admit_tcp::{AdmitListener, Policy};
 use criterion::{BenchmarkId, Criterion, Throughput};
-use futures::stream::{FuturesUnordered, StreamExt};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Runtime;
-
-const IN_FLIGHT: usize = 32;
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// One client connection: connect, read until the server closes, reset.
 async fn one_connection(addr: SocketAddr) {
@@ -52,20 +42,7 @@ async fn one_connection(addr: SocketAddr) {
 
 /// Runs `n` connections, `IN_FLIGHT` at a time, and times them.
 async fn clients(addr: SocketAddr, n: u64) -> Duration {
-    let start = Instant::now();
-    let mut inflight = FuturesUnordered::new();
-    let mut started = 0;
-    while started < n && inflight.len() < IN_FLIGHT {
-        inflight.push(one_connection(addr));
-        started += 1;
-    }
-    while inflight.next().await.is_some() {
-        if started < n {
-            inflight.push(one_connection(addr));
-            started += 1;
-        }
-    }
-    start.elapsed()
+    in_flight(n, || one_connection(addr)).await
 }
 
 async fn bare_server() -> SocketAddr {
@@ -148,58 +125,39 @@ fn rejection_cost(c: &mut Criterion, rt: &Runtime) {
     assert!(limiter.health().snapshot().rejected_total["full"] > 0);
 }
 
-/// The throughput ratio of `ours` to `peer`, measured interleaved: rounds
-/// of `BATCH` connections to each in turn (alternating which goes first),
-/// and the median of the per-round ratios. Load from other processes drifts
-/// over seconds, so sequential criterion groups can differ by more than the
-/// effect being measured; neighbouring batches see the same load.
-fn interleaved_ratio(rt: &Runtime, ours: SocketAddr, peer: SocketAddr) -> (f64, f64, f64) {
-    const ROUNDS: usize = 15;
-    const BATCH: u64 = 300;
-    let mut ratios: Vec<f64> = (0..ROUNDS)
-        .map(|round| {
-            let (t_ours, t_peer) = if round % 2 == 0 {
-                let a = rt.block_on(clients(ours, BATCH));
-                (a, rt.block_on(clients(peer, BATCH)))
-            } else {
-                let b = rt.block_on(clients(peer, BATCH));
-                (rt.block_on(clients(ours, BATCH)), b)
-            };
-            t_peer.as_secs_f64() / t_ours.as_secs_f64()
-        })
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    (
-        ratios[ROUNDS / 4],
-        ratios[ROUNDS / 2],
-        ratios[ROUNDS * 3 / 4],
-    )
-}
-
+/// The ratios to record: every variant against the bare loop, in
+/// interleaved rounds (see [`interleaved`]).
 fn print_ratios(rt: &Runtime) {
     let busy_limiter = Limiter::new(1);
     let _held = busy_limiter.try_acquire().unwrap();
     let open_limiter = Limiter::new(100_000);
-    let bare = rt.block_on(bare_server());
-    let admit = rt.block_on(admit_server(
-        open_limiter.clone(),
-        Policy::busy_default(),
-        true,
-    ));
-    let admit_plain = rt.block_on(admit_server(open_limiter, Policy::busy_default(), false));
-    let reject = rt.block_on(admit_server(busy_limiter.clone(), Policy::Reject, true));
-    let busy = rt.block_on(admit_server(busy_limiter, Policy::busy_default(), true));
-    println!("interleaved throughput ratios against the bare tokio accept-and-close loop");
-    println!("(median of 15 rounds of 300 connections each, with the quartiles):");
-    for (name, addr) in [
-        ("admit_listener", admit),
-        ("admit_listener_no_socket_options", admit_plain),
-        ("admit_reject (every connection refused)", reject),
-        ("admit_busy (every connection refused)", busy),
-    ] {
-        let (q1, median, q3) = interleaved_ratio(rt, addr, bare);
-        println!("  {name}: {median:.3} (quartiles {q1:.3} .. {q3:.3})");
-    }
+    let servers = [
+        ("tokio_bare", rt.block_on(bare_server())),
+        (
+            "admit_listener",
+            rt.block_on(admit_server(
+                open_limiter.clone(),
+                Policy::busy_default(),
+                true,
+            )),
+        ),
+        (
+            "admit_listener_no_socket_options",
+            rt.block_on(admit_server(open_limiter, Policy::busy_default(), false)),
+        ),
+        (
+            "admit_reject (every connection refused)",
+            rt.block_on(admit_server(busy_limiter.clone(), Policy::Reject, true)),
+        ),
+        (
+            "admit_busy (every connection refused)",
+            rt.block_on(admit_server(busy_limiter, Policy::busy_default(), true)),
+        ),
+    ];
+    let names: Vec<&str> = servers.iter().map(|(name, _)| *name).collect();
+    interleaved("tcp", &names, 15, 300, |i, n| {
+        rt.block_on(clients(servers[i].1, n))
+    });
 }
 
 fn main() {

@@ -33,6 +33,7 @@
 //! printed at the end are what counts.
 
 use admit::Limiter;
+use admit_benches::{in_flight, interleaved, runtime};
 use admit_tower::{AdmitLayer, HttpAdmitLayer};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -56,16 +57,7 @@ use tower::{Layer, Service};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const KEEPALIVE_CONNS: usize = 8;
-const IN_FLIGHT: usize = 32;
 const PLENTY: u32 = 100_000;
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::new(Full::new(Bytes::from_static(b"hello"))))
@@ -248,20 +240,7 @@ async fn one_connection(addr: SocketAddr) {
 
 /// Runs `n` connections, `IN_FLIGHT` at a time, and times them.
 async fn connections(addr: SocketAddr, n: u64) -> Duration {
-    let start = Instant::now();
-    let mut inflight = FuturesUnordered::new();
-    let mut started = 0;
-    while started < n && inflight.len() < IN_FLIGHT {
-        inflight.push(one_connection(addr));
-        started += 1;
-    }
-    while inflight.next().await.is_some() {
-        if started < n {
-            inflight.push(one_connection(addr));
-            started += 1;
-        }
-    }
-    start.elapsed()
+    in_flight(n, || one_connection(addr)).await
 }
 
 fn connections_bench(c: &mut Criterion, rt: &Runtime) -> Vec<(&'static str, SocketAddr)> {
@@ -287,43 +266,6 @@ fn connections_bench(c: &mut Criterion, rt: &Runtime) -> Vec<(&'static str, Sock
     group.finish();
     assert!(limiter.health().snapshot().admitted_total > 0);
     servers.to_vec()
-}
-
-/// Runs every variant for `per_round` elements, in turn, `rounds` times,
-/// and prints each variant's median per-round throughput ratio against the
-/// first. Interleaving keeps a background load that comes and goes (these
-/// machines are shared) from landing on one variant only, which the
-/// sequential criterion groups cannot avoid.
-fn interleaved(
-    group: &str,
-    names: &[&str],
-    rounds: usize,
-    per_round: u64,
-    mut run: impl FnMut(usize, u64) -> Duration,
-) {
-    let mut ratios = vec![Vec::with_capacity(rounds); names.len()];
-    for round in 0..rounds {
-        // Rotate the order each round so no variant always runs first.
-        let times: Vec<(usize, Duration)> = (0..names.len())
-            .map(|k| (k + round) % names.len())
-            .map(|i| (i, run(i, per_round)))
-            .collect();
-        let base = times.iter().find(|(i, _)| *i == 0).unwrap().1;
-        for (i, t) in times {
-            ratios[i].push(base.as_secs_f64() / t.as_secs_f64());
-        }
-    }
-    for (i, name) in names.iter().enumerate().skip(1) {
-        let r = &mut ratios[i];
-        r.sort_by(f64::total_cmp);
-        println!(
-            "{group} (interleaved, {rounds} rounds of {per_round}): throughput ratio {name}/{} median {:.3} (range {:.3}..{:.3})",
-            names[0],
-            r[r.len() / 2],
-            r[0],
-            r[r.len() - 1]
-        );
-    }
 }
 
 async fn hello_unit(_req: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> {
