@@ -226,38 +226,16 @@ async fn rooms_and_private_membership() {
     assert!(tcp.line().await.unwrap().starts_with("ERR not_found "));
 
     // Only the owner adds members; unknown rooms and users are 404.
-    let r = post_json(
-        a.http,
-        "/api/rooms/secret/members",
-        Some(&guest),
-        json!({"user":"guest"}),
-    )
-    .await;
-    assert_eq!(r.status, 403);
-    let r = post_json(
-        a.http,
-        "/api/rooms/nowhere/members",
-        Some(&owner),
-        json!({"user":"guest"}),
-    )
-    .await;
-    assert_eq!(r.status, 404);
-    let r = post_json(
-        a.http,
-        "/api/rooms/secret/members",
-        Some(&owner),
-        json!({"user":"nobody"}),
-    )
-    .await;
-    assert_eq!(r.status, 404);
-    let r = post_json(
-        a.http,
-        "/api/rooms/secret/members",
-        Some(&owner),
-        json!({"user":"guest"}),
-    )
-    .await;
-    assert_eq!(r.status, 204);
+    for (room, by, user, status) in [
+        ("secret", &guest, "guest", 403),
+        ("nowhere", &owner, "guest", 404),
+        ("secret", &owner, "nobody", 404),
+        ("secret", &owner, "guest", 204),
+    ] {
+        let path = format!("/api/rooms/{room}/members");
+        let r = post_json(a.http, &path, Some(by), json!({ "user": user })).await;
+        assert_eq!(r.status, status, "{path} adding {user}");
+    }
 
     ws.send(json!({"type":"join","room":"secret"})).await;
     assert_eq!(ws.recv().await, json!({"type":"joined","room":"secret"}));
