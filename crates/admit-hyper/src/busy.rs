@@ -6,6 +6,10 @@ use std::time::Duration;
 
 /// The `Retry-After` an [`HttpListener`] advises unless told otherwise.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// The body of the default `503`.
+pub(crate) const DEFAULT_BUSY_BODY: &[u8] = b"server at connection capacity; retry later\n";
+/// Its content type.
+pub(crate) const DEFAULT_BUSY_TYPE: &str = "text/plain; charset=utf-8";
 
 /// The bytes of a complete `HTTP/1.1 503 Service Unavailable` response with
 /// `Retry-After` (whole seconds, rounded up), `Connection: close` and a short
@@ -19,19 +23,41 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// assert!(text.contains("\r\nConnection: close\r\n"));
 /// ```
 pub fn busy_response(retry_after: Duration) -> Vec<u8> {
+    busy_response_with(retry_after, DEFAULT_BUSY_TYPE, DEFAULT_BUSY_BODY)
+}
+
+/// Like [`busy_response`], with a body and `Content-Type` of your own (see
+/// [`ListenerBuilder::busy_body`]). Line breaks in `content_type` are
+/// replaced by spaces, so it cannot add headers.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let bytes = admit_hyper::busy_response_with(
+///     Duration::from_millis(1500),
+///     "application/json",
+///     br#"{"error":"unavailable"}"#,
+/// );
+/// let text = std::str::from_utf8(&bytes).unwrap();
+/// assert!(text.contains("\r\nRetry-After: 2\r\n"));
+/// assert!(text.contains("\r\nContent-Type: application/json\r\n"));
+/// assert!(text.ends_with("\r\nContent-Length: 23\r\n\r\n{\"error\":\"unavailable\"}"));
+/// ```
+pub fn busy_response_with(retry_after: Duration, content_type: &str, body: &[u8]) -> Vec<u8> {
     let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    let body = "server at connection capacity; retry later\n";
-    format!(
+    let content_type = content_type.replace(['\r', '\n'], " ");
+    let mut out = format!(
         "HTTP/1.1 503 Service Unavailable\r\n\
          Retry-After: {secs}\r\n\
          Connection: close\r\n\
-         Content-Type: text/plain; charset=utf-8\r\n\
+         Content-Type: {content_type}\r\n\
          Content-Length: {}\r\n\
-         \r\n\
-         {body}",
+         \r\n",
         body.len()
     )
-    .into_bytes()
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
 }
 
 /// Starts an [`HttpListener`] for `limiter`: connections it cannot admit are

@@ -3,6 +3,7 @@
 
 use crate::listener::Accepted;
 use crate::registry::Entry;
+use crate::server::ConnInfo;
 use crate::BoxError;
 use admit_tcp::{Admitted, PerIpGuard};
 use http::{Request, Response};
@@ -84,25 +85,27 @@ impl AsyncWrite for ConnIo {
 }
 
 /// Notes that a request reached the service, which ends the first-request
-/// deadline.
+/// deadline, and hands the request the connection's [`ConnInfo`].
 #[derive(Debug, Clone)]
 struct Watched<H> {
     inner: H,
     entry: Arc<Entry>,
+    info: ConnInfo,
 }
 
-impl<H, R> hyper::service::Service<R> for Watched<H>
+impl<H, B> hyper::service::Service<Request<B>> for Watched<H>
 where
-    H: hyper::service::Service<R>,
+    H: hyper::service::Service<Request<B>>,
 {
     type Response = H::Response;
     type Error = H::Error;
     type Future = H::Future;
 
-    fn call(&self, req: R) -> H::Future {
+    fn call(&self, mut req: Request<B>) -> H::Future {
         // Relaxed: only this connection's own task reads it, after the
         // connection future (which made this call) was polled.
         self.entry.seen_request.store(true, Ordering::Relaxed);
+        req.extensions_mut().insert(self.info.clone());
         self.inner.call(req)
     }
 }
@@ -115,10 +118,13 @@ pub(crate) struct Shared {
 }
 
 /// Serves one connection until it closes, is upgraded, misses its first
-/// request deadline, or is closed by the drain.
+/// request deadline, or is closed by the drain. A connection ended from
+/// outside (revoked) is shut down gracefully: hyper finishes the request in
+/// flight, as far as the goodbye window lets it write, and closes.
 pub(crate) async fn run<H, B>(
     shared: Arc<Shared>,
     accepted: Accepted,
+    info: ConnInfo,
     entry: Arc<Entry>,
     service: H,
     mut phase: watch::Receiver<Phase>,
@@ -136,9 +142,11 @@ pub(crate) async fn run<H, B>(
         _per_ip: per_ip,
         entry: entry.clone(),
     });
+    let ending = info.ending.clone();
     let service = Watched {
         inner: service,
         entry: entry.clone(),
+        info,
     };
     let conn = shared.builder.serve_connection_with_upgrades(io, service);
     let mut conn = std::pin::pin!(conn);
@@ -150,6 +158,7 @@ pub(crate) async fn run<H, B>(
     let sleep = tokio::time::sleep(first_deadline.unwrap_or(Duration::ZERO));
     let mut sleep = std::pin::pin!(sleep);
 
+    // Set once hyper was asked to finish up (drain or revocation).
     let mut draining = false;
     if *phase.borrow_and_update() != Phase::Serving {
         draining = true;
@@ -163,6 +172,10 @@ pub(crate) async fn run<H, B>(
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
+            }
+            _ = ending.ended(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
             }
             () = sleep.as_mut(), if first_deadline.is_some() => {
                 first_deadline = None;

@@ -10,7 +10,14 @@
 //! * a header timeout on by default, so a client that connects and sends
 //!   nothing, or trickles its headers, is closed and its slot freed;
 //! * upgraded connections (WebSocket) that keep their connection's permit
-//!   until the upgraded stream closes, and close when it is revoked;
+//!   until the upgraded stream closes, and close when it is revoked — after
+//!   an optional goodbye window in which the handler, told by the
+//!   connection's end signal ([`ConnInfo::ending`]), can send a close frame;
+//! * the connection's [`ConnInfo`] (peer, lease, end signal) in every
+//!   request's extensions;
+//! * waiting in the limiter's queue for a permit, a per-address budget that
+//!   can be shared with admit-tcp listeners, and a `503` body of your own
+//!   ([`ListenerBuilder`]);
 //! * graceful shutdown: stop accepting, finish in-flight requests, close
 //!   idle connections, force-close after a deadline;
 //! * the connection count in the limiter's health (`in_use`).
@@ -46,19 +53,34 @@
 //! upgrades enabled, so axum's `WebSocketUpgrade` works as usual, and the
 //! upgraded socket keeps the connection's permit until the handler drops it.
 //! Revoking the lease (an operator, or a [`Watchdog`](admit::Watchdog) with
-//! `max_idle`) makes the socket's next read end, so the handler's receive
-//! loop finishes.
+//! `max_idle`) ends the socket. With a goodbye window
+//! ([`Server::goodbye_window`]) the handler hears of it first, through the
+//! [`ConnInfo`] every request carries, and can close with a code the client
+//! understands:
 //!
 //! ```no_run
-//! use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-//! use axum::{response::Response, routing::get, Router};
+//! use admit_hyper::ConnInfo;
+//! use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+//! use axum::{response::Response, routing::get, Extension, Router};
 //! use std::time::Duration;
 //!
-//! async fn ws(upgrade: WebSocketUpgrade) -> Response {
-//!     upgrade.on_upgrade(|mut socket: WebSocket| async move {
-//!         while let Some(Ok(msg)) = socket.recv().await {
-//!             if let Message::Text(text) = msg {
-//!                 if socket.send(Message::Text(text)).await.is_err() {
+//! async fn ws(upgrade: WebSocketUpgrade, Extension(conn): Extension<ConnInfo>) -> Response {
+//!     upgrade.on_upgrade(move |mut socket: WebSocket| async move {
+//!         loop {
+//!             tokio::select! {
+//!                 msg = socket.recv() => match msg {
+//!                     Some(Ok(Message::Text(text))) => {
+//!                         if socket.send(Message::Text(text)).await.is_err() {
+//!                             break;
+//!                         }
+//!                     }
+//!                     Some(Ok(_)) => {}
+//!                     _ => break,
+//!                 },
+//!                 // Revoked: writes still work for the goodbye window.
+//!                 _ = conn.ending.ended() => {
+//!                     let close = CloseFrame { code: 1013, reason: "idle".into() };
+//!                     let _ = socket.send(Message::Close(Some(close))).await;
 //!                     break;
 //!                 }
 //!             }
@@ -71,7 +93,9 @@
 //! let limiter = admit::Limiter::builder().capacity(10_000).name("chat").build().unwrap();
 //! let _watchdog = admit::Watchdog::spawn(
 //!     limiter.clone(),
-//!     admit::WatchdogConfig::default().max_idle(Duration::from_secs(300)),
+//!     admit::WatchdogConfig::default()
+//!         .max_idle(Duration::from_secs(300))
+//!         .grace(Duration::from_secs(2)),
 //! )?;
 //! let listener = admit_hyper::listener(limiter.clone())
 //!     .per_ip(256)
@@ -82,6 +106,7 @@
 //!     let _ = tokio::signal::ctrl_c().await;
 //! };
 //! admit_hyper::Server::new()
+//!     .goodbye_window(Duration::from_millis(500))
 //!     .drain_timeout(Duration::from_secs(5))
 //!     .serve(listener, app, shutdown)
 //!     .await
@@ -101,7 +126,8 @@ mod listener;
 mod registry;
 mod server;
 
-pub use busy::{busy_response, listener, DEFAULT_RETRY_AFTER};
+pub use admit_tcp::{Ended, Ending};
+pub use busy::{busy_response, busy_response_with, listener, DEFAULT_RETRY_AFTER};
 pub use listener::{
     Accept, Accepted, HttpListener, ListenerBuilder, DEFAULT_MAX_REFUSALS, DEFAULT_REFUSAL_TIMEOUT,
 };

@@ -1,16 +1,20 @@
 //! Where connections come from: the [`Accept`] trait, and [`HttpListener`],
 //! an admitted accept loop whose refusals speak HTTP.
 
-use crate::busy::busy_response;
-use admit::{Limiter, Rejected};
+use crate::busy::{busy_response_with, DEFAULT_BUSY_BODY, DEFAULT_BUSY_TYPE};
+use admit::{Acquire, Limiter, Permit, Rejected};
 use admit_tcp::backoff::{classify, AcceptErrorKind, Backoff};
 use admit_tcp::{AdmitListener, Admitted, PerIpGuard, PerIpLimit};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use std::borrow::Cow;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -97,6 +101,9 @@ pub const DEFAULT_REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_MAX_REFUSALS: usize = 1024;
 /// The request head a refusal reads at most before answering.
 const MAX_REFUSED_HEAD: usize = 16 * 1024;
+/// Connections accepted (and refused, or skipped) in one poll before the
+/// accept loop yields to the runtime, so a flood cannot starve other tasks.
+const BUDGET: usize = 64;
 
 /// Configures an [`HttpListener`]. Start from [`HttpListener::builder`] or
 /// [`listener`](crate::listener).
@@ -110,6 +117,9 @@ pub struct ListenerBuilder {
     max_refusals: usize,
     nodelay: bool,
     idle_timeout: Option<Duration>,
+    queue_timeout: Option<Duration>,
+    busy_type: Cow<'static, str>,
+    busy_body: Cow<'static, [u8]>,
 }
 
 impl ListenerBuilder {
@@ -117,6 +127,59 @@ impl ListenerBuilder {
     /// [`DEFAULT_RETRY_AFTER`](crate::DEFAULT_RETRY_AFTER)).
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
         self.retry_after = retry_after;
+        self
+    }
+
+    /// The body of the `503` (default: a line of plain text), and its
+    /// `Content-Type`. The status line and the `Retry-After`,
+    /// `Connection: close`, `Content-Type` and `Content-Length` headers are
+    /// written around it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let listener = admit_hyper::listener(admit::Limiter::new(100))
+    ///     .busy_body(
+    ///         "application/json",
+    ///         &br#"{"error":"unavailable","message":"at capacity; retry later"}"#[..],
+    ///     )
+    ///     .bind("127.0.0.1:0")
+    ///     .await?;
+    /// # drop(listener); Ok(()) }
+    /// ```
+    pub fn busy_body(
+        mut self,
+        content_type: impl Into<Cow<'static, str>>,
+        body: impl Into<Cow<'static, [u8]>>,
+    ) -> Self {
+        self.busy_type = content_type.into();
+        self.busy_body = body.into();
+        self
+    }
+
+    /// Lets connections the limiter cannot admit at once wait in its queue
+    /// (as many as the limiter's `queue_limit`) for up to `timeout`; one
+    /// that gets a permit in time is admitted, the others are answered
+    /// `503` (counted as `timeout`, or `queue_full` when the queue has no
+    /// room). Waiting happens beside the accept loop, never in it. A
+    /// per-address share, if capped, is held while waiting. Default: no
+    /// waiting (refuse at once).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let limiter = admit::Limiter::builder().capacity(1_000).queue_limit(100).build().unwrap();
+    /// let listener = admit_hyper::listener(limiter)
+    ///     .queue_timeout(Duration::from_secs(10))
+    ///     .bind("127.0.0.1:0")
+    ///     .await?;
+    /// assert_eq!(listener.waiting(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = Some(timeout);
         self
     }
 
@@ -129,7 +192,24 @@ impl ListenerBuilder {
     }
 
     /// Caps connections per address with a table that may be shared with
-    /// other listeners (an admit-tcp listener serving the same users, say).
+    /// other listeners (an admit-tcp listener serving the same users, say),
+    /// so an address has one budget across them.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let limiter = admit::Limiter::new(1_000);
+    /// let per_ip = admit_tcp::PerIpLimit::for_connections(16, 1_000);
+    /// let http = admit_hyper::listener(limiter.clone())
+    ///     .per_ip_limit(per_ip.clone())
+    ///     .bind("127.0.0.1:0")
+    ///     .await?;
+    /// let tcp = admit_tcp::AdmitListener::builder(limiter)
+    ///     .per_ip_limit(per_ip)
+    ///     .bind("127.0.0.1:0")
+    ///     .await?;
+    /// # drop((http, tcp)); Ok(()) }
+    /// ```
     pub fn per_ip_limit(mut self, limit: PerIpLimit) -> Self {
         self.per_ip = Some(limit);
         self.per_ip_max = None;
@@ -172,22 +252,29 @@ impl ListenerBuilder {
 
     /// Wraps a bound tokio listener.
     pub fn from_tokio(self, listener: TcpListener) -> HttpListener {
+        let queued = match self.queue_timeout {
+            Some(_) => self.limiter.queue_limit() as usize,
+            None => 0,
+        };
         let per_ip = self.per_ip.or_else(|| {
             self.per_ip_max.map(|max| {
-                let most = self.limiter.max_capacity() as usize + self.max_refusals;
+                let most = self.limiter.max_capacity() as usize + queued + self.max_refusals;
                 PerIpLimit::for_connections(max, most)
             })
         });
+        let response = busy_response_with(self.retry_after, &self.busy_type, &self.busy_body);
         HttpListener {
             listener,
             limiter: self.limiter,
             per_ip,
-            response: busy_response(self.retry_after).into(),
+            response: response.into(),
             refusal_timeout: self.refusal_timeout,
             max_refusals: self.max_refusals,
             refusing: Arc::new(AtomicUsize::new(0)),
             nodelay: self.nodelay,
             idle_timeout: self.idle_timeout,
+            queue_timeout: self.queue_timeout,
+            waits: FuturesUnordered::new(),
             backoff: Backoff::new(),
             backoff_sleep: None,
         }
@@ -197,7 +284,8 @@ impl ListenerBuilder {
 /// An admitted accept loop for HTTP servers: connections that hold a permit
 /// come out of [`accept`](Self::accept) as [`Admitted`] streams; the others
 /// are answered `HTTP/1.1 503 Service Unavailable` with `Retry-After` and
-/// `Connection: close`.
+/// `Connection: close` (after waiting in the limiter's queue, if
+/// [`queue_timeout`](ListenerBuilder::queue_timeout) is set).
 ///
 /// A refusal is answered by a task of its own, never in the accept loop: it
 /// reads the client's request head first (an answer that arrives before the
@@ -238,8 +326,59 @@ pub struct HttpListener {
     refusing: Arc<AtomicUsize>,
     nodelay: bool,
     idle_timeout: Option<Duration>,
+    queue_timeout: Option<Duration>,
+    /// Connections waiting in the limiter's queue.
+    waits: FuturesUnordered<WaitFor>,
     backoff: Backoff,
     backoff_sleep: Option<Pin<Box<Sleep>>>,
+}
+
+/// A connection waiting for a permit until its deadline.
+struct WaitFor {
+    acquire: Acquire,
+    deadline: Pin<Box<Sleep>>,
+    conn: Option<(TcpStream, SocketAddr, Option<PerIpGuard>)>,
+    limiter: Limiter,
+}
+
+impl std::fmt::Debug for WaitFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WaitFor")
+            .field("peer", &self.conn.as_ref().map(|c| c.1))
+            .finish()
+    }
+}
+
+enum WaitOutcome {
+    Admit(TcpStream, SocketAddr, Option<PerIpGuard>, Permit),
+    Refuse(TcpStream),
+}
+
+impl Future for WaitFor {
+    type Output = WaitOutcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<WaitOutcome> {
+        let this = &mut *self;
+        let result = match Pin::new(&mut this.acquire).poll(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                if this.deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.limiter.record_rejection(Rejected::Timeout);
+                Err(Rejected::Timeout)
+            }
+        };
+        let Some((stream, peer, per_ip)) = this.conn.take() else {
+            // Polled again after it finished: never by FuturesUnordered.
+            return Poll::Pending;
+        };
+        Poll::Ready(match result {
+            Ok(permit) => WaitOutcome::Admit(stream, peer, per_ip, permit),
+            // Full, QueueFull and Closed were counted by the limiter.
+            Err(_) => WaitOutcome::Refuse(stream),
+        })
+    }
 }
 
 impl HttpListener {
@@ -254,6 +393,9 @@ impl HttpListener {
             max_refusals: DEFAULT_MAX_REFUSALS,
             nodelay: true,
             idle_timeout: None,
+            queue_timeout: None,
+            busy_type: Cow::Borrowed(DEFAULT_BUSY_TYPE),
+            busy_body: Cow::Borrowed(DEFAULT_BUSY_BODY),
         }
     }
 
@@ -282,23 +424,56 @@ impl HttpListener {
         self.refusing.load(Ordering::Relaxed)
     }
 
-    /// The next admitted connection. Cancel-safe.
-    pub async fn accept(&mut self) -> io::Result<Accepted> {
-        self.accept_with_guard().await
+    /// Connections waiting in the limiter's queue right now (see
+    /// [`queue_timeout`](ListenerBuilder::queue_timeout)).
+    pub fn waiting(&self) -> usize {
+        self.waits.len()
     }
 
-    async fn accept_with_guard(&mut self) -> io::Result<Accepted> {
+    /// The next admitted connection. Cancel-safe: everything in progress
+    /// (waiting connections, a back-off) lives in the listener.
+    pub async fn accept(&mut self) -> io::Result<Accepted> {
+        std::future::poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// Polls for the next admitted connection: one that finished waiting,
+    /// or a new one. Refusals are answered on tasks of their own.
+    pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted>> {
+        let mut budget = BUDGET;
         loop {
+            // 1. Connections that finished waiting.
+            while let Poll::Ready(Some(outcome)) = self.waits.poll_next_unpin(cx) {
+                match outcome {
+                    WaitOutcome::Admit(stream, peer, per_ip, permit) => {
+                        return Poll::Ready(Ok(self.admit(stream, peer, per_ip, permit)));
+                    }
+                    WaitOutcome::Refuse(stream) => self.refuse(stream),
+                }
+            }
+
+            // 2. Out of descriptors or memory a moment ago: wait a little.
             if let Some(sleep) = self.backoff_sleep.as_mut() {
-                sleep.await;
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
                 self.backoff_sleep = None;
             }
-            let (stream, peer) = match self.listener.accept().await {
-                Ok(accepted) => {
+
+            if budget == 0 {
+                // Let other tasks run; come back at once.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            budget -= 1;
+
+            // 3. Accept one.
+            let (stream, peer) = match self.listener.poll_accept(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(accepted)) => {
                     self.backoff.reset();
                     accepted
                 }
-                Err(e) => match classify(&e) {
+                Poll::Ready(Err(e)) => match classify(&e) {
                     AcceptErrorKind::Connection => continue,
                     AcceptErrorKind::Resource => {
                         let delay = self.backoff.next_delay();
@@ -313,12 +488,16 @@ impl HttpListener {
                         continue;
                     }
                     AcceptErrorKind::Fatal => {
+                        // A caller that calls again at once must not spin.
                         let delay = self.backoff.next_delay();
                         self.backoff_sleep = Some(Box::pin(tokio::time::sleep(delay)));
-                        return Err(e);
+                        return Poll::Ready(Err(e));
                     }
                 },
             };
+
+            // 4. The per-address share first: an address over its cap never
+            //    takes (or waits for) a permit.
             let per_ip = match &self.per_ip {
                 None => None,
                 Some(limit) => match limit.try_acquire(peer.ip()) {
@@ -330,24 +509,60 @@ impl HttpListener {
                     }
                 },
             };
-            match self.limiter.try_acquire() {
-                Ok(permit) => {
-                    if self.nodelay {
-                        let _ = stream.set_nodelay(true);
+
+            // 5. A permit now, a place in the queue, or a refusal.
+            match self.queue_timeout {
+                None => match self.limiter.try_acquire() {
+                    Ok(permit) => return Poll::Ready(Ok(self.admit(stream, peer, per_ip, permit))),
+                    // try_acquire counted the refusal by reason.
+                    Err(_) => self.refuse(stream),
+                },
+                Some(timeout) => {
+                    // The fast path takes a free permit without queueing;
+                    // otherwise the acquire holds its ticket and waits
+                    // beside the accept loop.
+                    let mut acquire = self.limiter.acquire();
+                    match Pin::new(&mut acquire).poll(cx) {
+                        Poll::Ready(Ok(permit)) => {
+                            return Poll::Ready(Ok(self.admit(stream, peer, per_ip, permit)))
+                        }
+                        // Counted by the limiter (queue full, closed).
+                        Poll::Ready(Err(_)) => self.refuse(stream),
+                        Poll::Pending => self.waits.push(WaitFor {
+                            acquire,
+                            deadline: Box::pin(tokio::time::sleep(timeout)),
+                            conn: Some((stream, peer, per_ip)),
+                            limiter: self.limiter.clone(),
+                        }),
                     }
-                    let mut io = Admitted::new(stream, permit, peer);
-                    if let Some(timeout) = self.idle_timeout {
-                        io = io.with_idle_timeout(timeout);
-                    }
-                    return Ok(Accepted {
-                        io,
-                        remote_addr: peer,
-                        per_ip,
-                    });
                 }
-                // try_acquire counted the refusal by reason.
-                Err(_) => self.refuse(stream),
             }
+        }
+    }
+
+    /// Wraps an admitted connection.
+    fn admit(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        per_ip: Option<PerIpGuard>,
+        permit: Permit,
+    ) -> Accepted {
+        if self.nodelay {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
+            }
+        }
+        // Waiting does not count as idleness.
+        permit.touch();
+        let mut io = Admitted::new(stream, permit, peer);
+        if let Some(timeout) = self.idle_timeout {
+            io = io.with_idle_timeout(timeout);
+        }
+        Accepted {
+            io,
+            remote_addr: peer,
+            per_ip,
         }
     }
 
@@ -372,7 +587,7 @@ impl HttpListener {
 
 impl Accept for HttpListener {
     fn accept(&mut self) -> impl Future<Output = io::Result<Accepted>> + Send {
-        self.accept_with_guard()
+        HttpListener::accept(self)
     }
 
     fn limiter(&self) -> &Limiter {

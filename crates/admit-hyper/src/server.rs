@@ -5,6 +5,7 @@ use crate::listener::Accept;
 use crate::registry::Registry;
 use crate::BoxError;
 use admit::LeaseId;
+use admit_tcp::Ending;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -29,9 +30,15 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a forced close waits for the last connections to notice.
 const FORCE_GRACE: Duration = Duration::from_secs(1);
 
-/// What a per-connection service factory learns about the connection (see
-/// [`Server::serve_with`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the server knows about a connection: given to a per-connection
+/// service factory ([`Server::serve_with`]), and put into the extensions of
+/// every request the connection carries, so handlers can take it (axum:
+/// `Extension<ConnInfo>`).
+///
+/// A WebSocket handler takes [`ending`](Self::ending) into the upgraded
+/// connection and selects on it, to send a close frame when the lease is
+/// revoked (see [`Server::goodbye_window`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConnInfo {
     /// The peer's address.
@@ -40,6 +47,11 @@ pub struct ConnInfo {
     pub local_addr: SocketAddr,
     /// The connection's lease, for [`Limiter::revoke`](admit::Limiter::revoke).
     pub lease: LeaseId,
+    /// Fires when the connection is ended from outside: its lease revoked
+    /// (by the watchdog's `max_idle`, an operator, or the drain deadline) or
+    /// its idle timeout passed. The stream notices when it is polled, so
+    /// the signal reaches a handler that is reading or writing.
+    pub ending: Ending,
 }
 
 /// Serves HTTP/1.1 and HTTP/2 (hyper-util's auto builder) on connections an
@@ -56,7 +68,12 @@ pub struct ConnInfo {
 ///   closed and its permit freed.
 /// * Upgrades (WebSocket) keep the connection's permit until the upgraded
 ///   stream is dropped; revoking the lease ends the upgraded stream's reads
-///   (end of file) and writes (error).
+///   (end of file) and writes (error) — after a goodbye window, if one is
+///   set ([`goodbye_window`](Self::goodbye_window)), in which the handler,
+///   told by [`ConnInfo::ending`], can still send a close frame.
+/// * Every request carries the connection's [`ConnInfo`] in its extensions.
+/// * A connection whose lease is revoked finishes the request in flight (if
+///   its goodbye window allows) and closes.
 /// * Shutdown: stop accepting, let in-flight requests finish, close idle
 ///   connections, and after [`drain_timeout`](Self::drain_timeout) close the
 ///   rest, upgraded streams included (by revoking their leases). Upgraded
@@ -89,6 +106,7 @@ pub struct Server {
     builder: auto::Builder<TokioExecutor>,
     header_timeout: Option<Duration>,
     drain_timeout: Duration,
+    goodbye_window: Option<Duration>,
 }
 
 impl Default for Server {
@@ -111,6 +129,7 @@ impl Server {
             builder,
             header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            goodbye_window: None,
         }
     }
 
@@ -131,6 +150,69 @@ impl Server {
     /// before closing them.
     pub fn drain_timeout(mut self, timeout: Duration) -> Server {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// Gives every connection a goodbye window (see admit-tcp's
+    /// `Admitted::with_goodbye_window`): when its lease is revoked, its
+    /// [`ConnInfo::ending`] fires and for `window` writes keep working while
+    /// reads wait, so a handler can answer in its own protocol — a WebSocket
+    /// close frame with code 1013 (try again later), say — before the
+    /// stream ends. Default: none, unless the listener set one (the stream
+    /// ends at once, and a WebSocket peer sees the TCP connection close
+    /// without a close frame).
+    ///
+    /// Keep it shorter than the watchdog's `grace`, or a connection still
+    /// saying goodbye may have its slot reclaimed.
+    ///
+    /// ```no_run
+    /// use admit_hyper::{ConnInfo, Server};
+    /// use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+    /// use axum::{response::Response, routing::get, Extension, Router};
+    /// use std::time::Duration;
+    ///
+    /// async fn ws(upgrade: WebSocketUpgrade, Extension(conn): Extension<ConnInfo>) -> Response {
+    ///     upgrade.on_upgrade(move |mut socket| async move {
+    ///         loop {
+    ///             tokio::select! {
+    ///                 msg = socket.recv() => match msg {
+    ///                     Some(Ok(Message::Text(text))) => {
+    ///                         if socket.send(Message::Text(text)).await.is_err() {
+    ///                             return;
+    ///                         }
+    ///                     }
+    ///                     Some(Ok(_)) => {}
+    ///                     _ => return,
+    ///                 },
+    ///                 _ = conn.ending.ended() => {
+    ///                     let close = CloseFrame { code: 1013, reason: "try again later".into() };
+    ///                     let _ = socket.send(Message::Close(Some(close))).await;
+    ///                     return;
+    ///                 }
+    ///             }
+    ///         }
+    ///     })
+    /// }
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let limiter = admit::Limiter::new(10_000);
+    /// let _watchdog = admit::Watchdog::spawn(
+    ///     limiter.clone(),
+    ///     admit::WatchdogConfig::default()
+    ///         .max_idle(Duration::from_secs(300))
+    ///         .grace(Duration::from_secs(2)),
+    /// )?;
+    /// let listener = admit_hyper::listener(limiter).bind("127.0.0.1:8080").await?;
+    /// let app = Router::new().route("/ws", get(ws));
+    /// Server::new()
+    ///     .goodbye_window(Duration::from_millis(500))
+    ///     .serve(listener, app, async { let _ = tokio::signal::ctrl_c().await; })
+    ///     .await
+    /// # }
+    /// ```
+    pub fn goodbye_window(mut self, window: Duration) -> Server {
+        self.goodbye_window = Some(window);
         self
     }
 
@@ -287,13 +369,20 @@ impl Server {
                 biased;
                 () = shutdown.as_mut() => break Ok(()),
                 accepted = listener.accept() => match accepted {
-                    Ok(accepted) => {
+                    Ok(mut accepted) => {
+                        if let Some(window) = self.goodbye_window {
+                            accepted.io = accepted.io.with_goodbye_window(window);
+                        }
                         let lease = accepted.io.permit().lease_id();
-                        let remote_addr = accepted.remote_addr;
-                        let info = ConnInfo { remote_addr, local_addr, lease };
+                        let info = ConnInfo {
+                            remote_addr: accepted.remote_addr,
+                            local_addr,
+                            lease,
+                            ending: accepted.io.ending(),
+                        };
                         let service = make_service(&info);
                         let entry = registry.register(lease);
-                        tokio::spawn(conn::run(shared.clone(), accepted, entry, service, phase_rx.clone()));
+                        tokio::spawn(conn::run(shared.clone(), accepted, info, entry, service, phase_rx.clone()));
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "the listener failed; draining and stopping");

@@ -187,3 +187,117 @@ async fn serve_with_makes_a_service_per_connection_with_its_peer_address() {
     assert_eq!(seen.lock().unwrap().len(), 1);
     server.abort();
 }
+
+#[tokio::test]
+async fn refusals_can_carry_a_body_of_their_own() {
+    let limiter = Limiter::new(0);
+    let listener = admit_hyper::listener(limiter.clone())
+        .retry_after(Duration::from_secs(2))
+        .busy_body("application/json", &br#"{"error":"unavailable"}"#[..])
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = spawn_serve(listener, app());
+    let (status, headers, body) = get(&http1_client(), &format!("http://{addr}/"))
+        .await
+        .unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "2");
+    assert_eq!(headers["connection"], "close");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(&body[..], br#"{"error":"unavailable"}"#);
+    server.abort();
+}
+
+#[tokio::test]
+async fn with_a_queue_timeout_a_connection_waits_for_a_slot_then_is_served() {
+    let limiter = Limiter::builder()
+        .capacity(1)
+        .queue_limit(4)
+        .build()
+        .unwrap();
+    let listener = admit_hyper::listener(limiter.clone())
+        .queue_timeout(Duration::from_secs(5))
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = spawn_serve(listener, app());
+
+    let holder = TcpStream::connect(addr).await.unwrap();
+    wait_until("the holder is admitted", || limiter.in_use() == 1).await;
+    let waiter = tokio::spawn(raw_request(TcpStream::connect(addr).await.unwrap()));
+    wait_until("the second connection waits in the queue", || {
+        limiter.health().snapshot().waiting == 1
+    })
+    .await;
+    assert!(!waiter.is_finished());
+    drop(holder);
+    let answer = within("the waiter is served", waiter).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("hello"));
+    let snap = limiter.health().snapshot();
+    assert_eq!(snap.admitted_total, 2);
+    assert!(snap.rejected_total.values().all(|&n| n == 0), "{snap:?}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_connection_that_waits_past_the_queue_timeout_gets_the_503() {
+    let limiter = Limiter::builder()
+        .capacity(1)
+        .queue_limit(4)
+        .build()
+        .unwrap();
+    let timeout = Duration::from_millis(200);
+    let listener = admit_hyper::listener(limiter.clone())
+        .queue_timeout(timeout)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = spawn_serve(listener, app());
+    let _holder = TcpStream::connect(addr).await.unwrap();
+    wait_until("the holder is admitted", || limiter.in_use() == 1).await;
+
+    let started = Instant::now();
+    let answer = raw_request(TcpStream::connect(addr).await.unwrap()).await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(started.elapsed() >= timeout - Duration::from_millis(20));
+    let snap = limiter.health().snapshot();
+    assert_eq!(snap.rejected_total["timeout"], 1);
+    assert_eq!(snap.waiting, 0);
+    server.abort();
+}
+
+#[tokio::test]
+async fn one_per_address_budget_covers_an_http_and_a_tcp_listener() {
+    let limiter = Limiter::new(8);
+    let per_ip = admit_tcp::PerIpLimit::new(1);
+    let http = admit_hyper::listener(limiter.clone())
+        .per_ip_limit(per_ip.clone())
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let http_addr = http.local_addr().unwrap();
+    let mut tcp = admit_tcp::AdmitListener::builder(limiter.clone())
+        .per_ip_limit(per_ip.clone())
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let tcp_addr = tcp.local_addr().unwrap();
+    let server = spawn_serve(http, app());
+
+    // 127.0.0.5 takes its one share on the TCP listener...
+    let _tcp_client = connect_from("127.0.0.5", tcp_addr).await;
+    let (_held, _) = tcp.accept().await.unwrap();
+    assert_eq!(per_ip.count("127.0.0.5".parse().unwrap()), 1);
+    // ...so the HTTP listener refuses it, and serves another address.
+    let answer = raw_request(connect_from("127.0.0.5", http_addr).await).await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    let answer = raw_request(connect_from("127.0.0.6", http_addr).await).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert_eq!(limiter.health().snapshot().rejected_total["per_ip"], 1);
+    server.abort();
+}
