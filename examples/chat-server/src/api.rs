@@ -1,7 +1,9 @@
-//! The HTTP listener: JSON API, the web client, the WebSocket upgrade, and
-//! the per-connection HTTP serving shared with the status listener.
+//! The HTTP listener's application: JSON API, the web client and the
+//! WebSocket upgrade. Connections are admitted and served by
+//! `admit_hyper` (see [`crate::Server::run`]); every request carries the
+//! connection's [`admit_hyper::ConnInfo`], whose end signal the WebSocket
+//! task watches.
 
-use crate::admission::{Admission, TouchIo};
 use crate::chat::Session;
 use crate::protocol::http::{
     decode_add_member, decode_credentials, decode_new_room, parse_history_query, MAX_BODY,
@@ -15,13 +17,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tower::ServiceExt;
 
 /// How long a client may take to send a request's headers (slowloris).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,7 +106,26 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/rooms/{room}/members", post(add_member))
         .route("/api/rooms/{room}/messages", get(messages))
         .fallback(|| async { ApiError(ProtoError::new("not_found", "no such endpoint")) })
+        .layer(axum::middleware::map_response_with_state(
+            app.clone(),
+            close_when_draining,
+        ))
         .with_state(app)
+}
+
+/// Once the server drains, every answer (but a WebSocket upgrade, whose
+/// connection the WebSocket task closes with 1001) says `Connection: close`,
+/// so keep-alive clients go away after their request instead of lingering.
+async fn close_when_draining(State(app): State<Arc<App>>, mut res: Response) -> Response {
+    if app.draining.load(std::sync::atomic::Ordering::Acquire)
+        && res.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        res.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    res
 }
 
 async fn register(State(app): State<Arc<App>>, body: Body) -> Result<Response, ApiError> {
@@ -172,10 +188,14 @@ async fn messages(
 /// rather than for throughput: the library defaults (128 KiB read buffer,
 /// 64 MiB messages) would cost far more per connection than the whole
 /// budget and let one client make the server allocate megabytes.
+///
+/// The upgraded socket keeps the connection's admission (admit-hyper moves
+/// the admitted stream into it); the connection's end signal goes along, so
+/// the WebSocket task can close with 1013 when the lease is revoked.
 async fn ws_upgrade(
     ws: WebSocketUpgrade,
     State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnInfo>,
+    Extension(conn): Extension<admit_hyper::ConnInfo>,
 ) -> Response {
     let goodbye = app.goodbye.subscribe();
     let chat = app.chat.clone();
@@ -187,56 +207,5 @@ async fn ws_upgrade(
         // them before buffering them.
         .max_message_size(64 * 1024)
         .max_frame_size(64 * 1024)
-        .on_upgrade(move |socket| crate::ws::run(socket, conn.admission, chat, goodbye))
-}
-
-/// Per-connection information handed to handlers as a request extension.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// The connection's admission; an upgraded WebSocket keeps it.
-    pub admission: Arc<Admission>,
-}
-
-/// Serves one admitted HTTP/1.1 connection with `router` until it ends, its
-/// lease is revoked, or the server says goodbye (then it finishes the
-/// request in flight and closes).
-pub async fn serve_connection(
-    stream: TcpStream,
-    admission: Admission,
-    router: Router,
-    mut goodbye: watch::Receiver<bool>,
-) {
-    let admission = Arc::new(admission);
-    let info = ConnInfo {
-        admission: admission.clone(),
-    };
-    let io = TokioIo::new(TouchIo::new(stream, admission.clone()));
-    let service = hyper::service::service_fn(
-        move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(info.clone());
-            let router = router.clone();
-            async move { Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {})) }
-        },
-    );
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(64 * 1024)
-        .serve_connection(io, service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            _ = conn.as_mut() => break,
-            _ = admission.permit.revoked(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = goodbye.wait_for(|g| *g), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
-    }
+        .on_upgrade(move |socket| crate::ws::run(socket, conn.ending, chat, goodbye))
 }

@@ -10,26 +10,29 @@
 //! ## How a connection flows
 //!
 //! ```text
-//! HTTP/WS: accept ─► admission::Gate (per-IP share + chat permit) ─► hyper ─► axum / ws task
-//!            └─ refused: 503 + Retry-After + Connection: close
+//! HTTP/WS: admit_hyper::HttpListener (per-IP share + chat permit) ─► admit_hyper::Server ─► axum / ws task
+//!            └─ refused: 503 + Retry-After + Connection: close (JSON body)
 //! TCP:     admit_tcp::AdmitListener (same per-IP table, same chat limiter) ─► tcp task
 //!            └─ refused: BUSY retry-after=N
 //! status:  admit_hyper::listener + Server (own `status` limiter) ─► status router
 //! watchdog thread ─► revokes leases idle past --idle-timeout ─► the task closes
 //! ```
 //!
-//! Every read and write touches the connection's lease (`TouchIo` on the
-//! HTTP side, `admit_tcp::Admitted` on the TCP side), so "idle" means "no
-//! traffic". One [`admit::Limiter`] (`chat`) is shared by the
-//! HTTP/WebSocket and TCP listeners, so the budget is one number however
-//! clients connect. The status listener has its own small limiter
-//! (`status`), so `/health` answers while chat is full.
+//! Every read and write touches the connection's lease (both listeners
+//! yield `admit_tcp::Admitted` streams, and an upgraded WebSocket keeps its
+//! connection's), so "idle" means "no traffic". A revoked WebSocket hears of
+//! it through the connection's end signal (`admit_hyper::ConnInfo::ending`)
+//! and closes with 1013 inside a short goodbye window ([`GOODBYE_WINDOW`])
+//! in which its socket still writes. One [`admit::Limiter`] (`chat`) is
+//! shared by the HTTP/WebSocket and TCP listeners, and one
+//! `admit_tcp::PerIpLimit` too, so each budget is one number however clients
+//! connect. The status listener has its own small limiter (`status`), so
+//! `/health` answers while chat is full.
 //!
 //! ## Modules
 //!
 //! * [`protocol`] — pure decoders for every network input (fuzzable).
-//! * [`admission`] — the HTTP accept loop: per-IP caps, refusals, lease touching.
-//! * [`api`] — HTTP API, web client, WebSocket upgrade, HTTP connection serving.
+//! * [`api`] — HTTP API, web client, WebSocket upgrade.
 //! * [`ws`], [`tcp`] — one task per chat connection.
 //! * [`chat`] — accounts, tokens, rooms, posting, history.
 //! * [`hub`] — rooms in memory and bounded fan-out.
@@ -43,7 +46,6 @@
 )]
 #![forbid(unsafe_code)]
 
-pub mod admission;
 pub mod api;
 pub mod chat;
 pub mod hub;
@@ -53,7 +55,6 @@ pub mod store;
 pub mod tcp;
 pub mod ws;
 
-use admission::{accept_loop, Gate, Refusal};
 use admit::{Limiter, Watchdog, WatchdogConfig};
 use chat::Chat;
 use std::net::SocketAddr;
@@ -66,6 +67,20 @@ use tokio::sync::watch;
 
 /// Connections the status listener admits at once.
 pub const STATUS_CAPACITY: u32 = 64;
+/// What a refused client is told to wait before retrying, in seconds
+/// (HTTP `Retry-After`, TCP `BUSY retry-after=N`).
+pub const RETRY_AFTER_SECS: u32 = 2;
+/// How long a waiting connection (`--queue`) may wait for a slot.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(10);
+/// How long a revoked HTTP/WebSocket connection may still write, so the
+/// WebSocket close frame 1013 reaches the client before the socket closes.
+/// Shorter than the watchdog's reclaim grace (1 s), so a connection saying
+/// goodbye gives its slot back itself rather than having it reclaimed.
+pub const GOODBYE_WINDOW: Duration = Duration::from_millis(500);
+/// The body of the HTTP listener's `503` at capacity: the contract's error
+/// shape.
+const BUSY_BODY: &[u8] =
+    br#"{"error":"unavailable","message":"no connection slot is free; retry after the Retry-After delay"}"#;
 /// How long shutdown waits for connections to finish before closing the
 /// database anyway (the contract allows 10 s in all).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -348,28 +363,49 @@ impl Server {
 
         let (stop_tx, stop) = watch::channel(false);
         let (http, tcp, status) = self.listeners;
-        // One per-address budget for HTTP/WebSocket and TCP alike.
+        // One per-address budget for HTTP/WebSocket and TCP alike, sized for
+        // every connection that can hold a share at once: those admitted and
+        // those waiting in the queue.
         let per_ip = admit_tcp::PerIpLimit::for_connections(
             self.per_ip,
-            app.chat_limiter.max_capacity() as usize,
+            app.chat_limiter.max_capacity() as usize + app.chat_limiter.queue_limit() as usize + 1,
         );
-        let chat_gate = Gate::new(app.chat_limiter.clone(), Some(per_ip.clone()), self.queue);
 
-        let api = api::router(app.clone());
-        let goodbye = app.goodbye.clone();
-        let http_task = tokio::spawn(accept_loop(http, chat_gate, Refusal::Http, stop.clone(), {
-            let goodbye = goodbye.clone();
-            move |stream, _peer, adm| {
-                api::serve_connection(stream, adm, api.clone(), goodbye.subscribe())
-            }
-        }));
+        // The HTTP/WebSocket listener is admit-hyper's: a connection takes
+        // its per-address share and a chat permit (waiting in the limiter's
+        // queue with --queue) before hyper sees it; a refused one is
+        // answered 503 with Retry-After and the contract's error body, off
+        // the accept loop. The admitted stream touches its lease on every
+        // read and write, and keeps the permit through a WebSocket upgrade.
+        let retry_after = Duration::from_secs(RETRY_AFTER_SECS.into());
+        let mut http_listener = admit_hyper::listener(app.chat_limiter.clone())
+            .per_ip_limit(per_ip.clone())
+            .retry_after(retry_after)
+            .busy_body("application/json", BUSY_BODY)
+            .nodelay(true);
+        if self.queue {
+            http_listener = http_listener.queue_timeout(QUEUE_WAIT);
+        }
+        let http_listener = http_listener.from_tokio(http);
+        let mut http_server = admit_hyper::Server::new()
+            .http1_only()
+            .header_timeout(api::HEADER_TIMEOUT)
+            .goodbye_window(GOODBYE_WINDOW)
+            .drain_timeout(SHUTDOWN_GRACE);
+        http_server.builder_mut().http1().max_buf_size(64 * 1024);
+        let http_stop = {
+            let mut rx = stop.clone();
+            async move { until_true(&mut rx).await }
+        };
+        let http_task =
+            tokio::spawn(http_server.serve(http_listener, api::router(app.clone()), http_stop));
 
         // The TCP listener is admit-tcp's: refusals get `BUSY retry-after=N`
         // written off the accept loop, EMFILE is backed off, and the stream
         // it yields touches its lease on every read and write.
-        let busy = format!("BUSY retry-after={}\n", admission::RETRY_AFTER_SECS).into_bytes();
+        let busy = format!("BUSY retry-after={RETRY_AFTER_SECS}\n").into_bytes();
         let policy = if self.queue {
-            admit_tcp::Policy::Wait(admission::QUEUE_WAIT)
+            admit_tcp::Policy::Wait(QUEUE_WAIT)
         } else {
             admit_tcp::Policy::busy(busy.clone())
         };
@@ -382,15 +418,15 @@ impl Server {
         let tcp_task = tokio::spawn(tcp::accept_loop(
             tcp,
             app.chat.clone(),
-            goodbye.clone(),
+            app.goodbye.clone(),
             stop.clone(),
         ));
-        // The status listener is served by admit-hyper end to end: its own
-        // small limiter, 503 + Retry-After when that is full, a header
-        // timeout, and a bounded drain at shutdown. It follows shutdown,
-        // not drain: after `POST /admin/drain` it must keep answering.
+        // The status listener is served by admit-hyper too: its own small
+        // limiter, 503 + Retry-After when that is full, a header timeout,
+        // and a bounded drain at shutdown. It follows shutdown, not drain:
+        // after `POST /admin/drain` it must keep answering.
         let status_listener = admit_hyper::listener(app.status_limiter.clone())
-            .retry_after(Duration::from_secs(admission::RETRY_AFTER_SECS.into()))
+            .retry_after(retry_after)
             .from_tokio(status);
         let status_stop = {
             let mut rx = app.shutdown.subscribe();
@@ -409,10 +445,19 @@ impl Server {
         stop_tx.send_replace(true);
         app.begin_drain();
         app.shutdown.send_replace(true);
-        let _ = tokio::join!(http_task, tcp_task);
-        // Chat clients and the status listener drain side by side, each
-        // within its own deadline, so the whole shutdown stays well inside
-        // the contract's 10 s.
+        let _ = tcp_task.await;
+        // The HTTP server, chat clients and the status listener drain side
+        // by side, each within its own deadline, so the whole shutdown stays
+        // well inside the contract's 10 s. The HTTP server finishes requests
+        // in flight and waits for WebSocket tasks to close with 1001; past
+        // its deadline it revokes what is left.
+        let http_done = async {
+            match http_task.await {
+                Ok(Err(e)) => tracing::warn!("http listener: {e}"),
+                Err(e) => tracing::warn!("http listener task: {e}"),
+                Ok(Ok(())) => {}
+            }
+        };
         let chat_drained = async {
             if tokio::time::timeout(SHUTDOWN_GRACE, app.chat_limiter.drained())
                 .await
@@ -429,7 +474,7 @@ impl Server {
                 tracing::warn!("status listener: {e}");
             }
         };
-        tokio::join!(chat_drained, status_done);
+        tokio::join!(http_done, chat_drained, status_done);
         app.status_limiter.close();
         let store = app.chat.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.shutdown()).await;

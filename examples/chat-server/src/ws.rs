@@ -1,15 +1,22 @@
 //! One WebSocket connection, from the first frame to the close code.
 //!
 //! A single task owns the socket and selects over four things: a frame
-//! from the client, a push from the outbox, the connection's lease being
-//! revoked, and the server saying goodbye. One owner means no locks around
-//! the socket and exactly one place where the close code is chosen.
+//! from the client, a push from the outbox, the connection's end signal
+//! (its lease revoked by the watchdog or an operator), and the server saying
+//! goodbye. One owner means no locks around the socket and exactly one place
+//! where the close code is chosen.
+//!
+//! When the lease is revoked, the admitted stream under the socket keeps
+//! its writes working for a short goodbye window
+//! ([`GOODBYE_WINDOW`](crate::GOODBYE_WINDOW)) while its reads wait, which
+//! is what lets the close frame 1013 reach the client before the socket
+//! goes.
 
-use crate::admission::Admission;
 use crate::chat::{Chat, Session};
 use crate::hub::{Outbox, Push, SEND_WINDOW};
 use crate::protocol::ws::{decode, ClientFrame, ServerFrame, MAX_FRAME};
 use crate::protocol::ProtoError;
+use admit_tcp::Ending;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +63,9 @@ async fn send_error(socket: &mut WebSocket, e: &ProtoError) -> bool {
 }
 
 /// Sends a close frame and waits briefly for the client's reply, so the
-/// close code reaches it before the TCP connection goes away.
+/// close code reaches it before the TCP connection goes away. (After a
+/// revocation the reply is not read: reads wait out the goodbye window and
+/// then end, which ends this wait too.)
 async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code,
@@ -80,11 +89,11 @@ async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
     .await;
 }
 
-/// Runs a connection until it closes. `admission` keeps the connection's
-/// slot for as long as this runs.
+/// Runs a connection until it closes. The socket holds the connection's
+/// slot for as long as it lives; `ending` fires when its lease is revoked.
 pub async fn run(
     mut socket: WebSocket,
-    admission: Arc<Admission>,
+    ending: Ending,
     chat: Arc<Chat>,
     mut goodbye: watch::Receiver<bool>,
 ) {
@@ -93,6 +102,9 @@ pub async fn run(
         r = tokio::time::timeout(AUTH_TIMEOUT, socket.recv()) => r,
         _ = crate::until_true(&mut goodbye) => {
             return close_with(socket, close::GOING_AWAY, "server going away").await;
+        }
+        _ = ending.ended() => {
+            return close_with(socket, close::TRY_AGAIN, "idle timeout").await;
         }
     };
     let token = match first {
@@ -136,7 +148,8 @@ pub async fn run(
     let (code, reason) = loop {
         tokio::select! {
             _ = crate::until_true(&mut goodbye) => break (close::GOING_AWAY, "server going away"),
-            _ = admission.permit.revoked() => break (close::TRY_AGAIN, "idle timeout"),
+            // Revoked: the goodbye window keeps writes working for the close.
+            _ = ending.ended() => break (close::TRY_AGAIN, "idle timeout"),
             _ = conn.outbox.lagged() => break lagged(&mut socket).await,
             Some(push) = inbox.recv() => {
                 if push.settles_send() {
