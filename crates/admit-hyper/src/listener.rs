@@ -2,9 +2,9 @@
 //! an admitted accept loop whose refusals speak HTTP.
 
 use crate::busy::{busy_response_with, DEFAULT_BUSY_BODY, DEFAULT_BUSY_TYPE};
-use admit::{Acquire, Limiter, Permit, Rejected};
+use admit::{Limiter, Permit, Rejected};
 use admit_tcp::backoff::{classify, AcceptErrorKind, Backoff};
-use admit_tcp::{AdmitListener, Admitted, PerIpGuard, PerIpLimit};
+use admit_tcp::{AdmitListener, Admitted, PerIpGuard, PerIpLimit, Queued};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use std::borrow::Cow;
@@ -328,58 +328,14 @@ pub struct HttpListener {
     idle_timeout: Option<Duration>,
     queue_timeout: Option<Duration>,
     /// Connections waiting in the limiter's queue.
-    waits: FuturesUnordered<WaitFor>,
+    waits: FuturesUnordered<Waiting>,
     backoff: Backoff,
     backoff_sleep: Option<Pin<Box<Sleep>>>,
 }
 
-/// A connection waiting for a permit until its deadline.
-struct WaitFor {
-    acquire: Acquire,
-    deadline: Pin<Box<Sleep>>,
-    conn: Option<(TcpStream, SocketAddr, Option<PerIpGuard>)>,
-    limiter: Limiter,
-}
-
-impl std::fmt::Debug for WaitFor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WaitFor")
-            .field("peer", &self.conn.as_ref().map(|c| c.1))
-            .finish()
-    }
-}
-
-enum WaitOutcome {
-    Admit(TcpStream, SocketAddr, Option<PerIpGuard>, Permit),
-    Refuse(TcpStream),
-}
-
-impl Future for WaitFor {
-    type Output = WaitOutcome;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<WaitOutcome> {
-        let this = &mut *self;
-        let result = match Pin::new(&mut this.acquire).poll(cx) {
-            Poll::Ready(r) => r,
-            Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                this.limiter.record_rejection(Rejected::Timeout);
-                Err(Rejected::Timeout)
-            }
-        };
-        let Some((stream, peer, per_ip)) = this.conn.take() else {
-            // Polled again after it finished: never by FuturesUnordered.
-            return Poll::Pending;
-        };
-        Poll::Ready(match result {
-            Ok(permit) => WaitOutcome::Admit(stream, peer, per_ip, permit),
-            // Full, QueueFull and Closed were counted by the limiter.
-            Err(_) => WaitOutcome::Refuse(stream),
-        })
-    }
-}
+/// A connection waiting in the limiter's queue, with its address and
+/// per-address share.
+type Waiting = Queued<(TcpStream, SocketAddr, Option<PerIpGuard>)>;
 
 impl HttpListener {
     /// Starts a [`ListenerBuilder`].
@@ -444,10 +400,11 @@ impl HttpListener {
             // 1. Connections that finished waiting.
             while let Poll::Ready(Some(outcome)) = self.waits.poll_next_unpin(cx) {
                 match outcome {
-                    WaitOutcome::Admit(stream, peer, per_ip, permit) => {
+                    ((stream, peer, per_ip), Ok(permit)) => {
                         return Poll::Ready(Ok(self.admit(stream, peer, per_ip, permit)));
                     }
-                    WaitOutcome::Refuse(stream) => self.refuse(stream),
+                    // A timeout was counted by `Queued`, the rest by the limiter.
+                    ((stream, _, _), Err(_)) => self.refuse(stream),
                 }
             }
 
@@ -528,12 +485,12 @@ impl HttpListener {
                         }
                         // Counted by the limiter (queue full, closed).
                         Poll::Ready(Err(_)) => self.refuse(stream),
-                        Poll::Pending => self.waits.push(WaitFor {
+                        Poll::Pending => self.waits.push(Queued::with_acquire(
+                            &self.limiter,
                             acquire,
-                            deadline: Box::pin(tokio::time::sleep(timeout)),
-                            conn: Some((stream, peer, per_ip)),
-                            limiter: self.limiter.clone(),
-                        }),
+                            (stream, peer, per_ip),
+                            timeout,
+                        )),
                     }
                 }
             }

@@ -69,9 +69,11 @@ mod ending;
 mod listener;
 mod per_ip;
 mod policy;
+mod queued;
 
 pub use admitted::{Admitted, Ended};
 pub use ending::{Ending, WaitEnded};
 pub use listener::{AdmitListener, Builder, Keepalive, ListenerStats};
 pub use per_ip::{PerIpError, PerIpGuard, PerIpLimit, PROBE_WINDOW};
 pub use policy::{Policy, DEFAULT_BUSY};
+pub use queued::Queued;

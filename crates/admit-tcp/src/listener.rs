@@ -15,6 +15,7 @@ use crate::admitted::{Admitted, ReleaseSignal};
 use crate::backoff::{classify, AcceptErrorKind, Backoff, WarnLimiter};
 use crate::per_ip::{PerIpGuard, PerIpLimit};
 use crate::policy::{Policy, DEFAULT_BUSY};
+use crate::queued::Queued;
 use admit::{Acquire, Limiter, Permit, Rejected};
 use futures_core::Stream;
 use futures_util::stream::FuturesUnordered;
@@ -309,43 +310,6 @@ struct Accepted {
     per_ip: Option<PerIpGuard>,
 }
 
-/// A connection held by [`Policy::Wait`] until a permit or its deadline.
-struct WaitFor {
-    acquire: Acquire,
-    deadline: Pin<Box<Sleep>>,
-    conn: Option<Accepted>,
-    limiter: Limiter,
-}
-
-enum WaitOutcome {
-    Admit(Accepted, Permit),
-    Refuse(Accepted),
-}
-
-impl Future for WaitFor {
-    type Output = WaitOutcome;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<WaitOutcome> {
-        let this = &mut *self;
-        let result = match Pin::new(&mut this.acquire).poll(cx) {
-            Poll::Ready(r) => r,
-            Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                this.limiter.record_rejection(Rejected::Timeout);
-                Err(Rejected::Timeout)
-            }
-        };
-        let conn = this.conn.take().expect("WaitFor polled after completion");
-        Poll::Ready(match result {
-            Ok(permit) => WaitOutcome::Admit(conn, permit),
-            // Full, QueueFull and Closed were counted by the limiter.
-            Err(_) => WaitOutcome::Refuse(conn),
-        })
-    }
-}
-
 /// [`Policy::Pause`]: the one connection accepted ahead, and how it waits.
 #[derive(Default)]
 struct Pause {
@@ -418,7 +382,7 @@ pub struct AdmitListener {
     /// The back-off timer and the release count when it was armed.
     backoff_sleep: Option<(Pin<Box<Sleep>>, u64)>,
     warn: WarnLimiter,
-    waits: FuturesUnordered<WaitFor>,
+    waits: FuturesUnordered<Queued<Accepted>>,
     pause: Pause,
 }
 
@@ -539,12 +503,12 @@ impl AdmitListener {
             while let Poll::Ready(Some(outcome)) = self.waits.poll_next_unpin(cx) {
                 self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
                 match outcome {
-                    WaitOutcome::Admit(conn, permit) => {
+                    (conn, Ok(permit)) => {
                         if let Some(admitted) = self.admit(conn, permit) {
                             return Poll::Ready(Ok(admitted));
                         }
                     }
-                    WaitOutcome::Refuse(conn) => self.refuse(conn.socket, Some(&self.busy)),
+                    (conn, Err(_)) => self.refuse(conn.socket, Some(&self.busy)),
                 }
             }
 
@@ -690,12 +654,12 @@ impl AdmitListener {
                         Poll::Ready(Err(_)) => self.refuse(conn.socket, Some(&self.busy)),
                         Poll::Pending => {
                             self.shared.waiting.fetch_add(1, Ordering::Relaxed);
-                            self.waits.push(WaitFor {
+                            self.waits.push(Queued::with_acquire(
+                                &self.limiter,
                                 acquire,
-                                deadline: Box::pin(tokio::time::sleep(*timeout)),
-                                conn: Some(conn),
-                                limiter: self.limiter.clone(),
-                            });
+                                conn,
+                                *timeout,
+                            ));
                         }
                     }
                 }
