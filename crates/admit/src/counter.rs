@@ -1,10 +1,12 @@
 //! A counter that the hot path bumps without a read-modify-write.
 //!
 //! Counting every admission with `fetch_add` would add one locked
-//! instruction to a path that is only four of them long. Instead each of
-//! the first `SHARDS` threads to touch any limiter gets a shard of its own,
-//! which only it writes (a load and a store); later threads share one
-//! `fetch_add` counter. Reading sums the shards.
+//! instruction to a path that is only four of them long. Instead each
+//! thread that touches any limiter borrows one of `SHARDS` shards, which
+//! only it writes (a load and a store), and gives it back when it exits, so
+//! that programs whose threads come and go (a blocking pool, a test
+//! harness) keep finding free shards. While all shards are borrowed, further
+//! threads share one `fetch_add` counter. Reading sums the shards.
 
 use crate::loom::{AtomicU64, Ordering};
 
@@ -19,24 +21,55 @@ pub(crate) struct Counter {
     shared: AtomicU64,
 }
 
+/// The shard this thread writes, or `usize::MAX` for the shared counter.
 #[cfg(not(admit_loom))]
 fn thread_index() -> usize {
-    use std::cell::Cell;
-    use std::sync::atomic::AtomicUsize;
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        // A const initialiser keeps the access to a plain TLS load.
-        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    INDEX.with(|i| {
-        let mut index = i.get();
-        if index == usize::MAX {
-            index = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Past usize::MAX - 1 threads, everyone shares (never in practice).
-            i.set(index.min(usize::MAX - 1));
+    use std::sync::atomic::AtomicU64;
+
+    /// Bit `i` set: shard `i` is borrowed by a live thread.
+    static BORROWED: AtomicU64 = AtomicU64::new(0);
+
+    /// A borrowed shard index, given back when its thread exits.
+    struct Borrowed(usize);
+
+    impl Borrowed {
+        fn take() -> Borrowed {
+            let mut cur = BORROWED.load(Ordering::Relaxed);
+            loop {
+                if cur == u64::MAX {
+                    return Borrowed(usize::MAX);
+                }
+                let i = (!cur).trailing_zeros() as usize;
+                // Acquire: pairs with the Release of the thread that gave
+                // this shard back, so its last store to the shard is what
+                // this thread's first load sees.
+                match BORROWED.compare_exchange_weak(
+                    cur,
+                    cur | 1 << i,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return Borrowed(i),
+                    Err(actual) => cur = actual,
+                }
+            }
         }
-        index
-    })
+    }
+
+    impl Drop for Borrowed {
+        fn drop(&mut self) {
+            if self.0 < SHARDS {
+                BORROWED.fetch_and(!(1 << self.0), Ordering::Release);
+            }
+        }
+    }
+
+    thread_local! {
+        static INDEX: Borrowed = Borrowed::take();
+    }
+    // While the thread is being torn down its index may already be gone:
+    // count on the shared counter then.
+    INDEX.try_with(|b| b.0).unwrap_or(usize::MAX)
 }
 
 #[cfg(admit_loom)]
@@ -70,5 +103,30 @@ impl Counter {
             .map(|Shard(n)| n.load(Ordering::Relaxed))
             .sum::<u64>()
             + self.shared.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(all(test, not(admit_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_that_come_and_go_keep_getting_shards_and_lose_no_count() {
+        let counter = std::sync::Arc::new(Counter::new());
+        // Far more threads over time than there are shards, one after the
+        // other: each finds a shard given back by an earlier one.
+        for _ in 0..4 * SHARDS {
+            let c = counter.clone();
+            let index = std::thread::spawn(move || {
+                c.add_one();
+                c.add_one();
+                thread_index()
+            })
+            .join()
+            .unwrap();
+            assert!(index < SHARDS, "a short-lived thread fell back to sharing");
+        }
+        assert_eq!(counter.sum(), 8 * SHARDS as u64);
+        assert_eq!(counter.shared.load(Ordering::Relaxed), 0);
     }
 }
