@@ -23,6 +23,7 @@ impl Clock {
     }
 
     /// The last published time: a relaxed load.
+    #[inline]
     pub(crate) fn now(&self) -> u64 {
         self.now_ms.load(Ordering::Relaxed)
     }

@@ -82,6 +82,7 @@ impl Permit {
         }
     }
 
+    #[inline]
     fn slot(&self) -> Option<&crate::slots::Slot> {
         (self.slot != UNTRACKED).then(|| self.inner.slots.get(self.slot))
     }
@@ -94,8 +95,10 @@ impl Permit {
         }
     }
 
-    /// Marks the lease active now. Costs two relaxed loads and, at most once
-    /// per clock tick, a relaxed store: call it on every I/O.
+    /// Marks the lease active now. Costs three relaxed loads and, at most
+    /// once per clock tick, a relaxed store: call it on every I/O. (Inlined
+    /// into the caller: a call would cost more than the work.)
+    #[inline]
     pub fn touch(&self) {
         let Some(slot) = self.slot() else { return };
         // A permit whose slot was reclaimed (and perhaps reused) must not

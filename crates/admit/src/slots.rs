@@ -38,6 +38,7 @@ pub(crate) fn pack(gen: u64, status: u8) -> u64 {
     (gen << 8) | status as u64
 }
 /// The generation of a slot state word.
+#[inline]
 pub(crate) fn gen_of(word: u64) -> u64 {
     word >> 8
 }
@@ -103,6 +104,7 @@ impl Slots {
         }
     }
 
+    #[inline]
     pub(crate) fn get(&self, index: u32) -> &Slot {
         &self.slots[index as usize]
     }
