@@ -85,10 +85,11 @@ impl Slot {
     }
 }
 
+#[repr(C)] // `free` first: see `Inner`.
 pub(crate) struct Slots {
-    pub(crate) slots: Box<[Slot]>,
     /// `tag << 32 | index` of the first free slot.
     free: AtomicU64,
+    pub(crate) slots: Box<[Slot]>,
 }
 
 impl Slots {
