@@ -7,6 +7,7 @@ Mutants are applied to a private copy of the crate (in a scratch
 workspace), so the working tree is never touched.
 
 Usage: python3 crates/admit/mutants/run.py [--preemptions N] [NAME ...]
+       python3 crates/admit/mutants/run.py --check   (patterns still match; quick)
 """
 import os, pathlib, shutil, subprocess, sys, tempfile
 
@@ -26,7 +27,7 @@ MUTANTS = [
      "                            Deliver::Delivered",
      "loom_limiter", "release_never_loses_the_wakeup"),
     ("cancel_drops_grant", "acquire.rs",
-     "                    Err(_) => Some(self.take_grant(slot, gen)),",
+     "                    Err(_) => Some(self.take_grant(slot, gen, false)),",
      "                    Err(_) => None,",
      "loom_limiter", "cancelled_waiter_passes_the_permit_on"),
     ("close_forgets_waiters", "limiter.rs",
@@ -95,8 +96,20 @@ def run(name, file, old, new, target, test, preemptions):
         path.write_text(original)
 
 
+def check_patterns():
+    """Every mutant's pattern must still match the code exactly once; a
+    refactor that moves it would otherwise leave a mutant that tests nothing."""
+    src = ROOT / "crates/admit/src"
+    stale = [m[0] for m in MUTANTS if (src / m[1]).read_text().count(m[2]) != 1]
+    for name in stale:
+        print(f"{name}: pattern not found exactly once; update it to the current code")
+    sys.exit(1 if stale else 0)
+
+
 def main():
     args = sys.argv[1:]
+    if args == ["--check"]:
+        check_patterns()
     preemptions = 2
     if args[:1] == ["--preemptions"]:
         preemptions = int(args[1])
