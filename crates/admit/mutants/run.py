@@ -12,7 +12,8 @@ Usage: python3 crates/admit/mutants/run.py [--preemptions N] [NAME ...]
 import os, pathlib, shutil, subprocess, sys, tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
-SCRATCH = pathlib.Path(tempfile.mkdtemp(prefix="admit-mutants-"))
+# Created by make_scratch (copytree makes the parents), not at import.
+SCRATCH = pathlib.Path(tempfile.gettempdir()) / f"admit-mutants-{os.getpid()}"
 CRATE = SCRATCH / "crates" / "admit"
 SRC = CRATE / "src"
 
