@@ -18,7 +18,7 @@
 //! the ones to record.
 
 use admit::Limiter;
-use admit_benches::{in_flight, interleaved, runtime};
+use admit_benches::{criterion, in_flight, interleaved, runtime};
 use admit_tcp::{AdmitListener, Policy};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::net::SocketAddr;
@@ -162,12 +162,7 @@ fn print_ratios(rt: &Runtime) {
 
 fn main() {
     let rt = runtime();
-    let mut c = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2))
-        .without_plots()
-        .configure_from_args();
+    let mut c = criterion();
     accept_throughput(&mut c, &rt);
     rejection_cost(&mut c, &rt);
     c.final_summary();

@@ -33,7 +33,7 @@
 //! printed at the end are what counts.
 
 use admit::Limiter;
-use admit_benches::{in_flight, interleaved, runtime};
+use admit_benches::{criterion, in_flight, interleaved, runtime};
 use admit_tower::{AdmitLayer, HttpAdmitLayer};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -443,11 +443,7 @@ fn print_ratio(group: &str, ours: &str, peer: &str, unit: &str) {
 
 fn main() {
     let rt = runtime();
-    let mut c = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2))
-        .configure_from_args();
+    let mut c = criterion();
     let clients = keepalive_bench(&mut c, &rt);
     let servers = connections_bench(&mut c, &rt);
     service_call_bench(&mut c);

@@ -20,6 +20,18 @@ pub fn runtime() -> Runtime {
         .expect("a tokio runtime")
 }
 
+/// The criterion settings of the network benches: few, short samples (each
+/// is thousands of connections), no plots, overridable from the command
+/// line.
+pub fn criterion() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .without_plots()
+        .configure_from_args()
+}
+
 /// Runs `n` client sessions made by `one`, [`IN_FLIGHT`] at a time, and
 /// returns how long they took together.
 pub async fn in_flight<F, Fut>(n: u64, mut one: F) -> Duration

@@ -55,3 +55,12 @@ pub const ERROR_CODES: &[&str] = &[
 pub fn string_of(data: &[u8]) -> String {
     String::from_utf8_lossy(data).into_owned()
 }
+
+/// Splits the input into exactly `n` fields at 0xff bytes (never in
+/// UTF-8), padding with empty ones: how the structured cases draw several
+/// strings from one input.
+pub fn fields(data: &[u8], n: usize) -> Vec<String> {
+    let mut f: Vec<String> = data.splitn(n, |&b| b == 0xff).map(string_of).collect();
+    f.resize(n, String::new());
+    f
+}

@@ -9,7 +9,7 @@
 //! * The input cut into fields of well-formed bodies: the decoders must
 //!   accept exactly what the contract allows.
 
-use crate::contract::{limit_ok, password_ok, room_name_ok, string_of, user_name_ok};
+use crate::contract::{fields, limit_ok, password_ok, room_name_ok, string_of, user_name_ok};
 use chat_server::api::{bearer, status_of};
 use chat_server::protocol::http::{
     decode_add_member, decode_capacity, decode_credentials, decode_fault, decode_new_room,
@@ -188,13 +188,6 @@ fn header(data: &[u8]) {
         }
         None => assert_eq!(token, None, "a token from a header that is not Bearer"),
     }
-}
-
-/// Splits the input into up to `n` fields at 0xff bytes (never in UTF-8).
-fn fields(data: &[u8], n: usize) -> Vec<String> {
-    let mut f: Vec<String> = data.splitn(n, |&b| b == 0xff).map(string_of).collect();
-    f.resize(n, String::new());
-    f
 }
 
 /// Well-formed bodies with fields from the input: accepted exactly when

@@ -13,7 +13,7 @@
 //! needs a live socket and a database, so it is not reachable here; every
 //! frame it sees goes through `decode` first.
 
-use crate::contract::{client_id_ok, limit_ok, room_name_ok, string_of, text_ok};
+use crate::contract::{client_id_ok, fields, limit_ok, room_name_ok, text_ok};
 use chat_server::protocol::ws::{decode, ClientFrame, Msg, ServerFrame, MAX_FRAME};
 use serde_json::{json, Value};
 
@@ -104,13 +104,6 @@ fn check_frame(frame: &[u8]) -> Option<ClientFrame> {
     let again = serde_json::to_vec(&encode(&cmd)).expect("JSON encodes");
     assert_eq!(decode(&again).as_ref(), Ok(&cmd), "round trip of {cmd:?}");
     Some(cmd)
-}
-
-/// Splits the input into up to `n` fields at 0xff bytes (never in UTF-8).
-fn fields(data: &[u8], n: usize) -> Vec<String> {
-    let mut f: Vec<String> = data.splitn(n, |&b| b == 0xff).map(string_of).collect();
-    f.resize(n, String::new());
-    f
 }
 
 /// Well-formed commands with fields taken from the input: the decoder must
