@@ -6,7 +6,7 @@ mod common;
 
 use admit::{Limiter, Watchdog, WatchdogConfig};
 use admit_tcp::{AdmitListener, Ended};
-use common::{connect_from, read_until_close, Outcome};
+use common::{accept_one, connect_from, read_until_close, Outcome};
 use std::io;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,14 +17,8 @@ const LONG: Duration = Duration::from_secs(5);
 async fn a_revoked_connection_says_goodbye_inside_its_window_then_ends() {
     let limiter = Limiter::new(4);
     let window = Duration::from_millis(300);
-    let mut listener = AdmitListener::builder(limiter.clone())
-        .goodbye_window(window)
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut client = connect_from(2, addr).await.unwrap();
-    let (mut conn, _) = listener.accept().await.unwrap();
+    let (mut client, mut conn) =
+        accept_one(AdmitListener::builder(limiter.clone()).goodbye_window(window)).await;
     assert_eq!(conn.goodbye_window(), Some(window));
     let ending = conn.ending();
     assert!(!ending.is_ended());
@@ -93,14 +87,9 @@ async fn the_watchdog_fires_the_signal_of_a_reader_blocked_on_a_silent_peer() {
             .grace(Duration::from_secs(10)),
     )
     .unwrap();
-    let mut listener = AdmitListener::builder(limiter.clone())
-        .goodbye_window(Duration::from_secs(2))
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut client = connect_from(2, addr).await.unwrap();
-    let (mut conn, _) = listener.accept().await.unwrap();
+    let (mut client, mut conn) =
+        accept_one(AdmitListener::builder(limiter.clone()).goodbye_window(Duration::from_secs(2)))
+            .await;
     let ending = conn.ending();
     let server = tokio::spawn(async move {
         let mut buf = [0u8; 16];
@@ -134,15 +123,12 @@ async fn the_watchdog_fires_the_signal_of_a_reader_blocked_on_a_silent_peer() {
 async fn the_idle_timeout_fires_the_signal_with_its_own_reason() {
     let limiter = Limiter::new(4);
     let idle = Duration::from_millis(100);
-    let mut listener = AdmitListener::builder(limiter.clone())
-        .idle_timeout(idle)
-        .goodbye_window(Duration::from_millis(200))
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut client = connect_from(2, addr).await.unwrap();
-    let (mut conn, _) = listener.accept().await.unwrap();
+    let (mut client, mut conn) = accept_one(
+        AdmitListener::builder(limiter.clone())
+            .idle_timeout(idle)
+            .goodbye_window(Duration::from_millis(200)),
+    )
+    .await;
     let ending = conn.ending();
     let mut buf = [0u8; 16];
     let why = tokio::select! {

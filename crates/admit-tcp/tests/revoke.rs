@@ -4,7 +4,7 @@ mod common;
 
 use admit::{Limiter, Watchdog, WatchdogConfig};
 use admit_tcp::{AdmitListener, Ended};
-use common::{connect_from, read_until_close, serve, Outcome};
+use common::{accept_one, connect_from, read_until_close, serve, Outcome};
 use std::io;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -135,14 +135,8 @@ async fn revoking_by_hand_fails_writes_and_closes() {
 async fn the_idle_timeout_closes_a_silent_connection() {
     let limiter = Limiter::new(4);
     let idle = Duration::from_millis(100);
-    let mut listener = AdmitListener::builder(limiter.clone())
-        .idle_timeout(idle)
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut client = connect_from(2, addr).await.unwrap();
-    let (mut conn, _) = listener.accept().await.unwrap();
+    let (mut client, mut conn) =
+        accept_one(AdmitListener::builder(limiter.clone()).idle_timeout(idle)).await;
     assert_eq!(conn.idle_timeout(), Some(idle));
     let start = Instant::now();
     // Traffic first: the timeout counts from the last byte.

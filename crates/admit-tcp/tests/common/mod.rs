@@ -16,6 +16,17 @@ pub async fn connect_from(last: u8, addr: SocketAddr) -> io::Result<TcpStream> {
     socket.connect(addr).await
 }
 
+/// Binds `builder` on loopback, connects one client from 127.0.0.2 and
+/// accepts it: the client socket and the server's admitted connection.
+pub async fn accept_one(builder: admit_tcp::Builder) -> (TcpStream, Admitted<TcpStream>) {
+    let mut listener = builder.bind("127.0.0.1:0").await.unwrap();
+    let client = connect_from(2, listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (conn, _) = listener.accept().await.unwrap();
+    (client, conn)
+}
+
 /// Runs the accept loop on its own task and hands every admitted
 /// connection to the test.
 pub fn serve(mut listener: AdmitListener) -> mpsc::UnboundedReceiver<Admitted<TcpStream>> {
