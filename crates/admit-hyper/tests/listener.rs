@@ -48,16 +48,22 @@ fn spawn_serve(
     tokio::spawn(Server::new().serve(listener, app, std::future::pending()))
 }
 
+/// Binds `builder` on loopback and serves `app()` on it until aborted.
+async fn serve_app(
+    builder: admit_hyper::ListenerBuilder,
+) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let listener = builder.bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (addr, spawn_serve(listener, app()))
+}
+
 #[tokio::test]
 async fn a_silent_refused_client_is_dropped_after_the_refusal_timeout_without_stalling_others() {
     let limiter = Limiter::new(1);
-    let listener = HttpListener::builder(limiter.clone())
-        .refusal_timeout(Duration::from_millis(300))
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = spawn_serve(listener, app());
+    let (addr, server) = serve_app(
+        HttpListener::builder(limiter.clone()).refusal_timeout(Duration::from_millis(300)),
+    )
+    .await;
 
     let _holder = TcpStream::connect(addr).await.unwrap();
     wait_until("the holder is admitted", || limiter.in_use() == 1).await;
@@ -93,13 +99,7 @@ async fn a_silent_refused_client_is_dropped_after_the_refusal_timeout_without_st
 #[tokio::test]
 async fn the_per_address_cap_answers_503_and_counts_per_ip() {
     let limiter = Limiter::new(8);
-    let listener = admit_hyper::listener(limiter.clone())
-        .per_ip(1)
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = spawn_serve(listener, app());
+    let (addr, server) = serve_app(admit_hyper::listener(limiter.clone()).per_ip(1)).await;
 
     let _holder = connect_from("127.0.0.2", addr).await;
     wait_until("the first connection from 127.0.0.2 is admitted", || {
@@ -119,13 +119,7 @@ async fn the_per_address_cap_answers_503_and_counts_per_ip() {
 #[tokio::test]
 async fn beyond_max_refusals_refused_connections_are_closed_without_an_answer() {
     let limiter = Limiter::new(0);
-    let listener = HttpListener::builder(limiter.clone())
-        .max_refusals(0)
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = spawn_serve(listener, app());
+    let (addr, server) = serve_app(HttpListener::builder(limiter.clone()).max_refusals(0)).await;
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
     let mut buf = Vec::new();
@@ -191,14 +185,12 @@ async fn serve_with_makes_a_service_per_connection_with_its_peer_address() {
 #[tokio::test]
 async fn refusals_can_carry_a_body_of_their_own() {
     let limiter = Limiter::new(0);
-    let listener = admit_hyper::listener(limiter.clone())
-        .retry_after(Duration::from_secs(2))
-        .busy_body("application/json", &br#"{"error":"unavailable"}"#[..])
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = spawn_serve(listener, app());
+    let (addr, server) = serve_app(
+        admit_hyper::listener(limiter.clone())
+            .retry_after(Duration::from_secs(2))
+            .busy_body("application/json", &br#"{"error":"unavailable"}"#[..]),
+    )
+    .await;
     let (status, headers, body) = get(&http1_client(), &format!("http://{addr}/"))
         .await
         .unwrap();
@@ -217,13 +209,9 @@ async fn with_a_queue_timeout_a_connection_waits_for_a_slot_then_is_served() {
         .queue_limit(4)
         .build()
         .unwrap();
-    let listener = admit_hyper::listener(limiter.clone())
-        .queue_timeout(Duration::from_secs(5))
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = spawn_serve(listener, app());
+    let (addr, server) =
+        serve_app(admit_hyper::listener(limiter.clone()).queue_timeout(Duration::from_secs(5)))
+            .await;
 
     let holder = TcpStream::connect(addr).await.unwrap();
     wait_until("the holder is admitted", || limiter.in_use() == 1).await;
@@ -251,13 +239,8 @@ async fn a_connection_that_waits_past_the_queue_timeout_gets_the_503() {
         .build()
         .unwrap();
     let timeout = Duration::from_millis(200);
-    let listener = admit_hyper::listener(limiter.clone())
-        .queue_timeout(timeout)
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = spawn_serve(listener, app());
+    let (addr, server) =
+        serve_app(admit_hyper::listener(limiter.clone()).queue_timeout(timeout)).await;
     let _holder = TcpStream::connect(addr).await.unwrap();
     wait_until("the holder is admitted", || limiter.in_use() == 1).await;
 
