@@ -145,12 +145,20 @@ pub async fn run(
         bad: 0,
         inflight: 0,
     };
+    // The three ways a connection is ended from outside, made once: made
+    // inside the loop, each would be built and registered again for every
+    // frame and every push.
+    let outbox = conn.outbox.clone();
+    let going_away = crate::until_true(&mut goodbye);
+    let revoked = ending.ended();
+    let lag = outbox.lagged();
+    tokio::pin!(going_away, revoked, lag);
     let (code, reason) = loop {
         tokio::select! {
-            _ = crate::until_true(&mut goodbye) => break (close::GOING_AWAY, "server going away"),
+            _ = &mut going_away => break (close::GOING_AWAY, "server going away"),
             // Revoked: the goodbye window keeps writes working for the close.
-            _ = ending.ended() => break (close::TRY_AGAIN, "idle timeout"),
-            _ = conn.outbox.lagged() => break lagged(&mut socket).await,
+            _ = &mut revoked => break (close::TRY_AGAIN, "idle timeout"),
+            _ = &mut lag => break lagged(&mut socket).await,
             Some(push) = inbox.recv() => {
                 if push.settles_send() {
                     conn.inflight = conn.inflight.saturating_sub(1);
@@ -160,7 +168,7 @@ pub async fn run(
                 // closed instead of lingering with a full queue forever.
                 let sent = tokio::select! {
                     ok = send_push(&mut socket, &push) => ok,
-                    _ = conn.outbox.lagged() => break lagged(&mut socket).await,
+                    _ = &mut lag => break lagged(&mut socket).await,
                 };
                 if !sent {
                     break (0, "");
