@@ -95,6 +95,10 @@ pub(crate) struct Core {
     /// No growth is asked for again before this time after Redis granted
     /// less than was asked (the budget is taken).
     grow_backoff_until_ms: u64,
+    /// After an outage, the share stays at most `hold_cap` (or what is in
+    /// use) until this time: see [`Core::on_reply`].
+    hold_until_ms: u64,
+    hold_cap: u32,
 }
 
 impl Core {
@@ -108,6 +112,8 @@ impl Core {
             last_attempt_ms: None,
             idle_since_ms: None,
             grow_backoff_until_ms: 0,
+            hold_until_ms: 0,
+            hold_cap: 0,
         }
     }
 
@@ -189,14 +195,29 @@ impl Core {
     ///
     /// `in_use` and `waiting` are the local limiter's counts; `pressed` says
     /// callers were turned away since the last plan.
-    pub(crate) fn plan(&mut self, now_ms: u64, in_use: u32, waiting: u32, pressed: bool) -> Option<Plan> {
+    pub(crate) fn plan(
+        &mut self,
+        now_ms: u64,
+        in_use: u32,
+        waiting: u32,
+        pressed: bool,
+    ) -> Option<Plan> {
         let t = self.tuning;
-        let interval = if self.unreachable() { t.retry_ms } else { t.heartbeat_ms };
+        let interval = if self.unreachable() {
+            t.retry_ms
+        } else {
+            t.heartbeat_ms
+        };
         let due = self
             .last_attempt_ms
             .is_none_or(|a| now_ms.saturating_sub(a) >= interval);
-        let demand = in_use.saturating_add(waiting).saturating_add(u32::from(pressed));
-        let ideal = t.ideal(demand).max(in_use);
+        let demand = in_use
+            .saturating_add(waiting)
+            .saturating_add(u32::from(pressed));
+        let mut ideal = t.ideal(demand).max(in_use);
+        if now_ms < self.hold_until_ms {
+            ideal = ideal.min(self.hold_cap.max(in_use));
+        }
         // While Redis is unreachable, only the retry interval paces calls:
         // growth or hand-back cannot happen anyway.
         if self.unreachable() && !due {
@@ -206,7 +227,10 @@ impl Core {
         let (epoch, share) = match self.authority {
             Authority::Lost => {
                 // Join (again) as soon as the retry interval allows.
-                return due.then_some(Plan { epoch: 0, want: ideal });
+                return due.then_some(Plan {
+                    epoch: 0,
+                    want: ideal,
+                });
             }
             Authority::Leased { epoch, share, .. } | Authority::Fallback { epoch, share } => {
                 (epoch, share)
@@ -258,7 +282,18 @@ impl Core {
     }
 
     /// Applies Redis's reply to a call sent at `sent_ms` that asked for `want`.
+    ///
+    /// The first reply after an outage starts a hold of one TTL during which
+    /// the node asks for no more than it admitted on while cut off (or what
+    /// it has in use). Redis forgot, or expired, every node's entry while it
+    /// was away, but the nodes kept serving on their fallback shares; until
+    /// each has had time to come back and register what it holds, growing
+    /// into the "free" budget could count those permits twice.
     pub(crate) fn on_reply(&mut self, sent_ms: u64, want: u32, reply: &SyncReply) {
+        if self.unreachable() {
+            self.hold_cap = self.capacity();
+            self.hold_until_ms = sent_ms + self.tuning.ttl_ms;
+        }
         self.last_ok_ms = Some(sent_ms);
         self.view = Some(View {
             budget: reply.budget,

@@ -14,7 +14,9 @@ pub enum Error {
     #[error("redis call failed: {0}; the node keeps serving within its last confirmed share")]
     Redis(#[from] redis::RedisError),
     /// Redis did not answer within the call deadline.
-    #[error("redis did not answer within {0:?}; the node keeps serving within its last confirmed share")]
+    #[error(
+        "redis did not answer within {0:?}; the node keeps serving within its last confirmed share"
+    )]
     Timeout(std::time::Duration),
     /// Redis answered something the protocol does not expect (another
     /// program writing to the same keys, or a version mismatch).

@@ -136,10 +136,14 @@ impl Builder {
             return Err(Error::Config("max_drift must be in [0, 0.5)".into()));
         }
         if t.heartbeat_ms == 0 || t.call_timeout_ms == 0 {
-            return Err(Error::Config("heartbeat and call_timeout must be positive".into()));
+            return Err(Error::Config(
+                "heartbeat and call_timeout must be positive".into(),
+            ));
         }
         if t.call_timeout_ms >= t.heartbeat_ms {
-            return Err(Error::Config("call_timeout must be shorter than the heartbeat".into()));
+            return Err(Error::Config(
+                "call_timeout must be shorter than the heartbeat".into(),
+            ));
         }
         if 2 * t.heartbeat_ms + t.call_timeout_ms > t.local_lease_ms() {
             return Err(Error::Config(format!(
@@ -223,7 +227,11 @@ fn default_node_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    format!("{}-{:08x}", std::process::id(), nanos ^ (now_ms() as u32).rotate_left(16))
+    format!(
+        "{}-{:08x}",
+        std::process::id(),
+        nanos ^ (now_ms() as u32).rotate_left(16)
+    )
 }
 
 /// One node's admission against a cluster-wide budget held in Redis.
@@ -420,12 +428,19 @@ impl ClusterLimiter {
         let h = self.limiter().health();
         h.publish_metrics(&h.snapshot());
         let st = self.status();
-        let l = [("budget", st.budget_name.clone()), ("node", st.node.clone())];
+        let l = [
+            ("budget", st.budget_name.clone()),
+            ("node", st.node.clone()),
+        ];
         metrics::gauge!("admit_cluster_share", &l).set(st.share as f64);
         metrics::gauge!("admit_cluster_budget", &l).set(st.budget as f64);
         metrics::gauge!("admit_cluster_live_nodes", &l).set(st.live_nodes as f64);
         metrics::gauge!("admit_cluster_fair_share", &l).set(st.fair_share as f64);
-        metrics::gauge!("admit_cluster_redis_up", &l).set(if st.redis_reachable { 1.0 } else { 0.0 });
+        metrics::gauge!("admit_cluster_redis_up", &l).set(if st.redis_reachable {
+            1.0
+        } else {
+            0.0
+        });
         let mode = match st.mode {
             Mode::Leased => 0.0,
             Mode::Fallback => 1.0,
@@ -521,7 +536,8 @@ impl Shared {
         // Within max_capacity by construction.
         let _ = self.limiter.set_capacity(cap);
         // Release: see `ClusterLimiter::try_acquire`.
-        self.deadline_ms.store(core.deadline_ms(), Ordering::Release);
+        self.deadline_ms
+            .store(core.deadline_ms(), Ordering::Release);
         self.publish_health(core);
     }
 

@@ -157,7 +157,8 @@ impl SyncReply {
                 v.len()
             )));
         };
-        let u32_of = |x: i64| u32::try_from(x).map_err(|_| Error::Protocol(format!("{x} out of range")));
+        let u32_of =
+            |x: i64| u32::try_from(x).map_err(|_| Error::Protocol(format!("{x} out of range")));
         Ok(SyncReply {
             ok: *ok == 1,
             epoch: *epoch as u64,
@@ -186,9 +187,8 @@ impl Entry {
     pub(crate) fn parse(s: &str) -> Result<Entry, Error> {
         let bad = || Error::Protocol(format!("malformed node entry {s:?}"));
         let mut it = s.split_ascii_whitespace();
-        let mut next = || -> Result<u64, Error> {
-            it.next().and_then(|x| x.parse().ok()).ok_or_else(bad)
-        };
+        let mut next =
+            || -> Result<u64, Error> { it.next().and_then(|x| x.parse().ok()).ok_or_else(bad) };
         let share = next()?;
         let epoch = next()?;
         let expires_ms = next()?;
@@ -209,7 +209,8 @@ impl Entry {
 
 /// Parses [`SNAPSHOT`]'s reply: `(now_ms, budget, [(node, entry)])`.
 pub(crate) fn parse_snapshot(v: Value) -> Result<(u64, Option<u32>, Vec<(String, Entry)>), Error> {
-    let items: Vec<Value> = redis::from_redis_value(v).map_err(|e| Error::Protocol(e.to_string()))?;
+    let items: Vec<Value> =
+        redis::from_redis_value(v).map_err(|e| Error::Protocol(e.to_string()))?;
     let mut it = items.into_iter();
     let int = |v: Option<Value>| -> Result<i64, Error> {
         let v = v.ok_or_else(|| Error::Protocol("short snapshot".into()))?;
@@ -220,9 +221,11 @@ pub(crate) fn parse_snapshot(v: Value) -> Result<(u64, Option<u32>, Vec<(String,
     let budget = u32::try_from(budget).ok();
     let mut nodes = Vec::new();
     while let Some(name) = it.next() {
-        let name: String = redis::from_redis_value(name).map_err(|e| Error::Protocol(e.to_string()))?;
+        let name: String =
+            redis::from_redis_value(name).map_err(|e| Error::Protocol(e.to_string()))?;
         let value: String = redis::from_redis_value(
-            it.next().ok_or_else(|| Error::Protocol("odd snapshot".into()))?,
+            it.next()
+                .ok_or_else(|| Error::Protocol("odd snapshot".into()))?,
         )
         .map_err(|e| Error::Protocol(e.to_string()))?;
         nodes.push((name, Entry::parse(&value)?));

@@ -2,6 +2,8 @@
 //! tests can stop, pause (SIGSTOP), resume and restart.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod child;
+
 use rustix::process::{kill_process, Pid, Signal};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,10 +29,7 @@ pub fn redis() -> Option<Redis> {
         return None;
     }
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!(
-        "admit-redis-test-{}-{port}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("admit-redis-test-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut r = Redis {
         port,
