@@ -1,25 +1,32 @@
-//! One connection: hyper's auto (HTTP/1.1 + HTTP/2) connection over an
-//! admitted stream, with the first-request deadline and the drain phases.
+//! One connection: hyper's HTTP/1.1 connection (with upgrades) or HTTP/2
+//! connection over an admitted stream, chosen by the server's protocols (and,
+//! when both are served, by the first bytes the client sends), with the
+//! first-request deadline and the drain phases.
 
 use crate::listener::Accepted;
 use crate::registry::Entry;
-use crate::server::ConnInfo;
+use crate::server::{ConnInfo, Protocols};
 use crate::BoxError;
 use admit_tcp::{Admitted, PerIpGuard};
+use bytes::{Buf, Bytes};
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use pin_project::pin_project;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+
+/// What an HTTP/2 client sends first (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Where a server is in its life; every connection task watches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +49,9 @@ pub(crate) struct ConnIo {
     io: Admitted<TcpStream>,
     _per_ip: Option<PerIpGuard>,
     entry: Arc<Entry>,
+    /// Bytes read to tell HTTP/1.1 from HTTP/2, handed out again before
+    /// anything else is read from the socket.
+    replay: Bytes,
 }
 
 impl AsyncRead for ConnIo {
@@ -50,7 +60,14 @@ impl AsyncRead for ConnIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.project().io.poll_read(cx, buf)
+        let this = self.project();
+        if this.replay.has_remaining() && buf.remaining() > 0 {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        this.io.poll_read(cx, buf)
     }
 }
 
@@ -84,6 +101,27 @@ impl AsyncWrite for ConnIo {
     }
 }
 
+/// Reads until the first bytes either differ from the HTTP/2 preface
+/// (HTTP/1.1, `false`) or are the whole preface (`true`), and keeps what it
+/// read for hyper to read again. A client that closes first is handed to
+/// HTTP/1.1, which sees the end of the stream.
+async fn sniff_http2(io: &mut ConnIo) -> io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    let is_h2 = loop {
+        let n = io.read(&mut buf[filled..]).await?;
+        filled += n;
+        if n == 0 || buf[..filled] != H2_PREFACE[..filled] {
+            break false;
+        }
+        if filled == H2_PREFACE.len() {
+            break true;
+        }
+    };
+    io.replay = Bytes::copy_from_slice(&buf[..filled]);
+    Ok(is_h2)
+}
+
 /// Notes that a request reached the service, which ends the first-request
 /// deadline, and hands the request the connection's [`ConnInfo`].
 #[derive(Debug, Clone)]
@@ -113,8 +151,61 @@ where
 /// What every connection of one server shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) builder: auto::Builder<TokioExecutor>,
+    pub(crate) http1: http1::Builder,
+    pub(crate) http2: http2::Builder<TokioExecutor>,
+    pub(crate) protocols: Protocols,
     pub(crate) header_timeout: Option<Duration>,
+}
+
+type Io = TokioIo<ConnIo>;
+
+/// hyper's connection future for the protocol the connection speaks.
+// One per connection, pinned inside the connection's task, which is
+// allocated once anyway; boxing the larger variant would add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[pin_project(project = ConnProj)]
+enum Conn<H>
+where
+    H: hyper::service::HttpService<Incoming>,
+{
+    Http1(#[pin] http1::UpgradeableConnection<Io, H>),
+    Http2(#[pin] http2::Connection<Io, H, TokioExecutor>),
+}
+
+impl<H, B> Conn<H>
+where
+    H: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    H::Future: Send + 'static,
+    H::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        match self.project() {
+            ConnProj::Http1(conn) => conn.graceful_shutdown(),
+            ConnProj::Http2(conn) => conn.graceful_shutdown(),
+        }
+    }
+}
+
+impl<H, B> Future for Conn<H>
+where
+    H: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    H::Future: Send + 'static,
+    H::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Output = hyper::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ConnProj::Http1(conn) => conn.poll(cx),
+            ConnProj::Http2(conn) => conn.poll(cx),
+        }
+    }
 }
 
 /// Serves one connection until it closes, is upgraded, misses its first
@@ -137,19 +228,18 @@ pub(crate) async fn run<H, B>(
     B::Error: Into<BoxError>,
 {
     let (io, peer, per_ip) = accepted.into_parts();
-    let io = TokioIo::new(ConnIo {
+    let mut io = ConnIo {
         io,
         _per_ip: per_ip,
         entry: entry.clone(),
-    });
+        replay: Bytes::new(),
+    };
     let ending = info.ending.clone();
     let service = Watched {
         inner: service,
         entry: entry.clone(),
         info,
     };
-    let conn = shared.builder.serve_connection_with_upgrades(io, service);
-    let mut conn = std::pin::pin!(conn);
 
     // hyper's own header timeout covers HTTP/1 requests once the protocol
     // is known; this deadline also covers the protocol sniffing before it
@@ -157,6 +247,40 @@ pub(crate) async fn run<H, B>(
     let mut first_deadline = shared.header_timeout;
     let sleep = tokio::time::sleep(first_deadline.unwrap_or(Duration::ZERO));
     let mut sleep = std::pin::pin!(sleep);
+
+    let http2 = match shared.protocols {
+        Protocols::Http1 => false,
+        Protocols::Http2 => true,
+        Protocols::Both => {
+            // Nothing is in flight yet, so anything that ends the
+            // connection ends it at once.
+            tokio::select! {
+                biased;
+                sniffed = sniff_http2(&mut io) => match sniffed {
+                    Ok(http2) => http2,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "connection ended before its first request");
+                        return;
+                    }
+                },
+                _ = ending.ended() => return,
+                () = sleep.as_mut(), if first_deadline.is_some() => {
+                    tracing::debug!(%peer, "no request within the header timeout; closing");
+                    return;
+                }
+                _ = phase.wait_for(|phase| *phase != Phase::Serving) => return,
+            }
+        }
+    };
+    let io = TokioIo::new(io);
+    let conn = if http2 {
+        Conn::Http2(shared.http2.serve_connection(io, service))
+    } else {
+        // An HTTP/2 preface sent here is refused by hyper's HTTP/1 parser:
+        // the connection closes without an answer and no request is made.
+        Conn::Http1(shared.http1.serve_connection(io, service).with_upgrades())
+    };
+    let mut conn = std::pin::pin!(conn);
 
     // Set once hyper was asked to finish up (drain or revocation).
     let mut draining = false;

@@ -1,8 +1,9 @@
 //! # admit-hyper
 //!
 //! Connection-level admission for hyper 1.x servers (and so for axum): serve
-//! HTTP/1.1 and HTTP/2 on admitted connections ([`HttpListener`], or
-//! admit-tcp's `AdmitListener` through [`Accept`]), with
+//! HTTP/1.1 — and HTTP/2, when asked for — on admitted connections
+//! ([`HttpListener`], or admit-tcp's `AdmitListener` through [`Accept`]),
+//! with
 //!
 //! * a real `HTTP/1.1 503 Service Unavailable` with `Retry-After` and
 //!   `Connection: close` for connections refused at capacity, written off
@@ -20,9 +21,29 @@
 //!   ([`ListenerBuilder`]);
 //! * graceful shutdown: stop accepting, finish in-flight requests, close
 //!   idle connections, force-close after a deadline;
-//! * the connection count in the limiter's health (`in_use`).
+//! * the connection count in the limiter's health (`in_use`);
+//! * with HTTP/2 on, a bound on each connection's concurrent streams and,
+//!   through one request limiter ([`Server::admit_requests`], admit-tower's
+//!   [`HttpAdmitLayer`]), on the requests of all connections together.
 //!
-//! For request-level admission on top, see the `admit-tower` crate.
+//! ## What a connection slot bounds, and what it does not
+//!
+//! A permit of the listener's limiter is one open connection. Over
+//! HTTP/1.1 — the default — a connection carries one request at a time, so
+//! the connection cap is also a cap on requests in flight. HTTP/2 carries
+//! many requests (streams) on one connection at once, so there the slot
+//! multiplies: turn HTTP/2 on only with its stream bound
+//! ([`Server::max_concurrent_streams`], small by default) and a request
+//! limiter ([`Server::admit_requests`]) if the number of requests matters.
+//! When HTTP/2 is off, a client that opens with the HTTP/2 preface is
+//! refused, not served.
+//!
+//! No connection or request cap bounds what an admitted request costs: a
+//! large or trickling request body, CPU and memory spent in the handler
+//! (password hashing, a big query), a long-lived upgraded WebSocket. Guard
+//! such work with a limiter of its own around it (an [`admit::Limiter`],
+//! or admit-tower's layers on the routes concerned). See [`Server`] for the
+//! details.
 //!
 //! ```
 //! use axum::{routing::get, Router};
@@ -124,14 +145,19 @@ mod busy;
 mod conn;
 mod listener;
 mod registry;
+mod requests;
 mod server;
 
 pub use admit_tcp::{Ended, Ending};
+pub use admit_tower::{HttpAdmitLayer, OnFull, ReleaseAt};
 pub use busy::{busy_response, busy_response_with, listener, DEFAULT_RETRY_AFTER};
 pub use listener::{
     Accept, Accepted, HttpListener, ListenerBuilder, DEFAULT_MAX_REFUSALS, DEFAULT_REFUSAL_TIMEOUT,
 };
-pub use server::{serve, ConnInfo, Server, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT};
+pub use server::{
+    serve, ConnInfo, HyperBuilders, Server, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_STREAMS,
+};
 
 /// The boxed error type services and bodies may fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

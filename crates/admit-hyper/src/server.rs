@@ -3,13 +3,15 @@
 use crate::conn::{self, Phase, Shared};
 use crate::listener::Accept;
 use crate::registry::Registry;
+use crate::requests::{HyperService, Requests};
 use crate::BoxError;
 use admit::LeaseId;
 use admit_tcp::Ending;
+use admit_tower::HttpAdmitLayer;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::io;
@@ -26,6 +28,12 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default drain deadline: after shutdown is asked for, connections
 /// still open after this long are closed.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default bound on concurrent HTTP/2 streams (requests) per
+/// connection, sent to clients in the connection's `SETTINGS` frame. hyper's
+/// own default is 200, so one connection slot could carry 200 requests at
+/// once; clients queue streams beyond the bound on their side.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 8;
 
 /// How long a forced close waits for the last connections to notice.
 const FORCE_GRACE: Duration = Duration::from_secs(1);
@@ -54,9 +62,12 @@ pub struct ConnInfo {
     pub ending: Ending,
 }
 
-/// Serves HTTP/1.1 and HTTP/2 (hyper-util's auto builder) on connections an
-/// [`Accept`] source admitted: an [`HttpListener`](crate::HttpListener), or
-/// admit-tcp's `AdmitListener`.
+/// Serves HTTP on connections an [`Accept`] source admitted: an
+/// [`HttpListener`](crate::HttpListener), or admit-tcp's `AdmitListener`.
+/// HTTP/1.1 only by default (hyper's HTTP/1 connection, upgrades on);
+/// HTTP/2 (prior knowledge, "h2c") when asked for with
+/// [`http1_and_http2`](Self::http1_and_http2) or
+/// [`http2_only`](Self::http2_only).
 ///
 /// * Each connection holds its permit for as long as its socket lives, so
 ///   the limiter's `in_use` is the server's connection count.
@@ -84,6 +95,36 @@ pub struct ConnInfo {
 ///   signal if health should read `draining`. Dropping the serve future
 ///   instead closes every connection it serves at once.
 ///
+/// # What a connection slot bounds
+///
+/// The listener's limiter counts connections. Whether that also bounds the
+/// work those connections bring depends on the protocol:
+///
+/// * **HTTP/1.1** carries one request at a time: hyper reads the next
+///   request only after the previous response was sent, so `capacity`
+///   connections run at most `capacity` requests at once. This is why
+///   HTTP/1.1 only is the default: the connection cap is then a request cap
+///   too. Browsers never speak HTTP/2 without TLS, and this server speaks
+///   plain TCP, so the default turns no browser away; an HTTP/2 client
+///   sending its preface to it is refused (the connection closes unanswered
+///   and no request is made).
+/// * **HTTP/2** multiplexes: one connection carries many requests
+///   (streams) at once, so the slot multiplies. With HTTP/2 on, each
+///   connection may open at most
+///   [`max_concurrent_streams`](Self::max_concurrent_streams) streams at
+///   once (default [`DEFAULT_MAX_CONCURRENT_STREAMS`]), and
+///   [`admit_requests`](Self::admit_requests) puts every request of every
+///   connection through one request limiter, so `N` connections never run
+///   more than its capacity of requests at once, whatever `N` is.
+///
+/// Neither bounds what a request does once admitted: a large or slowly
+/// trickling body, CPU or memory spent inside a handler (password hashing,
+/// say), or the fan-out of an upgraded WebSocket. A request limiter holds
+/// its permit until the response body has been sent (by default), which
+/// bounds requests, not their cost; put the expensive step under a limiter
+/// of its own (an [`admit::Limiter`] around the work, or admit-tower's
+/// layers on the routes that need it).
+///
 /// ```no_run
 /// use admit_hyper::Server;
 /// use axum::{routing::get, Router};
@@ -103,10 +144,52 @@ pub struct ConnInfo {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Server {
-    builder: auto::Builder<TokioExecutor>,
+    builders: HyperBuilders,
+    protocols: Protocols,
     header_timeout: Option<Duration>,
     drain_timeout: Duration,
     goodbye_window: Option<Duration>,
+    requests: Option<HttpAdmitLayer>,
+}
+
+/// Which protocols a [`Server`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocols {
+    /// hyper's HTTP/1 connection only.
+    Http1,
+    /// hyper's HTTP/2 connection only (prior knowledge).
+    Http2,
+    /// Either, told apart by the first bytes (the HTTP/2 preface).
+    Both,
+}
+
+/// hyper's connection builders a [`Server`] serves with, for settings not
+/// covered by the server's own methods ([`Server::builder_mut`]).
+///
+/// ```
+/// let mut server = admit_hyper::Server::new().http1_and_http2();
+/// server.builder_mut().http1().max_buf_size(64 * 1024);
+/// server.builder_mut().http2().max_header_list_size(16 * 1024);
+/// ```
+#[derive(Debug, Clone)]
+pub struct HyperBuilders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl HyperBuilders {
+    /// The HTTP/1.1 connection settings (header limits, buffer sizes, …).
+    /// The header timeout is set by [`Server::header_timeout`].
+    pub fn http1(&mut self) -> &mut http1::Builder {
+        &mut self.http1
+    }
+
+    /// The HTTP/2 connection settings (windows, keep-alive pings, header
+    /// list size, …). The stream bound is set by
+    /// [`Server::max_concurrent_streams`].
+    pub fn http2(&mut self) -> &mut http2::Builder<TokioExecutor> {
+        &mut self.http2
+    }
 }
 
 impl Default for Server {
@@ -116,20 +199,27 @@ impl Default for Server {
 }
 
 impl Server {
-    /// A server with the defaults: HTTP/1.1 and HTTP/2, header timeout
-    /// [`DEFAULT_HEADER_TIMEOUT`], drain deadline [`DEFAULT_DRAIN_TIMEOUT`].
+    /// A server with the defaults: HTTP/1.1 only (see [what a connection
+    /// slot bounds](Self#what-a-connection-slot-bounds)), header timeout
+    /// [`DEFAULT_HEADER_TIMEOUT`], drain deadline [`DEFAULT_DRAIN_TIMEOUT`],
+    /// no request limiter; should HTTP/2 be turned on,
+    /// [`DEFAULT_MAX_CONCURRENT_STREAMS`] streams per connection.
     pub fn new() -> Server {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(DEFAULT_HEADER_TIMEOUT);
-        builder.http2().timer(TokioTimer::new());
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(DEFAULT_MAX_CONCURRENT_STREAMS);
         Server {
-            builder,
+            builders: HyperBuilders { http1, http2 },
+            protocols: Protocols::Http1,
             header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             goodbye_window: None,
+            requests: None,
         }
     }
 
@@ -140,9 +230,7 @@ impl Server {
     /// off (not advised for servers open to the internet).
     pub fn header_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Server {
         self.header_timeout = timeout.into();
-        self.builder
-            .http1()
-            .header_read_timeout(self.header_timeout);
+        self.builders.http1.header_read_timeout(self.header_timeout);
         self
     }
 
@@ -216,23 +304,108 @@ impl Server {
         self
     }
 
-    /// Serves HTTP/1.1 only.
+    /// Serves HTTP/1.1 only, with hyper's HTTP/1 connection (upgrades on):
+    /// the default. A client that opens with the HTTP/2 preface is refused —
+    /// the connection closes without an answer and no request reaches the
+    /// service.
     pub fn http1_only(mut self) -> Server {
-        self.builder = self.builder.http1_only();
+        self.protocols = Protocols::Http1;
         self
     }
 
-    /// Serves HTTP/2 only (prior knowledge).
+    /// Serves HTTP/2 only (prior knowledge), with hyper's HTTP/2 connection.
+    /// See [`max_concurrent_streams`](Self::max_concurrent_streams) and
+    /// [`admit_requests`](Self::admit_requests).
     pub fn http2_only(mut self) -> Server {
-        self.builder = self.builder.http2_only();
+        self.protocols = Protocols::Http2;
         self
     }
 
-    /// hyper-util's connection builder, for settings not covered here (HTTP/2
+    /// Serves HTTP/1.1 and HTTP/2 (prior knowledge), told apart by the
+    /// client's first bytes, as hyper-util's auto builder and `axum::serve`
+    /// do. An HTTP/2 connection carries up to
+    /// [`max_concurrent_streams`](Self::max_concurrent_streams) requests at
+    /// once; to bound the requests of all connections together, add
+    /// [`admit_requests`](Self::admit_requests).
+    ///
+    /// ```
+    /// use admit_hyper::{HttpAdmitLayer, Server};
+    ///
+    /// let requests = admit::Limiter::builder().capacity(64).name("requests").build().unwrap();
+    /// let server = Server::new()
+    ///     .http1_and_http2()
+    ///     .max_concurrent_streams(16)
+    ///     .admit_requests(HttpAdmitLayer::new(requests));
+    /// # let _ = server;
+    /// ```
+    pub fn http1_and_http2(mut self) -> Server {
+        self.protocols = Protocols::Both;
+        self
+    }
+
+    /// How many HTTP/2 streams (requests) one connection may have open at
+    /// once (default [`DEFAULT_MAX_CONCURRENT_STREAMS`]). It is announced in
+    /// the connection's `SETTINGS`; well-behaved clients queue further
+    /// requests on their side, and streams opened beyond it are refused
+    /// (`REFUSED_STREAM`, safe for the client to retry). Has no effect on
+    /// HTTP/1.1, which carries one request at a time.
+    pub fn max_concurrent_streams(mut self, max: u32) -> Server {
+        self.builders.http2.max_concurrent_streams(max);
+        self
+    }
+
+    /// Admits every request of every connection through `layer` (admit-tower's
+    /// [`HttpAdmitLayer`]) before it reaches the service: at most the
+    /// layer's limiter's capacity of requests run at once across the whole
+    /// server, HTTP/2 streams and HTTP/1.1 requests alike. Beyond that a
+    /// request is answered `503 Service Unavailable` with `Retry-After`, or
+    /// waits in the limiter's queue ([`HttpAdmitLayer::queue`]). The
+    /// permit is held until the response body has been sent, unless the
+    /// layer says otherwise ([`ReleaseAt`](crate::ReleaseAt)).
+    ///
+    /// It is the layer you could put on the service yourself; given to the
+    /// server, it also covers [`serve_hyper`](Self::serve_hyper) and every
+    /// per-connection service of [`serve_with`](Self::serve_with). Share
+    /// one limiter between servers to bound their requests together.
+    ///
+    /// ```no_run
+    /// use admit_hyper::{HttpAdmitLayer, Server};
+    /// use axum::{routing::get, Router};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let connections = admit::Limiter::builder().capacity(1_000).name("http").build().unwrap();
+    /// let requests = admit::Limiter::builder()
+    ///     .capacity(64)
+    ///     .queue_limit(256)
+    ///     .name("requests")
+    ///     .build()
+    ///     .unwrap();
+    /// let listener = admit_hyper::listener(connections).bind("127.0.0.1:8080").await?;
+    /// let app = Router::new().route("/", get(|| async { "hello" }));
+    /// Server::new()
+    ///     .http1_and_http2()
+    ///     .admit_requests(HttpAdmitLayer::new(requests).queue().retry_after(Duration::from_secs(2)))
+    ///     .serve(listener, app, async { let _ = tokio::signal::ctrl_c().await; })
+    ///     .await
+    /// # }
+    /// ```
+    pub fn admit_requests(mut self, layer: HttpAdmitLayer) -> Server {
+        self.requests = Some(layer);
+        self
+    }
+
+    /// hyper's connection builders, for settings not covered here (HTTP/2
     /// windows and keep-alive pings, HTTP/1 header limits, …). The header
-    /// timeout is set by [`header_timeout`](Self::header_timeout).
-    pub fn builder_mut(&mut self) -> &mut auto::Builder<TokioExecutor> {
-        &mut self.builder
+    /// timeout is set by [`header_timeout`](Self::header_timeout), the
+    /// HTTP/2 stream bound by
+    /// [`max_concurrent_streams`](Self::max_concurrent_streams), and the
+    /// protocols by [`http1_only`](Self::http1_only),
+    /// [`http2_only`](Self::http2_only) and
+    /// [`http1_and_http2`](Self::http1_and_http2).
+    pub fn builder_mut(&mut self) -> &mut HyperBuilders {
+        &mut self.builders
     }
 
     /// Serves a tower service (an axum `Router`, say) until `shutdown`
@@ -304,9 +477,12 @@ impl Server {
         B::Error: Into<BoxError>,
         F: Future<Output = ()>,
     {
+        let requests = self.requests.clone();
         self.run(
             listener,
-            move |info: &ConnInfo| TowerToHyperService::new(make_service(info)),
+            move |info: &ConnInfo| {
+                TowerToHyperService::new(Requests::new(make_service(info), requests.as_ref()))
+            },
             shutdown,
         )
         .await
@@ -333,7 +509,8 @@ impl Server {
         B::Error: Into<BoxError>,
         F: Future<Output = ()>,
     {
-        self.run(listener, move |_: &ConnInfo| service.clone(), shutdown)
+        let service = HyperService(service);
+        self.serve_with(listener, move |_: &ConnInfo| service.clone(), shutdown)
             .await
     }
 
@@ -357,7 +534,9 @@ impl Server {
         let limiter = listener.limiter().clone();
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            builder: self.builder,
+            http1: self.builders.http1,
+            http2: self.builders.http2,
+            protocols: self.protocols,
             header_timeout: self.header_timeout,
         });
         let registry = Arc::new(Registry::default());

@@ -168,7 +168,7 @@ async fn every_request_carries_its_connections_info() {
             format!("{} {} {}", conn.remote_addr, conn.local_addr, conn.lease)
         }),
     );
-    let server = start(Server::new(), app, 4).await;
+    let server = start(Server::new().http1_and_http2(), app, 4).await;
     for client in [http1_client(), http2_client()] {
         let (status, _, body) = get(&client, &server.url("/")).await.unwrap();
         assert_eq!(status, 200);

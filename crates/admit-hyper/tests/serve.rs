@@ -51,7 +51,7 @@ async fn closed_by_server(stream: &mut TcpStream) {
 
 #[tokio::test]
 async fn serves_http1_and_http2_and_counts_connections_in_health() {
-    let server = start(Server::new(), app(), 8).await;
+    let server = start(Server::new().http1_and_http2(), app(), 8).await;
     let h1 = http1_client();
     let (status, _, body) = get(&h1, &server.url("/")).await.unwrap();
     assert_eq!(status, 200);
@@ -108,8 +108,21 @@ async fn at_capacity_clients_receive_503_with_retry_after_and_connection_close()
 
 #[tokio::test]
 async fn slowloris_connections_are_closed_after_the_header_timeout_while_others_are_served() {
+    // HTTP/1.1 only (the default): hyper's HTTP/1 header timeout and the
+    // server's first-request deadline cut them off.
+    slowloris_is_cut_off(Server::new()).await;
+}
+
+#[tokio::test]
+async fn with_both_protocols_slowloris_connections_are_closed_after_the_header_timeout() {
+    // Both protocols: the silent client and the trickled preface are cut
+    // off while the server is still telling HTTP/1.1 from HTTP/2.
+    slowloris_is_cut_off(Server::new().http1_and_http2()).await;
+}
+
+async fn slowloris_is_cut_off(server: Server) {
     let timeout = Duration::from_millis(300);
-    let server = start(Server::new().header_timeout(timeout), app(), 4).await;
+    let server = start(server.header_timeout(timeout), app(), 4).await;
     let limiter = server.limiter.clone();
     let opened = Instant::now();
 
@@ -418,7 +431,7 @@ async fn revocation_ends_a_websocket_read_and_written_from_separate_tasks() {
 #[tokio::test]
 async fn http2_requests_in_flight_complete_on_shutdown() {
     let (app, entered, gate) = gated_app();
-    let mut server = start(Server::new(), app, 4).await;
+    let mut server = start(Server::new().http1_and_http2(), app, 4).await;
     let client = http2_client();
     let url = server.url("/slow");
     let in_flight = {
@@ -450,7 +463,7 @@ async fn request_admission_and_connection_admission_work_together() {
     let requests = admit::Limiter::new(1);
     let (app, entered, gate) = gated_app();
     let app = app.layer(admit_tower::HttpAdmitLayer::new(requests.clone()));
-    let server = start(Server::new(), app, 8).await;
+    let server = start(Server::new().http1_and_http2(), app, 8).await;
 
     let client = http2_client();
     let url = server.url("/slow");
