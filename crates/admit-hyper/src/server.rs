@@ -100,8 +100,9 @@ pub struct ConnInfo {
 /// The listener's limiter counts connections. Whether that also bounds the
 /// work those connections bring depends on the protocol:
 ///
-/// * **HTTP/1.1** carries one request at a time: hyper reads the next
-///   request only after the previous response was sent, so `capacity`
+/// * **HTTP/1.1** carries one request at a time: hyper hands the service
+///   a connection's next request only once the previous response has been
+///   written (pipelined requests wait their turn), so `capacity`
 ///   connections run at most `capacity` requests at once. This is why
 ///   HTTP/1.1 only is the default: the connection cap is then a request cap
 ///   too. Browsers never speak HTTP/2 without TLS, and this server speaks

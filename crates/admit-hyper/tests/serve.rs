@@ -193,8 +193,19 @@ async fn trickle(addr: std::net::SocketAddr, bytes: &'static [u8]) -> usize {
 
 #[tokio::test]
 async fn an_upgraded_websocket_holds_its_permit_and_loses_it_on_revoke() {
+    websocket_holds_its_permit(Server::new()).await;
+}
+
+#[tokio::test]
+async fn with_both_protocols_an_upgraded_websocket_holds_its_permit_and_loses_it_on_revoke() {
+    // The upgrade request's first bytes were read to tell HTTP/1.1 from
+    // HTTP/2 and handed to hyper again.
+    websocket_holds_its_permit(Server::new().http1_and_http2()).await;
+}
+
+async fn websocket_holds_its_permit(server: Server) {
     let timeout = Duration::from_millis(200);
-    let server = start(Server::new().header_timeout(timeout), app(), 1).await;
+    let server = start(server.header_timeout(timeout), app(), 1).await;
     let limiter = server.limiter.clone();
 
     let stream = TcpStream::connect(server.addr).await.unwrap();
