@@ -323,3 +323,211 @@ impl Core {
         self.last_fail_ms = Some(sent_ms);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The node's state machine against a model of Redis, in virtual time:
+    //! nodes with changing demand, Redis going away and coming back, nodes
+    //! paused past their lease. (The scripts themselves are checked against
+    //! the same rules on a real Redis in `tests/model.rs`.)
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    const BUDGET: u32 = 24;
+
+    fn tuning() -> Tuning {
+        Tuning {
+            heartbeat_ms: 1_000,
+            ttl_ms: 2_500,
+            call_timeout_ms: 250,
+            retry_ms: 250,
+            max_drift: 0.01,
+            min_batch: 4,
+            max_share: BUDGET,
+        }
+    }
+
+    /// Redis as the scripts define it: entries with expiry, epochs, shares.
+    #[derive(Default)]
+    struct Store {
+        /// node -> (share, epoch, expires, want)
+        entries: BTreeMap<usize, (u32, u64, u64, u32)>,
+        epoch: u64,
+    }
+
+    impl Store {
+        fn sync(&mut self, now: u64, node: usize, epoch: u64, want: u32, ttl: u64) -> SyncReply {
+            self.entries.retain(|_, e| e.2 > now);
+            let others: Vec<_> = self
+                .entries
+                .iter()
+                .filter(|(n, _)| **n != node)
+                .map(|(_, e)| *e)
+                .collect();
+            let others_sum: u32 = others.iter().map(|e| e.0).sum();
+            let live = others.len() as u32 + 1;
+            let fair = BUDGET / live;
+            let starving = |e: &(u32, u64, u64, u32)| e.3 > e.0 && e.0 < fair;
+            let lost = SyncReply {
+                ok: false,
+                epoch,
+                share: 0,
+                budget: BUDGET,
+                live,
+                fair,
+                hand_back: false,
+                now_ms: now,
+            };
+            let (epoch, cur) = if epoch == 0 {
+                self.epoch += 1;
+                (self.epoch, 0)
+            } else {
+                match self.entries.get(&node) {
+                    Some(e) if e.1 == epoch => (epoch, e.0),
+                    _ => return lost,
+                }
+            };
+            let want = want.min(BUDGET);
+            let mut share = want;
+            if want > cur {
+                let mut room = BUDGET.saturating_sub(others_sum);
+                if others.iter().any(starving) {
+                    room = room.min(fair);
+                }
+                share = share.min(room).max(cur);
+            }
+            let hand_back = others_sum + share > BUDGET
+                || others.iter().any(starving)
+                || (want > share && share < fair);
+            self.entries.insert(node, (share, epoch, now + ttl, want));
+            SyncReply {
+                ok: true,
+                epoch,
+                share,
+                budget: BUDGET,
+                live,
+                fair,
+                hand_back,
+                now_ms: now,
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Ev {
+        /// Time passes; node `n`'s demand becomes `d`.
+        Step {
+            dt: u64,
+            n: usize,
+            d: u32,
+        },
+        RedisDown,
+        RedisUp,
+        /// Node `n` stops running for `ms`.
+        Pause {
+            n: usize,
+            ms: u64,
+        },
+    }
+
+    fn ev() -> impl Strategy<Value = Ev> {
+        prop_oneof![
+            20 => (1u64..300, 0usize..3, 0u32..30).prop_map(|(dt, n, d)| Ev::Step { dt, n, d }),
+            1 => Just(Ev::RedisDown),
+            2 => Just(Ev::RedisUp),
+            1 => (0usize..3, 100u64..5_000).prop_map(|(n, ms)| Ev::Pause { n, ms }),
+        ]
+    }
+
+    struct Node {
+        core: Core,
+        in_use: u32,
+        demand: u32,
+        paused_until: u64,
+        slept: bool,
+        slept_ms: u64,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn nodes_never_admit_beyond_what_redis_confirmed(evs in proptest::collection::vec(ev(), 1..300)) {
+            let mut store = Store::default();
+            let mut up = true;
+            let mut now = 0u64;
+            let mut nodes: Vec<Node> = (0..3).map(|_| Node { core: Core::new(tuning()), in_use: 0, demand: 0, paused_until: 0, slept: false, slept_ms: 0 }).collect();
+            for ev in evs {
+                match ev {
+                    Ev::RedisDown => up = false,
+                    Ev::RedisUp => up = true,
+                    Ev::Pause { n, ms } => {
+                        nodes[n].paused_until = now + ms;
+                        nodes[n].slept_ms = ms;
+                    }
+                    Ev::Step { dt, n, d } => {
+                        now += dt;
+                        nodes[n].demand = d;
+                    }
+                }
+                for (i, node) in nodes.iter_mut().enumerate() {
+                    if now < node.paused_until {
+                        node.slept = true;
+                        continue;
+                    }
+                    // The lease check every admission makes, then admissions
+                    // and releases toward the demand.
+                    // A node that slept through its lease, longer than its
+                    // failures count as recent, must not wake into a fallback
+                    // share: it was away, not cut off, and others may hold
+                    // its share now.
+                    let recent = 2 * node.core.tuning.heartbeat_ms + node.core.tuning.call_timeout_ms;
+                    let slept_through = node.slept && node.slept_ms > recent && matches!(node.core.authority,
+                        Authority::Leased { deadline_ms, .. } if deadline_ms <= now);
+                    node.slept = false;
+                    node.core.expire(now);
+                    if slept_through {
+                        prop_assert_eq!(node.core.authority, Authority::Lost);
+                    }
+                    let cap = node.core.capacity();
+                    node.in_use = if node.demand > node.in_use {
+                        node.in_use.max(node.demand.min(cap))
+                    } else {
+                        node.demand
+                    };
+                    // The driver: at most a few calls per step.
+                    for _ in 0..3 {
+                        let Some(plan) = node.core.plan(now, node.in_use, 0, node.demand > node.in_use) else { break };
+                        let want = if plan.want < node.core.capacity() { plan.want.max(node.in_use) } else { plan.want };
+                        node.core.sent(now);
+                        if up {
+                            let reply = store.sync(now, i, plan.epoch, want, node.core.tuning.ttl_ms);
+                            node.core.on_reply(now, want, &reply);
+                        } else {
+                            node.core.on_failure(now);
+                        }
+                        node.core.expire(now);
+                    }
+                }
+                // Every node on a live lease admits within a share Redis
+                // holds for it, and the shares fit the budget.
+                let live: u32 = store.entries.values().filter(|e| e.2 > now).map(|e| e.0).sum();
+                prop_assert!(live <= BUDGET, "confirmed shares {} above the budget", live);
+                for (i, node) in nodes.iter().enumerate() {
+                    if let Authority::Leased { epoch, share, deadline_ms } = node.core.authority {
+                        if now < deadline_ms {
+                            let e = store.entries.get(&i);
+                            prop_assert!(e.is_some_and(|e| e.1 == epoch && e.0 >= share && e.2 > deadline_ms),
+                                "node {} admits on {} (epoch {}) but redis holds {:?}", i, share, epoch, e);
+                        }
+                    }
+                    if let Authority::Fallback { share, .. } = node.core.authority {
+                        let fair = node.core.view.map_or(0, |v| v.fair);
+                        prop_assert!(share <= fair, "fallback {} above fair {}", share, fair);
+                    }
+                }
+            }
+        }
+    }
+}
