@@ -2,26 +2,61 @@
 //! front ends: accounts, tokens, rooms, posting and history. The front ends
 //! only translate their wire format to these calls and back, so every
 //! rule (who may read a private room, what an ack means) lives here once.
+//!
+//! ## Password hashing is admitted work
+//!
+//! argon2id needs its memory cost (19 MiB by default) for every hash while
+//! it runs, so unbounded concurrent logins are unbounded memory. Every hash
+//! runs under its own [`admit::Limiter`] (`hashing`): at most
+//! [`ChatOptions::max_hashes`] at once (2 × cores by default: enough to
+//! keep every core busy, since the blocking pool can run them side by side)
+//! and a short queue; beyond that the request is refused `busy` with a
+//! `Retry-After`. The permit moves into the blocking task, so a client that
+//! hangs up mid-hash cannot start another before this one ends.
+//!
+//! Failed logins are counted per account and per address
+//! ([`crate::throttle`]) and checked before any hashing.
 
 use crate::hub::{Event, Hub, Outbox, Push};
 use crate::protocol::ws::Msg;
 use crate::protocol::ProtoError;
 use crate::store::{self, Store, StoreError};
+use crate::throttle::FailedLogins;
+use admit::Limiter;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long a hash may wait in the hashing limiter's queue.
+pub const HASH_QUEUE_WAIT: Duration = Duration::from_secs(2);
 
 /// An authenticated user.
 #[derive(Debug, Clone)]
-pub struct Session {
+pub struct User {
     /// User id.
     pub user_id: i64,
-    /// User name.
+    /// User name, as registered.
     pub name: Arc<str>,
+    /// The hash of the token it authenticated with (what logout revokes).
+    pub token_hash: Arc<str>,
+}
+
+/// What the chat service is set up with.
+#[derive(Debug, Clone)]
+pub struct ChatOptions {
+    /// Lifetime of a bearer token.
+    pub token_ttl: Duration,
+    /// Argon2id memory cost in KiB.
+    pub argon2_m_cost: u32,
+    /// Password hashes run at once.
+    pub max_hashes: u32,
 }
 
 /// The chat service.
@@ -31,6 +66,10 @@ pub struct Chat {
     pub store: Arc<Store>,
     /// Rooms and fan-out.
     pub hub: Hub,
+    /// Admission for password hashing.
+    pub hashing: Limiter,
+    failed_logins: FailedLogins,
+    live: Arc<LiveTokens>,
     token_ttl: Duration,
     argon2_m_cost: u32,
     dummy_hash: OnceLock<String>,
@@ -38,12 +77,96 @@ pub struct Chat {
     pub messages_total: AtomicU64,
 }
 
+/// The tokens live connections authenticated with, each with a flag that
+/// logout raises: HTTP requests check the database every time, but a
+/// connection checked its token once, at `auth`.
+#[derive(Debug, Default)]
+struct LiveTokens {
+    map: Mutex<HashMap<Arc<str>, watch::Sender<bool>>>,
+}
+
+/// A live connection's view of its token: resolves when it is logged out.
+#[derive(Debug)]
+pub struct TokenWatch {
+    hash: Arc<str>,
+    rx: watch::Receiver<bool>,
+    live: Arc<LiveTokens>,
+}
+
+impl TokenWatch {
+    /// Resolves once the token has been logged out.
+    pub async fn revoked(&mut self) {
+        let _ = self.rx.wait_for(|v| *v).await;
+    }
+}
+
+impl Drop for TokenWatch {
+    fn drop(&mut self) {
+        let mut map = self.live.map.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = map.get(&self.hash) else {
+            return;
+        };
+        // The last watcher of a token takes its entry with it (if the entry
+        // is still the one it watched: a logout replaces nothing, but be
+        // exact).
+        let mine = tx.subscribe().same_channel(&self.rx);
+        if mine && tx.receiver_count() <= 1 {
+            map.remove(&self.hash);
+        }
+    }
+}
+
+impl LiveTokens {
+    fn watch(self: &Arc<Self>, hash: Arc<str>) -> TokenWatch {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = map
+            .entry(hash.clone())
+            .or_insert_with(|| watch::Sender::new(false))
+            .subscribe();
+        TokenWatch {
+            hash,
+            rx,
+            live: self.clone(),
+        }
+    }
+
+    fn revoke(&self, hash: &str) {
+        let tx = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(hash);
+        if let Some(tx) = tx {
+            tx.send_replace(true);
+        }
+    }
+}
+
 fn internal(e: StoreError) -> ProtoError {
-    tracing::error!("store: {e}");
+    match e {
+        StoreError::Failed(what) => {
+            tracing::warn!("refused: {what}");
+            ProtoError::new(
+                "unavailable",
+                "the server cannot store anything right now; retry later",
+            )
+        }
+        e => {
+            tracing::error!("store: {e}");
+            ProtoError::new(
+                "internal",
+                "the server could not complete the request; retry later",
+            )
+        }
+    }
+}
+
+fn busy() -> ProtoError {
     ProtoError::new(
-        "internal",
-        "the server could not complete the request; retry later",
+        "busy",
+        "too many logins and sign-ups are being checked right now; retry shortly",
     )
+    .retry_after(Duration::from_secs(1))
 }
 
 fn unauthorized() -> ProtoError {
@@ -72,20 +195,28 @@ fn unix_now() -> i64 {
 
 impl Chat {
     /// A chat service over an open store; loads the rooms into the hub.
-    pub fn new(
-        store: Arc<Store>,
-        token_ttl: Duration,
-        argon2_m_cost: u32,
-    ) -> Result<Chat, StoreError> {
+    pub fn new(store: Arc<Store>, options: ChatOptions) -> Result<Chat, StoreError> {
         let hub = Hub::default();
         for r in store.load_rooms()? {
             hub.add_room(r.id, &r.name, r.private, r.owner.as_deref(), &r.members);
         }
+        let max_hashes = options.max_hashes.clamp(1, admit::MAX_CAPACITY);
+        let hashing = Limiter::builder()
+            .capacity(max_hashes)
+            // A short queue: a burst waits a moment instead of failing, but
+            // a flood is told to come back rather than piling up.
+            .queue_limit(max_hashes.saturating_mul(4).min(admit::MAX_QUEUE))
+            .name("hashing")
+            .build()
+            .map_err(|e| StoreError::Io(format!("cannot build the hashing limiter: {e}")))?;
         Ok(Chat {
             store,
             hub,
-            token_ttl,
-            argon2_m_cost,
+            hashing,
+            failed_logins: FailedLogins::default(),
+            live: Arc::default(),
+            token_ttl: options.token_ttl,
+            argon2_m_cost: options.argon2_m_cost,
             dummy_hash: OnceLock::new(),
             messages_total: AtomicU64::new(0),
         })
@@ -96,19 +227,36 @@ impl Chat {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
     }
 
-    /// Hashes a password off the async runtime: argon2id is slow on purpose.
-    async fn hash_password(self: &Arc<Self>, password: String) -> Result<String, ProtoError> {
-        let me = self.clone();
+    /// Runs password work off the async runtime under the hashing limiter:
+    /// argon2id is slow and memory-hungry on purpose.
+    async fn hash_work<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Argon2<'static>) -> T + Send + 'static,
+    ) -> Result<T, ProtoError> {
+        let permit = match tokio::time::timeout(HASH_QUEUE_WAIT, self.hashing.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => return Err(busy()),
+        };
+        let argon2 = self.argon2();
         tokio::task::spawn_blocking(move || {
+            // Held until the hash is done, even if the request is gone.
+            let _permit = permit;
+            work(&argon2)
+        })
+        .await
+        .map_err(|_| ProtoError::new("internal", "password hashing failed"))
+    }
+
+    /// Hashes a new password.
+    async fn hash_password(self: &Arc<Self>, password: String) -> Result<String, ProtoError> {
+        self.hash_work(move |argon2| {
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
-            me.argon2()
+            argon2
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
         })
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or_else(|| ProtoError::new("internal", "password hashing failed"))
+        .await?
+        .map_err(|_| ProtoError::new("internal", "password hashing failed"))
     }
 
     fn expiry(&self) -> i64 {
@@ -134,35 +282,54 @@ impl Chat {
         }
     }
 
-    /// Checks a password and returns a fresh token.
+    /// Checks a password and returns a fresh token. `from` is the client's
+    /// address, for the failed-login limit.
     pub async fn login(
         self: &Arc<Self>,
         name: String,
         password: String,
+        from: IpAddr,
     ) -> Result<String, ProtoError> {
+        // Counted as a failure from the start, and forgiven on success or
+        // when the server was too busy to check: concurrent guesses cannot
+        // slip past the limit while their hashes run.
+        let attempt = self.failed_logins.attempt(&name, from).map_err(|wait| {
+            ProtoError::new(
+                "rate_limited",
+                "too many failed logins for this account or from this address; wait and retry",
+            )
+            .retry_after(wait)
+        })?;
         let lookup = name.clone();
         let found = self
             .store
             .read(move |c| store::credentials(c, &lookup))
             .await
             .map_err(internal)?;
-        let me = self.clone();
         // Unknown names are checked against a dummy hash so that the answer
         // takes as long as for a known name with a wrong password.
         let (user_id, stored) = match found {
             Some((id, h)) => (Some(id), h),
-            None => (None, self.dummy_hash().await),
+            None => (None, self.dummy_hash().await?),
         };
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&stored)
-                .map(|h| me.argon2().verify_password(password.as_bytes(), &h).is_ok())
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
+        let verified = self
+            .hash_work(move |argon2| {
+                PasswordHash::new(&stored)
+                    .map(|h| argon2.verify_password(password.as_bytes(), &h).is_ok())
+                    .unwrap_or(false)
+            })
+            .await;
+        let ok = match verified {
+            Ok(ok) => ok,
+            Err(e) => {
+                attempt.forgive();
+                return Err(e);
+            }
+        };
         let (true, Some(user_id)) = (ok, user_id) else {
             return Err(ProtoError::new("bad_credentials", "wrong name or password"));
         };
+        attempt.forgive();
         let token = new_token();
         self.store
             .add_token(user_id, hash_token(&token), self.expiry())
@@ -171,42 +338,68 @@ impl Chat {
         Ok(token)
     }
 
-    async fn dummy_hash(self: &Arc<Self>) -> String {
+    async fn dummy_hash(self: &Arc<Self>) -> Result<String, ProtoError> {
         if let Some(h) = self.dummy_hash.get() {
-            return h.clone();
+            return Ok(h.clone());
         }
-        let h = self
-            .hash_password("not a real password".into())
-            .await
-            .unwrap_or_default();
-        self.dummy_hash.get_or_init(|| h).clone()
+        let h = self.hash_password("not a real password".into()).await?;
+        Ok(self.dummy_hash.get_or_init(|| h).clone())
     }
 
     /// The user behind a bearer token, if it is known and unexpired.
-    pub async fn authenticate(&self, token: &str) -> Result<Session, ProtoError> {
+    pub async fn authenticate(&self, token: &str) -> Result<User, ProtoError> {
         if token.is_empty() || token.len() > 256 {
             return Err(unauthorized());
         }
-        let hash = hash_token(token);
+        let hash: Arc<str> = hash_token(token).into();
         let now = unix_now();
+        let key = hash.clone();
         match self
             .store
-            .read(move |c| store::user_by_token(c, &hash, now))
+            .read(move |c| store::user_by_token(c, &key, now))
             .await
         {
-            Ok(Some((user_id, name))) => Ok(Session {
+            Ok(Some((user_id, name))) => Ok(User {
                 user_id,
                 name: name.into(),
+                token_hash: hash,
             }),
             Ok(None) => Err(unauthorized()),
             Err(e) => Err(internal(e)),
         }
     }
 
+    /// Authenticates a connection: the user, and a watch that fires when
+    /// the token is logged out. The watch is taken before the token is
+    /// checked, so a logout racing the check is never missed.
+    pub async fn authenticate_live(&self, token: &str) -> Result<(User, TokenWatch), ProtoError> {
+        let watch = self.live.watch(hash_token(token).into());
+        let user = self.authenticate(token).await?;
+        Ok((user, watch))
+    }
+
+    /// Logs a token out everywhere: it is deleted, and connections that
+    /// authenticated with it are told to end.
+    pub async fn logout(&self, user: &User) -> Result<(), ProtoError> {
+        self.store
+            .delete_token(user.token_hash.to_string())
+            .await
+            .map_err(internal)?;
+        // After the delete: a connection authenticating now either sees the
+        // token gone or is already watching it.
+        self.live.revoke(&user.token_hash);
+        Ok(())
+    }
+
+    /// Deletes expired tokens.
+    pub async fn purge_expired_tokens(&self) -> Result<(), StoreError> {
+        self.store.purge_tokens(unix_now()).await
+    }
+
     /// Creates a room owned by `who`.
     pub async fn create_room(
         &self,
-        who: &Session,
+        who: &User,
         name: String,
         private: bool,
     ) -> Result<(), ProtoError> {
@@ -223,17 +416,19 @@ impl Chat {
             Err(StoreError::Exists) => {
                 Err(ProtoError::new("room_exists", "that room already exists"))
             }
+            Err(StoreError::Quota) => Err(ProtoError::new(
+                "quota",
+                format!(
+                    "you already own {} rooms, the most one user may own",
+                    store::ROOM_QUOTA
+                ),
+            )),
             Err(e) => Err(internal(e)),
         }
     }
 
     /// Adds `user` to `room`; only the owner may.
-    pub async fn add_member(
-        &self,
-        who: &Session,
-        room: &str,
-        user: String,
-    ) -> Result<(), ProtoError> {
+    pub async fn add_member(&self, who: &User, room: &str, user: String) -> Result<(), ProtoError> {
         let (room_id, owner) = self
             .hub
             .owner(room)
@@ -263,7 +458,7 @@ impl Chat {
     /// sender's ack is queued before the fan-out, so it arrives first.
     pub fn send(
         self: &Arc<Self>,
-        who: &Session,
+        who: &User,
         outbox: &Arc<Outbox>,
         room: &str,
         client_id: String,
@@ -309,7 +504,7 @@ impl Chat {
     /// A page of a room's history, if `who` may read it.
     pub async fn history(
         &self,
-        who: &Session,
+        who: &User,
         room: &str,
         before: Option<i64>,
         limit: u32,
@@ -320,5 +515,24 @@ impl Chat {
             .read(move |c| store::history(c, room_id, &room, before, limit))
             .await
             .map_err(internal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn live_tokens_outlive_their_other_watchers() {
+        let live = Arc::new(LiveTokens::default());
+        let a = live.watch("t".into());
+        let mut b = live.watch("t".into());
+        drop(a);
+        let revoked = tokio::time::timeout(Duration::from_millis(50), b.revoked()).await;
+        assert!(revoked.is_err(), "b is still live");
+        live.revoke("t");
+        b.revoked().await;
+        drop(b);
+        assert!(live.map.lock().unwrap().is_empty());
     }
 }

@@ -11,7 +11,8 @@
 //! calls, never across an `.await` or a database call.
 
 use crate::protocol::ProtoError;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, Notify};
@@ -137,7 +138,8 @@ pub struct RoomView {
 /// All rooms and their joined connections.
 #[derive(Debug, Default)]
 pub struct Hub {
-    rooms: Mutex<HashMap<Arc<str>, RoomEntry>>,
+    /// By name, in order, so the room list pages by name.
+    rooms: Mutex<BTreeMap<Arc<str>, RoomEntry>>,
     next_id: AtomicU64,
     lagged_total: Arc<AtomicU64>,
 }
@@ -163,7 +165,7 @@ fn forbidden() -> ProtoError {
 }
 
 impl Hub {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, RoomEntry>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<Arc<str>, RoomEntry>> {
         // A panic elsewhere while holding the lock leaves the maps valid
         // (every update is a single insert or remove), so carry on.
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
@@ -212,20 +214,20 @@ impl Hub {
         self.lock().get(room).map(|r| (r.0.id, r.0.owner.clone()))
     }
 
-    /// Public rooms and the private rooms `user` belongs to, by name.
-    pub fn list(&self, user: i64) -> Vec<RoomView> {
-        let mut v: Vec<RoomView> = self
-            .lock()
-            .iter()
+    /// Up to `limit` of the public rooms and the private rooms `user`
+    /// belongs to, by name, starting after the name `after`.
+    pub fn list(&self, user: i64, after: Option<&str>, limit: usize) -> Vec<RoomView> {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.lock()
+            .range::<str, _>((start, Bound::Unbounded))
             .filter(|(_, r)| !r.0.private || r.0.members.contains(&user))
+            .take(limit)
             .map(|(name, r)| RoomView {
                 name: name.to_string(),
                 private: r.0.private,
                 owner: r.0.owner.as_ref().map(|o| o.to_string()),
             })
-            .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+            .collect()
     }
 
     /// Subscribes a connection to a room and announces it to the others.

@@ -33,11 +33,24 @@
 //!
 //! * [`protocol`] — pure decoders for every network input (fuzzable).
 //! * [`api`] — HTTP API, web client, WebSocket upgrade.
-//! * [`ws`], [`tcp`] — one task per chat connection.
-//! * [`chat`] — accounts, tokens, rooms, posting, history.
+//! * [`session`] — one chat connection's commands and events, for both
+//!   front ends.
+//! * [`ws`], [`tcp`] — framing and the select loop of one chat connection.
+//! * [`chat`] — accounts, tokens, rooms, posting, history; password
+//!   hashing under its own limiter.
+//! * [`throttle`] — failed-login limits per account and per address.
 //! * [`hub`] — rooms in memory and bounded fan-out.
 //! * [`store`] — SQLite with group commit on a dedicated thread.
 //! * [`status`] — health, metrics, status page, admin.
+//!
+//! ## One signal for the server's life
+//!
+//! The server's [`Phase`] lives in one `watch` channel
+//! ([`App::phase`]): `Running`, then `Draining` (an operator's drain, or
+//! the first step of shutdown: the chat limiter closes, chat connections
+//! say goodbye, listeners refuse newcomers), then `Stopping` (listeners
+//! stop accepting, the status listener goes too). Everything that must
+//! react subscribes to it.
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -50,16 +63,17 @@ pub mod api;
 pub mod chat;
 pub mod hub;
 pub mod protocol;
+pub mod session;
 pub mod status;
 pub mod store;
 pub mod tcp;
+pub mod throttle;
 pub mod ws;
 
 use admit::{Limiter, Watchdog, WatchdogConfig};
-use chat::Chat;
+use chat::{Chat, ChatOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -67,6 +81,12 @@ use tokio::sync::watch;
 
 /// Connections the status listener admits at once.
 pub const STATUS_CAPACITY: u32 = 64;
+/// Of those, held back for `/health`, `/metrics` and `/admin`: a
+/// connection that finds the rest taken may still use one of these for a
+/// request to one of those paths.
+pub const STATUS_RESERVE: u32 = 8;
+/// Status connections from one address (IPv6: one /64).
+pub const STATUS_PER_IP: u32 = 8;
 /// What a refused client is told to wait before retrying, in seconds
 /// (HTTP `Retry-After`, TCP `BUSY retry-after=N`).
 pub const RETRY_AFTER_SECS: u32 = 2;
@@ -116,6 +136,10 @@ pub struct Config {
     /// Most writes committed in one transaction (group commit); 1 commits
     /// every message on its own, for comparison.
     pub max_batch: usize,
+    /// Password hashes run at once (2 × cores by default).
+    pub max_hashes: u32,
+    /// How often expired tokens are deleted.
+    pub token_purge_every: Duration,
 }
 
 impl Default for Config {
@@ -134,8 +158,15 @@ impl Default for Config {
             token_ttl: Duration::from_secs(30 * 24 * 3600),
             argon2_m_cost: 19 * 1024,
             max_batch: store::MAX_BATCH,
+            max_hashes: 2 * cores(),
+            token_purge_every: Duration::from_secs(600),
         }
     }
+}
+
+/// The cores this process may use.
+fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
 /// `min(10000, half the open-file limit)`: every connection costs a
@@ -174,6 +205,18 @@ impl std::fmt::Display for Addrs {
     }
 }
 
+/// Where the server is in its life; see the crate docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Serving.
+    Running,
+    /// Refusing newcomers, asking chat clients to go; the status listener
+    /// still answers.
+    Draining,
+    /// Shutting down: listeners stop.
+    Stopping,
+}
+
 /// State shared by every handler.
 #[derive(Debug)]
 pub struct App {
@@ -191,13 +234,10 @@ pub struct App {
     pub started: Instant,
     /// This server's metrics recorder.
     pub recorder: metrics_exporter_prometheus::PrometheusRecorder,
-    /// Turns true when chat connections must go away (drain or shutdown).
-    pub goodbye: watch::Sender<bool>,
-    /// Turns true when the process shuts down. The status listener follows
-    /// this one, not `goodbye`: after a drain it must keep answering.
-    pub shutdown: watch::Sender<bool>,
-    /// Set once a drain or shutdown began.
-    pub draining: AtomicBool,
+    /// The server's phase: the one signal for drain and shutdown.
+    pub phase: watch::Sender<Phase>,
+    /// `GET /events` streams open at once.
+    pub events_limiter: Limiter,
 }
 
 impl App {
@@ -205,9 +245,43 @@ impl App {
     /// to go away (WebSocket close 1001, TCP `BYE`). Listeners stay up and
     /// refuse newcomers with 503 / `BUSY`.
     pub fn begin_drain(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.advance(Phase::Draining);
+    }
+
+    /// Moves the phase forward (never back) and closes the chat limiter,
+    /// so that nothing new is admitted once draining began.
+    fn advance(&self, to: Phase) {
         self.chat_limiter.close();
-        self.goodbye.send_replace(true);
+        self.phase.send_if_modified(|p| {
+            let later = matches!(
+                (*p, to),
+                (Phase::Running, Phase::Draining | Phase::Stopping)
+                    | (Phase::Draining, Phase::Stopping)
+            );
+            if later {
+                *p = to;
+            }
+            later
+        });
+    }
+
+    /// Whether a drain or shutdown began.
+    pub fn draining(&self) -> bool {
+        *self.phase.borrow() != Phase::Running
+    }
+
+    /// Resolves once the phase is `phase` or later.
+    pub fn reached(&self, phase: Phase) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.phase.subscribe();
+        async move {
+            let _ = rx
+                .wait_for(|p| match phase {
+                    Phase::Running => true,
+                    Phase::Draining => *p != Phase::Running,
+                    Phase::Stopping => *p == Phase::Stopping,
+                })
+                .await;
+        }
     }
 }
 
@@ -220,6 +294,7 @@ pub struct Server {
     queue: bool,
     per_ip: u32,
     idle_timeout: Duration,
+    token_purge_every: Duration,
 }
 
 /// Why the server could not start.
@@ -236,6 +311,9 @@ pub enum StartError {
     /// The database could not be opened.
     #[error("cannot open the database: {0}")]
     Store(#[from] store::StoreError),
+    /// The configuration cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// The limiter or watchdog could not be set up.
     #[error("cannot set up admission: {0}")]
     Admission(String),
@@ -285,7 +363,14 @@ impl Server {
         let store = tokio::task::spawn_blocking(move || store::Store::open(&data, max_batch))
             .await
             .map_err(|e| StartError::Admission(e.to_string()))??;
-        let chat = Chat::new(Arc::new(store), config.token_ttl, config.argon2_m_cost)?;
+        let chat = Chat::new(
+            Arc::new(store),
+            ChatOptions {
+                token_ttl: config.token_ttl,
+                argon2_m_cost: config.argon2_m_cost,
+                max_hashes: config.max_hashes,
+            },
+        )?;
         let max = config.max_connections.max(1);
         let chat_limiter = Limiter::builder()
             .capacity(max)
@@ -297,7 +382,13 @@ impl Server {
             .map_err(|e| StartError::Admission(e.to_string()))?;
         let status_limiter = Limiter::builder()
             .capacity(STATUS_CAPACITY)
+            .reserve(STATUS_RESERVE)
             .name("status")
+            .build()
+            .map_err(|e| StartError::Admission(e.to_string()))?;
+        let events_limiter = Limiter::builder()
+            .capacity(status::MAX_EVENT_STREAMS)
+            .name("events")
             .build()
             .map_err(|e| StartError::Admission(e.to_string()))?;
         let app = Arc::new(App {
@@ -308,9 +399,8 @@ impl Server {
             fault_injection: config.fault_injection,
             started: Instant::now(),
             recorder: metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder(),
-            goodbye: watch::Sender::new(false),
-            shutdown: watch::Sender::new(false),
-            draining: AtomicBool::new(false),
+            phase: watch::Sender::new(Phase::Running),
+            events_limiter,
         });
         Ok(Server {
             app,
@@ -319,6 +409,7 @@ impl Server {
             queue: config.queue > 0,
             per_ip: config.per_ip.max(1),
             idle_timeout: config.idle_timeout,
+            token_purge_every: config.token_purge_every.max(Duration::from_millis(10)),
         })
     }
 
@@ -361,7 +452,22 @@ impl Server {
         )
         .map_err(|e| StartError::Admission(format!("watchdog: {e}")))?;
 
-        let (stop_tx, stop) = watch::channel(false);
+        // Expired tokens are deleted, not kept: once at start, then
+        // regularly.
+        let purge = tokio::spawn({
+            let chat = app.chat.clone();
+            let every = self.token_purge_every;
+            async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = chat.purge_expired_tokens().await {
+                        tracing::warn!("cannot delete expired tokens: {e}");
+                    }
+                }
+            }
+        });
+
         let (http, tcp, status) = self.listeners;
         // One per-address budget for HTTP/WebSocket and TCP alike, sized for
         // every connection that can hold a share at once: those admitted and
@@ -393,12 +499,11 @@ impl Server {
             .goodbye_window(GOODBYE_WINDOW)
             .drain_timeout(SHUTDOWN_GRACE);
         http_server.builder_mut().http1().max_buf_size(64 * 1024);
-        let http_stop = {
-            let mut rx = stop.clone();
-            async move { until_true(&mut rx).await }
-        };
-        let http_task =
-            tokio::spawn(http_server.serve(http_listener, api::router(app.clone()), http_stop));
+        let http_task = tokio::spawn(http_server.serve(
+            http_listener,
+            api::router(app.clone()),
+            app.reached(Phase::Stopping),
+        ));
 
         // The TCP listener is admit-tcp's: refusals get `BUSY retry-after=N`
         // written off the accept loop, EMFILE is backed off, and the stream
@@ -418,33 +523,35 @@ impl Server {
         let tcp_task = tokio::spawn(tcp::accept_loop(
             tcp,
             app.chat.clone(),
-            app.goodbye.clone(),
-            stop.clone(),
+            app.phase.subscribe(),
         ));
         // The status listener is served by admit-hyper too: its own small
         // limiter, 503 + Retry-After when that is full, a header timeout,
-        // and a bounded drain at shutdown. It follows shutdown, not drain:
-        // after `POST /admin/drain` it must keep answering.
+        // and a bounded drain at shutdown. It stops at `Stopping`, not at
+        // `Draining`: after `POST /admin/drain` it must keep answering.
+        // Anonymous clients cannot starve it: a few connections per
+        // address, a cap on live `/events` streams (in the router), and
+        // the limiter's reserve kept for `/health`, `/metrics` and `/admin`.
         let status_listener = admit_hyper::listener(app.status_limiter.clone())
             .retry_after(retry_after)
+            .per_ip(STATUS_PER_IP)
             .from_tokio(status);
-        let status_stop = {
-            let mut rx = app.shutdown.subscribe();
-            async move { until_true(&mut rx).await }
-        };
         let status_task = tokio::spawn(
             admit_hyper::Server::new()
                 .http1_only()
                 .header_timeout(api::HEADER_TIMEOUT)
                 .drain_timeout(Duration::from_secs(3))
-                .serve(status_listener, status::router(app.clone()), status_stop),
+                .serve(
+                    status_listener,
+                    status::router(app.clone()),
+                    app.reached(Phase::Stopping),
+                ),
         );
 
         shutdown.await;
         tracing::info!("shutting down: closing listeners and saying goodbye to clients");
-        stop_tx.send_replace(true);
-        app.begin_drain();
-        app.shutdown.send_replace(true);
+        app.advance(Phase::Stopping);
+        purge.abort();
         let _ = tcp_task.await;
         // The HTTP server, chat clients and the status listener drain side
         // by side, each within its own deadline, so the whole shutdown stays
@@ -490,11 +597,4 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
     Server::bind(config).await?.run(shutdown).await
-}
-
-/// Resolves once a `watch` flag is true (or its sender is gone). The
-/// borrow `wait_for` returns is dropped here, so callers can hold this
-/// across `.await`s in `Send` futures.
-pub async fn until_true(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await;
 }

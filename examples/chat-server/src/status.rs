@@ -10,16 +10,17 @@
 //! * `GET /metrics` — Prometheus text, rendered from fresh snapshots.
 //! * `GET /status` — the human status page.
 //! * `GET /events` — server-sent events: one `health` event carrying the
-//!   `/health` JSON every 500 ms, for the status page's live view.
+//!   `/health` JSON every 500 ms, for the status page's live view; at most
+//!   [`MAX_EVENT_STREAMS`] at once (503 beyond), each holding a permit of
+//!   its own `events` limiter for as long as it streams.
 //! * `POST /admin/*` — with `Authorization: Bearer <admin token>`; 404 when
 //!   the server has no admin token, 401 when the token is wrong.
 
-use crate::api::{bearer, body_bytes, ApiError};
+use crate::api::{asset, bearer, harden, ApiError, JsonBody};
 use crate::protocol::http::{decode_capacity, decode_fault, decode_revoke, Fault};
 use crate::protocol::ProtoError;
-use crate::App;
-use admit::{HealthState, Snapshot};
-use axum::body::Body;
+use crate::{App, Phase};
+use admit::{Cause, HealthState, Snapshot};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -33,6 +34,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const STATUS_HTML: &str = include_str!("../assets/status.html");
+const STATUS_JS: &str = include_str!("../assets/status.js");
+const STATUS_CSS: &str = include_str!("../assets/status.css");
+
+/// Live `/events` streams at once.
+pub const MAX_EVENT_STREAMS: u32 = 32;
 
 /// How often `/events` pushes the health JSON.
 pub const EVENTS_EVERY: Duration = Duration::from_millis(500);
@@ -42,8 +48,11 @@ pub const EVENTS_EVERY: Duration = Duration::from_millis(500);
 pub struct HealthReport {
     /// `healthy`, `saturated`, `degraded` or `draining`.
     pub status: &'static str,
-    /// Why it is degraded, if it is.
-    pub cause: Option<admit::Cause>,
+    /// Why it is degraded, if it is: the chat limiter's cause (`stalled`,
+    /// `leaking`, `watchdog_silent`) or `store`.
+    pub cause: Option<&'static str>,
+    /// The database's health.
+    pub store: StoreReport,
     /// Snapshots of the `chat` and `status` limiters.
     pub limiters: Limiters,
     /// The chat limiter's watchdog.
@@ -52,6 +61,24 @@ pub struct HealthReport {
     pub uptime_s: u64,
     /// Chat figures beyond the limiter's.
     pub chat: ChatReport,
+}
+
+/// The database's health: whether writes can be trusted to it now.
+#[derive(Debug, Serialize)]
+pub struct StoreReport {
+    /// Whether the last batch committed and the file is the one opened.
+    pub ok: bool,
+    /// The last failure seen, if any.
+    pub last_error: Option<String>,
+}
+
+/// The name `/health` gives a limiter's cause.
+fn cause_name(cause: Cause) -> &'static str {
+    match cause {
+        Cause::Stalled => "stalled",
+        Cause::Leaking => "leaking",
+        Cause::WatchdogSilent => "watchdog_silent",
+    }
 }
 
 /// Both limiters' snapshots.
@@ -87,9 +114,16 @@ pub struct ChatReport {
 pub fn health_report(app: &App) -> (StatusCode, HealthReport) {
     let chat = app.chat_limiter.health().snapshot();
     let status = app.status_limiter.health().snapshot();
-    let draining = app.draining.load(Ordering::Acquire);
+    let draining = app.draining();
+    let store = app.chat.store.health();
+    let store = StoreReport {
+        ok: store.ok(),
+        last_error: store.last_error(),
+    };
     let (label, code) = match chat.state {
         _ if draining => ("draining", StatusCode::SERVICE_UNAVAILABLE),
+        // A server that cannot store is not serving, whatever its limiter.
+        _ if !store.ok => ("degraded", StatusCode::SERVICE_UNAVAILABLE),
         HealthState::Healthy => ("healthy", StatusCode::OK),
         HealthState::Saturated => ("saturated", StatusCode::OK),
         HealthState::Degraded(_) => ("degraded", StatusCode::SERVICE_UNAVAILABLE),
@@ -97,9 +131,16 @@ pub fn health_report(app: &App) -> (StatusCode, HealthReport) {
             ("draining", StatusCode::SERVICE_UNAVAILABLE)
         }
     };
+    let cause = match chat.state.cause() {
+        _ if draining => None,
+        Some(cause) => Some(cause_name(cause)),
+        None if !store.ok => Some("store"),
+        None => None,
+    };
     let report = HealthReport {
         status: label,
-        cause: chat.state.cause(),
+        cause,
+        store,
         watchdog: WatchdogReport {
             alive: chat.watchdog.alive,
             last_tick_ms: chat.watchdog.last_tick_ms,
@@ -117,17 +158,26 @@ pub fn health_report(app: &App) -> (StatusCode, HealthReport) {
 
 /// The status router.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/status", get(|| async { Html(STATUS_HTML) }))
-        .route("/events", get(events))
-        .route("/admin/capacity", post(set_capacity))
-        .route("/admin/drain", post(drain))
-        .route("/admin/revoke", post(revoke))
-        .route("/admin/faults", post(faults))
-        .fallback(|| async { ApiError(ProtoError::new("not_found", "no such endpoint")) })
-        .with_state(app)
+    harden(
+        Router::new()
+            .route("/health", get(health))
+            .route("/metrics", get(metrics))
+            .route("/status", get(|| async { Html(STATUS_HTML) }))
+            .route(
+                "/status.js",
+                get(|| async { asset("text/javascript; charset=utf-8", STATUS_JS) }),
+            )
+            .route(
+                "/status.css",
+                get(|| async { asset("text/css; charset=utf-8", STATUS_CSS) }),
+            )
+            .route("/events", get(events))
+            .route("/admin/capacity", post(set_capacity))
+            .route("/admin/drain", post(drain))
+            .route("/admin/revoke", post(revoke))
+            .route("/admin/faults", post(faults)),
+    )
+    .with_state(app)
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {
@@ -157,30 +207,42 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
-async fn events(State(app): State<Arc<App>>) -> Response {
-    let goodbye = app.shutdown.subscribe();
+async fn events(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    // The stream holds its permit for as long as it lives.
+    let permit = app.events_limiter.try_acquire().map_err(|_| {
+        ProtoError::new(
+            "unavailable",
+            format!("at most {MAX_EVENT_STREAMS} live streams at once; poll /health instead"),
+        )
+        .retry_after(Duration::from_secs(crate::RETRY_AFTER_SECS.into()))
+    })?;
+    let stopping = app.phase.subscribe();
     let stream = futures::stream::unfold(
-        (app, goodbye, true),
-        |(app, mut goodbye, first)| async move {
+        (app, stopping, permit, true),
+        |(app, mut stopping, permit, first)| async move {
             if !first {
                 tokio::select! {
                     _ = tokio::time::sleep(EVENTS_EVERY) => {}
                     // End the stream on shutdown so the connection can close.
-                    _ = crate::until_true(&mut goodbye) => return None,
+                    _ = stopping.wait_for(|p| *p == Phase::Stopping) => return None,
                 }
             }
-            if *goodbye.borrow() {
+            if *stopping.borrow() == Phase::Stopping {
                 return None;
             }
+            permit.touch();
             let (_, report) = health_report(&app);
             let data = serde_json::to_string(&report).unwrap_or_default();
             let ev = Event::default().event("health").data(data);
-            Some((Ok::<_, std::convert::Infallible>(ev), (app, goodbye, false)))
+            Some((
+                Ok::<_, std::convert::Infallible>(ev),
+                (app, stopping, permit, false),
+            ))
         },
     );
-    Sse::new(stream)
+    Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response())
 }
 
 /// Extractor guarding the admin endpoints.
@@ -201,7 +263,16 @@ impl FromRequestParts<Arc<App>> for Admin {
             )));
         };
         match bearer(parts) {
-            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(Admin),
+            // Compared without an early exit, so response time says
+            // nothing about how much of the token matched.
+            Some(t)
+                if bool::from(subtle::ConstantTimeEq::ct_eq(
+                    t.as_bytes(),
+                    expected.as_bytes(),
+                )) =>
+            {
+                Ok(Admin)
+            }
             _ => Err(ApiError(ProtoError::new(
                 "unauthorized",
                 "admin token required",
@@ -210,18 +281,12 @@ impl FromRequestParts<Arc<App>> for Admin {
     }
 }
 
-/// Compares without an early exit, so response time says nothing about
-/// how much of the token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn set_capacity(
     State(app): State<Arc<App>>,
     _: Admin,
-    body: Body,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let c = decode_capacity(&body_bytes(body).await?)?;
+    let c = decode_capacity(&body)?;
     app.chat_limiter
         .set_capacity(c.capacity)
         .map_err(|e| ProtoError::bad_request(e.to_string()))?;
@@ -235,8 +300,12 @@ async fn drain(State(app): State<Arc<App>>, _: Admin) -> StatusCode {
     StatusCode::ACCEPTED
 }
 
-async fn revoke(State(app): State<Arc<App>>, _: Admin, body: Body) -> Result<Response, ApiError> {
-    let r = decode_revoke(&body_bytes(body).await?)?;
+async fn revoke(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let r = decode_revoke(&body)?;
     let n = app
         .chat_limiter
         .revoke_idle(Duration::from_millis(r.idle_ms));
@@ -251,7 +320,7 @@ async fn revoke(State(app): State<Arc<App>>, _: Admin, body: Body) -> Result<Res
 async fn faults(
     State(app): State<Arc<App>>,
     admin: Result<Admin, ApiError>,
-    body: Body,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<Response, ApiError> {
     // Without --fault-injection the endpoint does not exist at all.
     if !app.fault_injection {
@@ -261,7 +330,8 @@ async fn faults(
         )));
     }
     admin?;
-    let f = decode_fault(&body_bytes(body).await?)?;
+    let JsonBody(body) = body?;
+    let f = decode_fault(&body)?;
     let faults = app.chat_limiter.faults();
     let body = match f {
         Fault::Leak { permits } => {

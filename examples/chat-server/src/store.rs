@@ -16,17 +16,39 @@
 //!
 //! Reads (token checks, history, password hashes) use separate connections,
 //! which WAL lets run beside the writer without blocking it.
+//!
+//! ## Telling the truth about the disk
+//!
+//! The store keeps its own health ([`StoreHealth`]): a write or commit that
+//! the database refuses, or a database file that is gone or was replaced
+//! under the server (its device and inode no longer match the file opened at
+//! start), marks it failed, and every write is then answered with an error
+//! instead of an ack. The writer checks the file's identity before each
+//! batch and, when idle, every [`IDENTITY_CHECK_EVERY`]: one `stat` call.
+//!
+//! ## Schema versions
+//!
+//! `PRAGMA user_version` says which [`MIGRATIONS`] a database has had; at
+//! start the missing ones run in order, each in its own transaction, so a
+//! database written by an older server is brought forward in place.
 
 use crate::protocol::ws::Msg;
 use rusqlite::{params, Connection, OptionalExtension};
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Most writes applied in one transaction.
 pub const MAX_BATCH: usize = 1024;
+/// Rooms one user may own.
+pub const ROOM_QUOTA: i64 = 100;
+/// How often an idle writer checks that the database file is still the one
+/// it opened.
+pub const IDENTITY_CHECK_EVERY: Duration = Duration::from_secs(1);
 const READERS: usize = 2;
 
 /// Why a store operation failed.
@@ -35,6 +57,15 @@ pub enum StoreError {
     /// A unique name is already in use.
     #[error("already exists")]
     Exists,
+    /// The user already owns [`ROOM_QUOTA`] rooms.
+    #[error("room quota reached")]
+    Quota,
+    /// The store is failed (see [`StoreHealth`]); nothing was written.
+    #[error("the store is failing: {0}")]
+    Failed(String),
+    /// The data directory or database file could not be prepared.
+    #[error("{0}")]
+    Io(String),
     /// The database failed; the operation did not happen.
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
@@ -50,7 +81,8 @@ pub struct Posted {
     pub id: i64,
     /// Commit time, RFC 3339.
     pub ts: String,
-    /// The same user already sent this `client_id`: nothing was stored.
+    /// The same user already sent this `client_id` in this room: nothing
+    /// was stored.
     pub duplicate: bool,
 }
 
@@ -97,6 +129,14 @@ enum Write {
         user: i64,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    DeleteToken {
+        token_hash: String,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    PurgeTokens {
+        now: i64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     Post {
         room: i64,
         user: i64,
@@ -107,6 +147,62 @@ enum Write {
     Shutdown,
 }
 
+/// Whether the store can be trusted with a write right now, and the last
+/// thing that went wrong. Shared by the writer thread (which sets it) and
+/// `/health` (which reports it).
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    failed: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl StoreHealth {
+    /// Whether the last batch committed and the database file is the one
+    /// opened at start.
+    pub fn ok(&self) -> bool {
+        !self.failed.load(Ordering::Acquire)
+    }
+
+    /// The last failure seen, if any (kept after recovery, for the record).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn fail(&self, what: String) {
+        // Log once per failure episode, not once per write.
+        if !self.failed.swap(true, Ordering::AcqRel) {
+            tracing::error!("store failed: {what}; writes are refused until it recovers");
+        }
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(what);
+    }
+
+    fn recover(&self) {
+        if self.failed.swap(false, Ordering::AcqRel) {
+            tracing::warn!("store recovered: a batch committed again");
+        }
+    }
+}
+
+/// The identity of the database file: if it changes, the file was deleted
+/// or replaced under the server, and whatever the writer commits goes to a
+/// file nobody will open again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    let m = std::fs::metadata(path)?;
+    Ok(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
 /// Handle to the database; cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Store {
@@ -114,6 +210,54 @@ pub struct Store {
     thread: Mutex<Option<JoinHandle<()>>>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    health: Arc<StoreHealth>,
+}
+
+/// Creates the data directory owner-only (0700), or narrows an existing
+/// one, and creates the database file owner-only (0600), or narrows it:
+/// the file holds password hashes and the history of private rooms.
+fn prepare_files(dir: &Path) -> Result<PathBuf, StoreError> {
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        StoreError::Io(format!("cannot {what} {}: {e}", p.display()))
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io("create", dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| io("restrict", dir, e))?;
+    let path = dir.join("chat.db");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| io("create", &path, e))?;
+    restrict_files(&path)?;
+    Ok(path)
+}
+
+/// Narrows the database file and its WAL companions to 0600. SQLite gives
+/// the companions the database file's mode when it creates them, but files
+/// left by an older server keep whatever mode they had.
+fn restrict_files(path: &Path) -> Result<(), StoreError> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = PathBuf::from(p);
+        match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::Io(format!(
+                    "cannot restrict {}: {e}",
+                    p.display()
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -127,6 +271,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// The first schema. Never edited: later changes are [`MIGRATIONS`].
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY,
@@ -161,6 +306,49 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_room ON messages(room_id, id);
 INSERT OR IGNORE INTO rooms (name, private, owner) VALUES ('general', 0, NULL);
 ";
+
+/// Schema changes after [`SCHEMA`], in order; database version `n` has had
+/// the first `n`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: `client_id` is unique per (user, room), not per user: the same id in
+    // another room is another message. SQLite cannot change a table's
+    // constraints, so the table is rebuilt; ids are copied as they are.
+    "CREATE TABLE messages_v1 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        room_id INTEGER NOT NULL REFERENCES rooms(id),
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        client_id TEXT NOT NULL,
+        text TEXT NOT NULL,
+        ts TEXT NOT NULL,
+        UNIQUE (user_id, room_id, client_id)
+    );
+    INSERT INTO messages_v1 (id, room_id, user_id, client_id, text, ts)
+        SELECT id, room_id, user_id, client_id, text, ts FROM messages ORDER BY id;
+    DROP TABLE messages;
+    ALTER TABLE messages_v1 RENAME TO messages;
+    CREATE INDEX messages_room ON messages(room_id, id);",
+    // 2: names are one name whatever their case. Lookups and the uniqueness
+    // check use NOCASE; the index makes them fast. (Not UNIQUE: a database
+    // from before may hold `alice` and `Alice`; both keep working, the older
+    // one answers to the name, and no new pair can be made.)
+    "CREATE INDEX users_name_nocase ON users(name COLLATE NOCASE);
+    CREATE INDEX tokens_expires ON tokens(expires);
+    CREATE INDEX rooms_owner ON rooms(owner);",
+];
+
+/// Brings a database to the current schema.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+        tracing::info!("database migrated to schema version {}", i + 1);
+    }
+    Ok(())
+}
 
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
@@ -201,34 +389,40 @@ impl Store {
     /// [`MAX_BATCH`]); 1 turns group commit off, for comparison.
     pub fn open(dir: &Path, max_batch: usize) -> Result<Store, StoreError> {
         let max_batch = max_batch.clamp(1, MAX_BATCH);
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Db(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                Some(format!("cannot create {}: {e}", dir.display())),
-            ))
-        })?;
-        let path = dir.join("chat.db");
-        let conn = open(&path)?;
-        conn.execute_batch(SCHEMA)?;
+        let path = prepare_files(dir)?;
+        let mut conn = open(&path)?;
+        migrate(&mut conn)?;
         let readers = (0..READERS)
             .map(|_| open(&path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
+        restrict_files(&path)?;
+        let id = file_id(&path)
+            .map_err(|e| StoreError::Io(format!("cannot stat {}: {e}", path.display())))?;
+        let health = Arc::new(StoreHealth::default());
         let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            conn,
+            path,
+            id,
+            health: health.clone(),
+            max_batch,
+        };
         let thread = std::thread::Builder::new()
             .name("chat-db-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_batch))
-            .map_err(|e| {
-                StoreError::Db(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-                    Some(format!("cannot start writer thread: {e}")),
-                ))
-            })?;
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Io(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             readers,
             next_reader: AtomicUsize::new(0),
+            health,
         })
+    }
+
+    /// The store's own health.
+    pub fn health(&self) -> &StoreHealth {
+        &self.health
     }
 
     /// Hands a write to the writer thread; after shutdown it is failed
@@ -243,7 +437,7 @@ impl Store {
             None => w,
         };
         drop(guard);
-        fail(w);
+        fail(w, StoreError::Closed);
         Err(StoreError::Closed)
     }
 
@@ -311,6 +505,17 @@ impl Store {
     pub async fn add_member(&self, room: i64, user: i64) -> Result<(), StoreError> {
         self.call(|reply| Write::AddMember { room, user, reply })
             .await
+    }
+
+    /// Deletes a token (logout); deleting an unknown one is not an error.
+    pub async fn delete_token(&self, token_hash: String) -> Result<(), StoreError> {
+        self.call(|reply| Write::DeleteToken { token_hash, reply })
+            .await
+    }
+
+    /// Deletes every token that expired at or before `now` (unix seconds).
+    pub async fn purge_tokens(&self, now: i64) -> Result<(), StoreError> {
+        self.call(|reply| Write::PurgeTokens { now, reply }).await
     }
 
     /// Queues a message; `done` runs on the writer thread after the commit.
@@ -403,14 +608,16 @@ pub fn user_by_token(
 
 /// A user's id and password hash.
 pub fn credentials(conn: &Connection, name: &str) -> rusqlite::Result<Option<(i64, String)>> {
-    conn.prepare_cached("SELECT id, pw_hash FROM users WHERE name = ?1")?
-        .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
+    conn.prepare_cached(
+        "SELECT id, pw_hash FROM users WHERE name = ?1 COLLATE NOCASE ORDER BY id LIMIT 1",
+    )?
+    .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
 }
 
 /// A user's id by name.
 pub fn user_id(conn: &Connection, name: &str) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached("SELECT id FROM users WHERE name = ?1")?
+    conn.prepare_cached("SELECT id FROM users WHERE name = ?1 COLLATE NOCASE ORDER BY id LIMIT 1")?
         .query_row([name], |r| r.get(0))
         .optional()
 }
@@ -455,38 +662,98 @@ enum Pending {
     Post(OnCommit, Result<Posted, StoreError>),
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Write>, max_batch: usize) {
-    let mut batch = Vec::with_capacity(max_batch);
-    loop {
-        let Ok(first) = rx.recv() else { return };
-        batch.push(first);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
+/// The writer thread's state: the one connection that writes.
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    /// The database file's identity when it was opened.
+    id: FileId,
+    health: Arc<StoreHealth>,
+    max_batch: usize,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Write>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        loop {
+            let first = match rx.recv_timeout(IDENTITY_CHECK_EVERY) {
+                Ok(w) => w,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Idle: still notice a file deleted or replaced, so
+                    // `/health` says so before the next write is lost.
+                    let _ = self.check_file();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+            if self.apply(&mut batch) {
+                return;
             }
         }
-        let stop = apply_batch(&mut conn, &mut batch);
-        if stop {
-            return;
+    }
+
+    /// Whether the database file is still the one opened at start. A
+    /// deleted or replaced file fails the store for good: the writer's
+    /// connection would go on committing to an unlinked inode.
+    fn check_file(&self) -> Result<(), String> {
+        let problem = match file_id(&self.path) {
+            Ok(id) if id == self.id => return Ok(()),
+            Ok(_) => format!(
+                "the database file {} was replaced under the server; restart it",
+                self.path.display()
+            ),
+            Err(e) => format!(
+                "the database file {} is gone ({e}); restart the server",
+                self.path.display()
+            ),
+        };
+        self.health.fail(problem.clone());
+        Err(problem)
+    }
+
+    /// Applies a batch in one transaction and answers every caller after the
+    /// commit. Returns whether a shutdown was requested.
+    fn apply(&mut self, batch: &mut Vec<Write>) -> bool {
+        if let Err(problem) = self.check_file() {
+            let stop = batch.iter().any(|w| matches!(w, Write::Shutdown));
+            for w in batch.drain(..) {
+                fail(w, StoreError::Failed(problem.clone()));
+            }
+            return stop;
         }
+        let health = self.health.clone();
+        let (stop, outcome) = apply_batch(&mut self.conn, batch);
+        match outcome {
+            Ok(()) => health.recover(),
+            Err(e) => health.fail(e),
+        }
+        stop
     }
 }
 
 /// Applies a batch in one transaction and answers every caller after the
-/// commit. Returns whether a shutdown was requested.
-fn apply_batch(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
+/// commit. Returns whether a shutdown was requested, and the database error
+/// that failed the batch or one of its writes, if any.
+fn apply_batch(conn: &mut Connection, batch: &mut Vec<Write>) -> (bool, Result<(), String>) {
     let mut stop = false;
     let mut pending = Vec::with_capacity(batch.len());
+    let mut db_error = None;
     let ts = now_rfc3339();
     let tx = match conn.transaction() {
         Ok(tx) => tx,
         Err(e) => {
-            tracing::error!("cannot begin a transaction: {e}");
+            let what = format!("cannot begin a transaction: {e}");
             for w in batch.drain(..) {
-                fail(w);
+                fail(w, StoreError::Failed(what.clone()));
             }
-            return false;
+            return (false, Err(what));
         }
     };
     for w in batch.drain(..) {
@@ -499,12 +766,16 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
                 expires,
                 reply,
             } => {
-                let r = tx
-                    .execute(
-                        "INSERT INTO users (name, pw_hash) VALUES (?1, ?2)",
-                        params![name, pw_hash],
-                    )
-                    .map_err(exists_or_db)
+                // The writer is the only one inserting, so this check and
+                // the insert cannot race.
+                let r = name_free(&tx, &name)
+                    .and_then(|()| {
+                        tx.execute(
+                            "INSERT INTO users (name, pw_hash) VALUES (?1, ?2)",
+                            params![name, pw_hash],
+                        )
+                        .map_err(exists_or_db)
+                    })
                     .and_then(|_| {
                         let id = tx.last_insert_rowid();
                         insert_token(&tx, &token_hash, id, expires)?;
@@ -527,12 +798,14 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
                 owner,
                 reply,
             } => {
-                let r = tx
-                    .execute(
-                        "INSERT INTO rooms (name, private, owner) VALUES (?1, ?2, ?3)",
-                        params![name, private as i64, owner],
-                    )
-                    .map_err(exists_or_db)
+                let r = within_quota(&tx, owner)
+                    .and_then(|()| {
+                        tx.execute(
+                            "INSERT INTO rooms (name, private, owner) VALUES (?1, ?2, ?3)",
+                            params![name, private as i64, owner],
+                        )
+                        .map_err(exists_or_db)
+                    })
                     .and_then(|_| {
                         let id = tx.last_insert_rowid();
                         tx.execute(
@@ -553,6 +826,24 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
                     .map_err(StoreError::from);
                 pending.push(Pending::Unit(reply, r));
             }
+            Write::DeleteToken { token_hash, reply } => {
+                let r = tx
+                    .execute("DELETE FROM tokens WHERE hash = ?1", [token_hash])
+                    .map(|_| ())
+                    .map_err(StoreError::from);
+                pending.push(Pending::Unit(reply, r));
+            }
+            Write::PurgeTokens { now, reply } => {
+                let r = tx
+                    .execute("DELETE FROM tokens WHERE expires <= ?1", [now])
+                    .map(|n| {
+                        if n > 0 {
+                            tracing::info!(deleted = n, "expired tokens deleted");
+                        }
+                    })
+                    .map_err(StoreError::from);
+                pending.push(Pending::Unit(reply, r));
+            }
             Write::Post {
                 room,
                 user,
@@ -565,37 +856,96 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Write>) -> bool {
             }
         }
     }
+    for p in &pending {
+        if let Some(StoreError::Db(e)) = p.error() {
+            db_error.get_or_insert_with(|| format!("a write failed: {e}"));
+        }
+    }
     // Nobody hears "done" before the commit returns: that is the durability
     // promise behind every ack.
-    let committed = tx.commit();
-    if let Err(e) = &committed {
-        tracing::error!("commit failed, {} writes lost: {e}", pending.len());
+    let committed = tx.commit().map_err(|e| {
+        let what = format!("commit failed, {} writes lost: {e}", pending.len());
+        tracing::error!("{what}");
+        what
+    });
+    fn failed<T>(
+        committed: &Result<(), String>,
+        r: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match committed {
+            Ok(()) => r,
+            Err(what) => Err(StoreError::Failed(what.clone())),
+        }
     }
     for p in pending {
-        let ok = committed.is_ok();
         match p {
             Pending::Id(reply, r) => {
-                let _ = reply.send(if ok { r } else { Err(StoreError::Closed) });
+                let _ = reply.send(failed(&committed, r));
             }
             Pending::Unit(reply, r) => {
-                let _ = reply.send(if ok { r } else { Err(StoreError::Closed) });
+                let _ = reply.send(failed(&committed, r));
             }
-            Pending::Post(done, r) => done(if ok { r } else { Err(StoreError::Closed) }),
+            Pending::Post(done, r) => done(failed(&committed, r)),
         }
     }
-    stop
+    let outcome = match (committed, db_error) {
+        (Err(what), _) | (Ok(()), Some(what)) => Err(what),
+        (Ok(()), None) => Ok(()),
+    };
+    (stop, outcome)
 }
 
-fn fail(w: Write) {
+impl Pending {
+    fn error(&self) -> Option<&StoreError> {
+        match self {
+            Pending::Id(_, Err(e)) | Pending::Unit(_, Err(e)) | Pending::Post(_, Err(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Answers a write that will not be applied.
+fn fail(w: Write, e: StoreError) {
+    let e = || match &e {
+        StoreError::Failed(what) => StoreError::Failed(what.clone()),
+        _ => StoreError::Closed,
+    };
     match w {
         Write::Register { reply, .. } | Write::CreateRoom { reply, .. } => {
-            let _ = reply.send(Err(StoreError::Closed));
+            let _ = reply.send(Err(e()));
         }
-        Write::AddToken { reply, .. } | Write::AddMember { reply, .. } => {
-            let _ = reply.send(Err(StoreError::Closed));
+        Write::AddToken { reply, .. }
+        | Write::AddMember { reply, .. }
+        | Write::DeleteToken { reply, .. }
+        | Write::PurgeTokens { reply, .. } => {
+            let _ = reply.send(Err(e()));
         }
-        Write::Post { done, .. } => done(Err(StoreError::Closed)),
+        Write::Post { done, .. } => done(Err(e())),
         Write::Shutdown => {}
+    }
+}
+
+/// `Exists` if a user of that name, in any case, is already registered.
+fn name_free(tx: &rusqlite::Transaction<'_>, name: &str) -> Result<(), StoreError> {
+    let taken = tx
+        .prepare_cached("SELECT 1 FROM users WHERE name = ?1 COLLATE NOCASE LIMIT 1")?
+        .exists([name])?;
+    if taken {
+        Err(StoreError::Exists)
+    } else {
+        Ok(())
+    }
+}
+
+/// `Quota` if `owner` already owns [`ROOM_QUOTA`] rooms.
+fn within_quota(tx: &rusqlite::Transaction<'_>, owner: i64) -> Result<(), StoreError> {
+    let owned: i64 = tx
+        .prepare_cached("SELECT COUNT(*) FROM rooms WHERE owner = ?1")?
+        .query_row([owner], |r| r.get(0))?;
+    if owned >= ROOM_QUOTA {
+        Err(StoreError::Quota)
+    } else {
+        Ok(())
     }
 }
 
@@ -610,8 +960,12 @@ fn post(
     // The idempotence check runs inside the same transaction as the insert,
     // so two resends in one batch still store one message.
     let existing: Option<(i64, String)> = tx
-        .prepare_cached("SELECT id, ts FROM messages WHERE user_id = ?1 AND client_id = ?2")?
-        .query_row(params![user, client_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .prepare_cached(
+            "SELECT id, ts FROM messages WHERE user_id = ?1 AND room_id = ?2 AND client_id = ?3",
+        )?
+        .query_row(params![user, room, client_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?;
     if let Some((id, ts)) = existing {
         return Ok(Posted {

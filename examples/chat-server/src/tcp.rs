@@ -1,212 +1,175 @@
-//! One raw TCP line-protocol connection.
+//! One raw TCP line-protocol connection: framing and its select loop.
 //!
 //! Like the WebSocket side, one task owns the socket and selects over the
-//! client's bytes, the outbox, revocation and the server's goodbye. Input
-//! goes through [`LineFramer`] (bounded memory, over-long lines refused
-//! without being buffered) and [`parse_line`].
+//! client's lines and the session's events (pushes, lag, logout, the auth
+//! deadline, the server going away). Input is cut by [`LineFramer`]
+//! (bounded memory, over-long lines refused without being buffered) and
+//! parsed by [`parse_line`]; what a command means is the session's business
+//! ([`crate::session`]).
 
-use crate::chat::{Chat, Session};
-use crate::hub::{Outbox, Push, SEND_WINDOW};
-use crate::protocol::tcp::{
-    format_msg, parse_line, Command, Frame, LineFramer, GREETING, MAX_LINE,
-};
+use crate::chat::Chat;
+use crate::hub::Push;
+use crate::protocol::tcp::{format_msg, parse_line, too_long, Frame, LineFramer, GREETING};
 use crate::protocol::ProtoError;
+use crate::session::{Event, Reply, Session};
+use crate::Phase;
 use admit_tcp::{AdmitListener, Admitted};
+use futures::StreamExt;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
+use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+use tokio_util::codec::FramedRead;
 
 type Io = Admitted<TcpStream>;
+type Writer = WriteHalf<Io>;
 
-/// Accepts admitted connections until `stop` turns true, one task each.
+/// How long one write may wait for a client that does not read; past it
+/// the connection is given up rather than left pinned forever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts admitted connections until the server stops, one task each.
 pub async fn accept_loop(
     mut listener: AdmitListener,
     chat: Arc<Chat>,
-    goodbye: watch::Sender<bool>,
-    mut stop: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
 ) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = crate::until_true(&mut stop) => return,
+            _ = phase.wait_for(|p| *p == Phase::Stopping) => return,
         };
         match accepted {
             Ok((io, _peer)) => {
-                tokio::spawn(run(io, chat.clone(), goodbye.subscribe()));
+                let session = Session::new(chat.clone(), phase.clone());
+                tokio::spawn(run(io, session));
             }
             Err(e) => {
                 // admit-tcp already backs off on descriptor exhaustion;
                 // anything it returns is worth a log line and a pause.
                 tracing::warn!("tcp accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 }
 
-async fn line(io: &mut Io, text: &str) -> bool {
-    let mut buf = Vec::with_capacity(text.len() + 1);
-    buf.extend_from_slice(text.as_bytes());
-    buf.push(b'\n');
-    write_all(io, &buf).await
-}
-
-/// How long one write may wait for a client that does not read; past it
-/// the connection is given up rather than left pinned forever.
-pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-async fn write_all(io: &mut Io, buf: &[u8]) -> bool {
+async fn write_all(w: &mut (impl AsyncWrite + Unpin), buf: &[u8]) -> bool {
     matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, io.write_all(buf)).await,
+        tokio::time::timeout(WRITE_TIMEOUT, w.write_all(buf)).await,
         Ok(Ok(()))
     )
 }
 
-async fn err(io: &mut Io, e: &ProtoError) -> bool {
+async fn line(w: &mut Writer, text: &str) -> bool {
+    let mut buf = Vec::with_capacity(text.len() + 1);
+    buf.extend_from_slice(text.as_bytes());
+    buf.push(b'\n');
+    write_all(w, &buf).await
+}
+
+async fn err(w: &mut Writer, e: &ProtoError) -> bool {
     // Messages are ours and single-line, but be safe.
     let msg = e.message.replace(['\n', '\r'], " ");
-    line(io, &format!("ERR {} {msg}", e.code)).await
-}
-
-struct Conn {
-    chat: Arc<Chat>,
-    session: Option<(Session, Arc<Outbox>)>,
-    joined: Vec<Arc<str>>,
-    /// Own messages sent and not yet acknowledged.
-    inflight: usize,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        if let Some((_, outbox)) = &self.session {
-            for room in self.joined.drain(..) {
-                self.chat.hub.leave(&room, outbox);
-            }
-        }
-    }
-}
-
-enum Next {
-    Continue,
-    Close,
+    line(w, &format!("ERR {} {msg}", e.code)).await
 }
 
 /// Runs a connection until it closes. The permit inside `io` keeps the
 /// connection's slot; when the watchdog revokes it, `io`'s reads end and
 /// the loop below ends with them.
-pub async fn run(mut io: Io, chat: Arc<Chat>, mut goodbye: watch::Receiver<bool>) {
-    if !line(&mut io, GREETING).await {
+pub async fn run(io: Io, mut session: Session) {
+    let (r, mut w) = tokio::io::split(io);
+    if !line(&mut w, GREETING).await {
         return;
     }
-    let mut conn = Conn {
-        chat,
-        session: None,
-        joined: Vec::new(),
-        inflight: 0,
-    };
-    let mut framer = LineFramer::new();
-    let mut inbox: Option<mpsc::Receiver<Push>> = None;
-    let mut buf = vec![0u8; MAX_LINE];
+    // The framer buffers what one read brought beyond the current line, so
+    // a pipelining client is read one command at a time and the send
+    // window is honoured between any two lines.
+    let mut lines = FramedRead::new(r, LineFramer::new());
     loop {
-        let outbox = conn.session.as_ref().map(|(_, o)| o.clone());
         tokio::select! {
-            _ = crate::until_true(&mut goodbye) => {
-                line(&mut io, "BYE").await;
-                break;
-            }
-            _ = lag(&outbox) => {
-                lagged(&mut io).await;
-                break;
-            }
-            Some(push) = async { match inbox.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
-                if push.settles_send() {
-                    conn.inflight = conn.inflight.saturating_sub(1);
-                }
-                // Race the write against the lag signal: a client that
-                // stopped reading must not pin this task forever.
-                // `pos` lives outside the write so that, if the write is
-                // abandoned mid-line, the error still starts on a new line.
-                let out = render_push(&push);
-                let mut pos = 0;
-                let sent = tokio::select! {
-                    ok = write_tracked(&mut io, out.as_bytes(), &mut pos) => ok,
-                    _ = lag(&outbox) => {
-                        if pos > 0 && pos < out.len() {
-                            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), io.write_all(b"\n")).await;
-                        }
-                        lagged(&mut io).await;
+            event = session.next_event() => match event {
+                Event::Push(push) => {
+                    if !deliver(&mut w, &mut session, &push).await {
                         break;
                     }
-                };
-                if !sent {
+                }
+                event => {
+                    ended(&mut w, event).await;
                     break;
                 }
-            }
-            n = io.read(&mut buf), if conn.inflight < SEND_WINDOW => {
-                let n = match n {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                framer.push(&buf[..n]);
-                let mut close = false;
-                while let Some(frame) = framer.next_frame() {
-                    // One read may carry many SAY lines: with the send
-                    // window full, deliver acks before taking the next line.
-                    while conn.inflight >= SEND_WINDOW {
-                        let Some(push) = inbox.as_mut() else { break };
-                        let Some(push) = push.recv().await else { break };
-                        if push.settles_send() {
-                            conn.inflight -= 1;
-                        }
-                        if !send_push(&mut io, &push).await {
-                            close = true;
+            },
+            frame = lines.next(), if session.reading() => {
+                let raw = match frame {
+                    Some(Ok(Frame::Line(raw))) => raw,
+                    Some(Ok(Frame::TooLong)) => {
+                        if !err(&mut w, &too_long()).await {
                             break;
                         }
+                        continue;
                     }
-                    if close {
+                    Some(Err(_)) | None => break,
+                };
+                let reply = match parse_line(&raw) {
+                    Ok(cmd) => session.handle(cmd).await,
+                    Err(e) => Err(e),
+                };
+                let ok = match reply {
+                    Ok(Reply::Bye) => {
+                        line(&mut w, "BYE").await;
                         break;
                     }
-                    let next = match frame {
-                        Frame::TooLong => {
-                            let ok = err(&mut io, &ProtoError::new("too_long", "lines are at most 4096 bytes")).await;
-                            if ok { Next::Continue } else { Next::Close }
-                        }
-                        Frame::Line(l) => conn.handle(&mut io, &l, &mut inbox).await,
-                    };
-                    if let Next::Close = next {
-                        close = true;
-                        break;
-                    }
-                }
-                if close {
+                    Ok(reply) => send_reply(&mut w, reply).await,
+                    Err(e) => err(&mut w, &e).await,
+                };
+                if !ok {
                     break;
                 }
             }
         }
     }
-    let _ = io.shutdown().await;
+    drop(session);
+    let _ = w.shutdown().await;
 }
 
-async fn lag(outbox: &Option<Arc<Outbox>>) {
-    match outbox {
-        Some(o) => o.lagged().await,
-        None => std::future::pending().await,
+/// Writes a push, racing the write against the session's endings: a
+/// client that stopped reading must not pin this task forever.
+async fn deliver(w: &mut Writer, session: &mut Session, push: &Push) -> bool {
+    let out = render_push(push);
+    // `pos` lives outside the write so that, if the write is abandoned
+    // mid-line, what follows still starts on a new line.
+    let mut pos = 0;
+    tokio::select! {
+        ok = write_tracked(w, out.as_bytes(), &mut pos) => ok,
+        event = session.closing() => {
+            if pos > 0 && pos < out.len() {
+                let _ = tokio::time::timeout(Duration::from_secs(3), w.write_all(b"\n")).await;
+            }
+            ended(w, event).await;
+            false
+        }
     }
 }
 
-async fn lagged(io: &mut Io) {
-    let e = ProtoError::new(
-        "lagged",
-        "too far behind; reconnect and catch up with HISTORY",
-    );
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), err(io, &e)).await;
+/// Says why the connection ends, where the protocol has words for it.
+async fn ended(w: &mut Writer, event: Event) {
+    let last = match event {
+        Event::GoingAway => "BYE".to_owned(),
+        Event::AuthTimeout => "ERR unauthorized auth timeout".to_owned(),
+        Event::LoggedOut => "ERR unauthorized this token was logged out".to_owned(),
+        Event::Lagged => {
+            "ERR lagged too far behind; reconnect and catch up with HISTORY".to_owned()
+        }
+        Event::Push(_) => return,
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), line(w, &last)).await;
 }
 
 /// Writes `buf[*pos..]`, advancing `pos` as bytes go out.
-async fn write_tracked(io: &mut Io, buf: &[u8], pos: &mut usize) -> bool {
+async fn write_tracked(w: &mut Writer, buf: &[u8], pos: &mut usize) -> bool {
     while *pos < buf.len() {
-        match tokio::time::timeout(WRITE_TIMEOUT, io.write(&buf[*pos..])).await {
+        match tokio::time::timeout(WRITE_TIMEOUT, w.write(&buf[*pos..])).await {
             Ok(Ok(n)) if n > 0 => *pos += n,
             _ => return false,
         }
@@ -229,111 +192,22 @@ fn render_push(push: &Push) -> String {
     s
 }
 
-async fn send_push(io: &mut Io, push: &Push) -> bool {
-    let out = render_push(push);
-    write_all(io, out.as_bytes()).await
-}
-
-impl Conn {
-    async fn handle(
-        &mut self,
-        io: &mut Io,
-        raw: &[u8],
-        inbox: &mut Option<mpsc::Receiver<Push>>,
-    ) -> Next {
-        let cmd = match parse_line(raw) {
-            Ok(c) => c,
-            Err(e) => return cont(err(io, &e).await),
-        };
-        if self.session.is_none() && !cmd.allowed_before_auth() {
-            return cont(err(io, &ProtoError::new("unauthorized", "AUTH first")).await);
+async fn send_reply(w: &mut Writer, reply: Reply) -> bool {
+    match reply {
+        Reply::Ready(user) => line(w, &format!("OK ready {user}")).await,
+        Reply::Joined(room) => line(w, &format!("OK joined {room}")).await,
+        Reply::Left(room) => line(w, &format!("OK left {room}")).await,
+        Reply::Queued => true,
+        Reply::History { room, messages } => {
+            let mut out = format!("HISTORY {room} {}\n", messages.len());
+            for m in &messages {
+                out.push_str(&format_msg(&m.room, m.id, &m.from, &m.text));
+                out.push('\n');
+            }
+            // One write keeps the page contiguous.
+            write_all(w, out.as_bytes()).await
         }
-        let ok = match cmd {
-            Command::Ping => line(io, "PONG").await,
-            Command::Quit => {
-                line(io, "BYE").await;
-                return Next::Close;
-            }
-            Command::Auth(token) => {
-                if self.session.is_some() {
-                    err(io, &ProtoError::bad_request("already authenticated")).await
-                } else {
-                    match self.chat.authenticate(&token).await {
-                        Ok(s) => {
-                            let (outbox, rx) = Outbox::new(&self.chat.hub, s.name.clone());
-                            *inbox = Some(rx);
-                            let ok = line(io, &format!("OK ready {}", s.name)).await;
-                            self.session = Some((s, outbox));
-                            ok
-                        }
-                        Err(e) => err(io, &e).await,
-                    }
-                }
-            }
-            Command::Join(room) => {
-                let Some((s, outbox)) = &self.session else {
-                    return Next::Close;
-                };
-                match self.chat.hub.join(&room, s.user_id, outbox) {
-                    Ok(name) => {
-                        if !self.joined.contains(&name) {
-                            self.joined.push(name);
-                        }
-                        line(io, &format!("OK joined {room}")).await
-                    }
-                    Err(e) => err(io, &e).await,
-                }
-            }
-            Command::Leave(room) => {
-                let Some((_, outbox)) = &self.session else {
-                    return Next::Close;
-                };
-                self.chat.hub.leave(&room, outbox);
-                self.joined.retain(|r| **r != *room);
-                line(io, &format!("OK left {room}")).await
-            }
-            Command::Say {
-                room,
-                client_id,
-                text,
-            } => {
-                let Some((s, outbox)) = &self.session else {
-                    return Next::Close;
-                };
-                match self.chat.send(s, outbox, &room, client_id, text) {
-                    Ok(()) => {
-                        self.inflight += 1;
-                        true
-                    }
-                    Err(e) => err(io, &e).await,
-                }
-            }
-            Command::History { room, limit } => {
-                let Some((s, _)) = &self.session else {
-                    return Next::Close;
-                };
-                match self.chat.history(s, &room, None, limit).await {
-                    Ok(msgs) => {
-                        let mut out = format!("HISTORY {room} {}\n", msgs.len());
-                        for m in &msgs {
-                            out.push_str(&format_msg(&m.room, m.id, &m.from, &m.text));
-                            out.push('\n');
-                        }
-                        // One write keeps the page contiguous.
-                        write_all(io, out.as_bytes()).await
-                    }
-                    Err(e) => err(io, &e).await,
-                }
-            }
-        };
-        cont(ok)
-    }
-}
-
-fn cont(ok: bool) -> Next {
-    if ok {
-        Next::Continue
-    } else {
-        Next::Close
+        Reply::Pong => line(w, "PONG").await,
+        Reply::Bye => line(w, "BYE").await,
     }
 }

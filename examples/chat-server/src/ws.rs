@@ -1,10 +1,13 @@
-//! One WebSocket connection, from the first frame to the close code.
+//! One WebSocket connection: framing and its select loop.
 //!
-//! A single task owns the socket and selects over four things: a frame
-//! from the client, a push from the outbox, the connection's end signal
-//! (its lease revoked by the watchdog or an operator), and the server saying
-//! goodbye. One owner means no locks around the socket and exactly one place
-//! where the close code is chosen.
+//! A single task owns the socket and selects over three things: a frame
+//! from the client, the session's next event (a push, lag, logout, the
+//! auth deadline, the server going away), and the connection's end signal
+//! (its lease revoked by the watchdog or an operator). One owner means no
+//! locks around the socket and exactly one place where the close code is
+//! chosen. What a command means is the session's business
+//! ([`crate::session`]); this file only turns frames into commands and
+//! replies into frames.
 //!
 //! When the lease is revoked, the admitted stream under the socket keeps
 //! its writes working for a short goodbye window
@@ -12,18 +15,14 @@
 //! is what lets the close frame 1013 reach the client before the socket
 //! goes.
 
-use crate::chat::{Chat, Session};
-use crate::hub::{Outbox, Push, SEND_WINDOW};
-use crate::protocol::ws::{decode, ClientFrame, ServerFrame, MAX_FRAME};
-use crate::protocol::ProtoError;
+use crate::hub::Push;
+use crate::protocol::ws::{decode, ServerFrame, MAX_FRAME};
+use crate::protocol::{Command, ProtoError};
+use crate::session::{Event, Reply, Session};
 use admit_tcp::Ending;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
-/// How long a new connection has to authenticate.
-pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Invalid frames in a row before the connection is closed with 4400.
 pub const MAX_BAD_FRAMES: u32 = 5;
 
@@ -31,13 +30,17 @@ pub const MAX_BAD_FRAMES: u32 = 5;
 pub mod close {
     /// The server is shutting down or draining.
     pub const GOING_AWAY: u16 = 1001;
+    /// A WebSocket protocol violation (bad framing, bad opcode, …).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// A frame was larger than 16 KiB.
     pub const TOO_BIG: u16 = 1009;
     /// Revoked (idle) or lagged: try again later.
     pub const TRY_AGAIN: u16 = 1013;
     /// Too many invalid frames in a row.
     pub const BAD_REQUESTS: u16 = 4400;
-    /// No valid `auth` frame in time.
+    /// No valid `auth` frame in time, a bad token, or logged out.
     pub const UNAUTHORIZED: u16 = 4401;
 }
 
@@ -89,145 +92,180 @@ async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
     .await;
 }
 
+/// How a connection ends: a close frame with this code and reason, or
+/// (code 0) no close frame because the socket is already gone.
+type Close = (u16, &'static str);
+
+const GONE: Close = (0, "");
+
+/// The close code for an error the WebSocket layer reported while reading.
+fn read_error_close(e: &axum::Error) -> Close {
+    use tungstenite::error::Error as WsError;
+    match std::error::Error::source(e).and_then(|s| s.downcast_ref::<WsError>()) {
+        Some(WsError::Utf8(_)) => (close::INVALID_DATA, "text frame is not valid UTF-8"),
+        Some(WsError::Protocol(_)) => (close::PROTOCOL_ERROR, "WebSocket protocol error"),
+        Some(WsError::Capacity(_)) => (close::TOO_BIG, "frame too large"),
+        _ => GONE,
+    }
+}
+
 /// Runs a connection until it closes. The socket holds the connection's
 /// slot for as long as it lives; `ending` fires when its lease is revoked.
-pub async fn run(
-    mut socket: WebSocket,
-    ending: Ending,
-    chat: Arc<Chat>,
-    mut goodbye: watch::Receiver<bool>,
-) {
-    // Authentication: the first frame, within AUTH_TIMEOUT.
-    let first = tokio::select! {
-        r = tokio::time::timeout(AUTH_TIMEOUT, socket.recv()) => r,
-        _ = crate::until_true(&mut goodbye) => {
-            return close_with(socket, close::GOING_AWAY, "server going away").await;
-        }
-        _ = ending.ended() => {
-            return close_with(socket, close::TRY_AGAIN, "idle timeout").await;
-        }
-    };
-    let token = match first {
-        Ok(Some(Ok(Message::Text(t)))) => match decode(t.as_bytes()) {
-            Ok(ClientFrame::Auth { token }) => token,
-            _ => return close_with(socket, close::UNAUTHORIZED, "first frame must be auth").await,
-        },
-        Ok(Some(Ok(_))) => {
-            return close_with(socket, close::UNAUTHORIZED, "first frame must be auth").await
-        }
-        Ok(_) => return,
-        Err(_) => return close_with(socket, close::UNAUTHORIZED, "auth timeout").await,
-    };
-    let session = match chat.authenticate(&token).await {
-        Ok(s) => s,
-        Err(e) => {
-            send_error(&mut socket, &e).await;
-            return close_with(socket, close::UNAUTHORIZED, "unauthorized").await;
-        }
-    };
-    if !send(
-        &mut socket,
-        ServerFrame::Ready {
-            user: &session.name,
-        },
-    )
-    .await
-    {
-        return;
-    }
-
-    let (outbox, mut inbox) = Outbox::new(&chat.hub, session.name.clone());
-    let mut conn = Conn {
-        chat,
-        session,
-        outbox,
-        joined: Vec::new(),
-        bad: 0,
-        inflight: 0,
-    };
-    // The three ways a connection is ended from outside, made once: made
-    // inside the loop, each would be built and registered again for every
-    // frame and every push.
-    let outbox = conn.outbox.clone();
-    let going_away = crate::until_true(&mut goodbye);
+pub async fn run(mut socket: WebSocket, ending: Ending, mut session: Session) {
     let revoked = ending.ended();
-    let lag = outbox.lagged();
-    tokio::pin!(going_away, revoked, lag);
+    tokio::pin!(revoked);
+    let mut bad = 0u32;
     let (code, reason) = loop {
         tokio::select! {
-            _ = &mut going_away => break (close::GOING_AWAY, "server going away"),
             // Revoked: the goodbye window keeps writes working for the close.
             _ = &mut revoked => break (close::TRY_AGAIN, "idle timeout"),
-            _ = &mut lag => break lagged(&mut socket).await,
-            Some(push) = inbox.recv() => {
-                if push.settles_send() {
-                    conn.inflight = conn.inflight.saturating_sub(1);
+            event = session.next_event() => match event {
+                Event::Push(push) => {
+                    // A client that stops reading blocks this write; racing
+                    // it against the session's events (lag among them) is
+                    // what lets a stuck connection be closed instead of
+                    // lingering with a full queue forever.
+                    let sent = tokio::select! {
+                        ok = send_push(&mut socket, &push) => ok,
+                        event = session.closing() => break ended(&mut socket, event).await,
+                    };
+                    if !sent {
+                        break GONE;
+                    }
                 }
-                // A client that stops reading blocks this write; racing it
-                // against the lag signal is what lets a stuck connection be
-                // closed instead of lingering with a full queue forever.
-                let sent = tokio::select! {
-                    ok = send_push(&mut socket, &push) => ok,
-                    _ = &mut lag => break lagged(&mut socket).await,
-                };
-                if !sent {
-                    break (0, "");
-                }
-            }
-            // A full send window stops reading: backpressure on the client
-            // instead of unbounded acks.
-            frame = socket.recv(), if conn.inflight < SEND_WINDOW => match frame {
+                event => break ended(&mut socket, event).await,
+            },
+            frame = socket.recv(), if session.reading() => match frame {
                 Some(Ok(Message::Text(t))) => {
                     if t.len() > MAX_FRAME {
                         break (close::TOO_BIG, "frame too large");
                     }
-                    match conn.handle(&mut socket, t.as_bytes()).await {
-                        Ok(true) => {}
-                        Ok(false) => break (0, ""),
-                        Err(code) => break (code, "too many invalid frames"),
+                    match decode(t.as_bytes()) {
+                        Ok(cmd) => {
+                            bad = 0;
+                            match command(&mut socket, &mut session, cmd).await {
+                                Ok(()) => {}
+                                Err(close) => break close,
+                            }
+                        }
+                        Err(e) => match bad_frame(&mut socket, &mut session, &mut bad, &e).await {
+                            Ok(()) => {}
+                            Err(close) => break close,
+                        },
                     }
                 }
                 Some(Ok(Message::Binary(b))) => {
                     if b.len() > MAX_FRAME {
                         break (close::TOO_BIG, "frame too large");
                     }
-                    match conn.bad_frame(&mut socket, &ProtoError::bad_request("binary frames are not part of the protocol")).await {
-                        Ok(true) => {}
-                        Ok(false) => break (0, ""),
-                        Err(code) => break (code, "too many invalid frames"),
+                    let e = ProtoError::bad_request("binary frames are not part of the protocol");
+                    if let Err(close) = bad_frame(&mut socket, &mut session, &mut bad, &e).await {
+                        break close;
                     }
                 }
                 // Pings are answered by the WebSocket layer itself.
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => break (0, ""),
-                Some(Err(e)) => {
-                    // The WebSocket layer refuses frames over its own
-                    // limit with a capacity error: tell the client why.
-                    let msg = e.to_string();
-                    if msg.contains("too long") || msg.contains("Space limit") || msg.contains("capacity") {
-                        break (close::TOO_BIG, "frame too large");
-                    }
-                    break (0, "");
-                }
+                Some(Ok(Message::Close(_))) | None => break GONE,
+                // A protocol violation gets a close frame that says which.
+                Some(Err(e)) => break read_error_close(&e),
             },
         }
     };
-    conn.leave_all();
+    // Leave the rooms before the (possibly slow) close handshake.
+    drop(session);
     if code != 0 {
         close_with(socket, code, reason).await;
     }
 }
 
-/// Tells a lagging client why it is being closed (if it still reads at
-/// all) and picks the close code.
-async fn lagged(socket: &mut WebSocket) -> (u16, &'static str) {
-    let e = ProtoError::new(
-        "lagged",
-        "too far behind; reconnect and catch up from history",
-    );
-    // Give a client that resumes reading a moment to learn why.
-    let _ = tokio::time::timeout(Duration::from_secs(3), send_error(socket, &e)).await;
-    (close::TRY_AGAIN, "lagged")
+/// Carries out one command and writes its reply. `Err`: close this way.
+async fn command(socket: &mut WebSocket, session: &mut Session, cmd: Command) -> Result<(), Close> {
+    let first = !session.is_authenticated();
+    if first && !matches!(cmd, Command::Auth { .. }) {
+        return Err((close::UNAUTHORIZED, "first frame must be auth"));
+    }
+    let sent = match session.handle(cmd).await {
+        Ok(reply) => send_reply(socket, reply).await,
+        Err(e) if first => {
+            send_error(socket, &e).await;
+            return Err((close::UNAUTHORIZED, "unauthorized"));
+        }
+        Err(e) => send_error(socket, &e).await,
+    };
+    if sent {
+        Ok(())
+    } else {
+        Err(GONE)
+    }
+}
+
+/// An invalid frame: an error frame, and after [`MAX_BAD_FRAMES`] in a row
+/// close 4400. Before `auth`, any invalid frame is close 4401.
+async fn bad_frame(
+    socket: &mut WebSocket,
+    session: &mut Session,
+    bad: &mut u32,
+    e: &ProtoError,
+) -> Result<(), Close> {
+    if !session.is_authenticated() {
+        return Err((close::UNAUTHORIZED, "first frame must be auth"));
+    }
+    *bad += 1;
+    let sent = send_error(socket, e).await;
+    if *bad >= MAX_BAD_FRAMES {
+        return Err((close::BAD_REQUESTS, "too many invalid frames"));
+    }
+    if sent {
+        Ok(())
+    } else {
+        Err(GONE)
+    }
+}
+
+/// Says why the connection ends, where the protocol has words for it, and
+/// picks the close code.
+async fn ended(socket: &mut WebSocket, event: Event) -> Close {
+    match event {
+        Event::GoingAway => (close::GOING_AWAY, "server going away"),
+        Event::AuthTimeout => (close::UNAUTHORIZED, "auth timeout"),
+        Event::LoggedOut => {
+            let e = ProtoError::new("unauthorized", "this token was logged out");
+            let _ = tokio::time::timeout(Duration::from_secs(1), send_error(socket, &e)).await;
+            (close::UNAUTHORIZED, "logged out")
+        }
+        Event::Lagged => {
+            let e = ProtoError::new(
+                "lagged",
+                "too far behind; reconnect and catch up from history",
+            );
+            // Give a client that resumes reading a moment to learn why.
+            let _ = tokio::time::timeout(Duration::from_secs(3), send_error(socket, &e)).await;
+            (close::TRY_AGAIN, "lagged")
+        }
+        // Not an ending: `closing` never yields one, and `run` handles
+        // pushes from `next_event` itself.
+        Event::Push(_) => GONE,
+    }
+}
+
+async fn send_reply(socket: &mut WebSocket, reply: Reply) -> bool {
+    match reply {
+        Reply::Ready(user) => send(socket, ServerFrame::Ready { user: &user }).await,
+        Reply::Joined(room) => send(socket, ServerFrame::Joined { room: &room }).await,
+        Reply::Left(room) => send(socket, ServerFrame::Left { room: &room }).await,
+        Reply::Queued | Reply::Bye => true,
+        Reply::History { room, messages } => {
+            send(
+                socket,
+                ServerFrame::History {
+                    room: &room,
+                    messages: &messages,
+                },
+            )
+            .await
+        }
+        Reply::Pong => send(socket, ServerFrame::Pong).await,
+    }
 }
 
 async fn send_push(socket: &mut WebSocket, push: &Push) -> bool {
@@ -264,103 +302,5 @@ async fn send_push(socket: &mut WebSocket, push: &Push) -> bool {
             );
             send_error(socket, &e).await
         }
-    }
-}
-
-struct Conn {
-    chat: Arc<Chat>,
-    session: Session,
-    outbox: Arc<Outbox>,
-    joined: Vec<Arc<str>>,
-    bad: u32,
-    /// Own messages sent and not yet acknowledged.
-    inflight: usize,
-}
-
-impl Conn {
-    /// Handles one text frame. `Ok(false)`: the socket failed; `Err(code)`:
-    /// close with that code.
-    async fn handle(&mut self, socket: &mut WebSocket, frame: &[u8]) -> Result<bool, u16> {
-        let cmd = match decode(frame) {
-            Ok(c) => c,
-            Err(e) => return self.bad_frame(socket, &e).await,
-        };
-        self.bad = 0;
-        let chat = &self.chat;
-        let ok = match cmd {
-            ClientFrame::Auth { .. } => {
-                send_error(socket, &ProtoError::bad_request("already authenticated")).await
-            }
-            ClientFrame::Ping => send(socket, ServerFrame::Pong).await,
-            ClientFrame::Join { room } => {
-                match chat.hub.join(&room, self.session.user_id, &self.outbox) {
-                    Ok(name) => {
-                        if !self.joined.contains(&name) {
-                            self.joined.push(name);
-                        }
-                        send(socket, ServerFrame::Joined { room: &room }).await
-                    }
-                    Err(e) => send_error(socket, &e).await,
-                }
-            }
-            ClientFrame::Leave { room } => {
-                chat.hub.leave(&room, &self.outbox);
-                self.joined.retain(|r| **r != *room);
-                send(socket, ServerFrame::Left { room: &room }).await
-            }
-            ClientFrame::Send {
-                room,
-                text,
-                client_id,
-            } => match chat.send(&self.session, &self.outbox, &room, client_id, text) {
-                Ok(()) => {
-                    self.inflight += 1;
-                    true
-                }
-                Err(e) => send_error(socket, &e).await,
-            },
-            ClientFrame::History {
-                room,
-                before,
-                limit,
-            } => match chat.history(&self.session, &room, before, limit).await {
-                Ok(messages) => {
-                    send(
-                        socket,
-                        ServerFrame::History {
-                            room: &room,
-                            messages: &messages,
-                        },
-                    )
-                    .await
-                }
-                Err(e) => send_error(socket, &e).await,
-            },
-        };
-        Ok(ok)
-    }
-
-    async fn bad_frame(&mut self, socket: &mut WebSocket, e: &ProtoError) -> Result<bool, u16> {
-        self.bad += 1;
-        if self.bad >= MAX_BAD_FRAMES {
-            send_error(socket, e).await;
-            return Err(close::BAD_REQUESTS);
-        }
-        Ok(send_error(socket, e).await)
-    }
-
-    fn leave_all(&mut self) {
-        for room in self.joined.drain(..) {
-            self.chat.hub.leave(&room, &self.outbox);
-        }
-    }
-}
-
-impl Drop for Conn {
-    /// However the connection ends (even if its task is cancelled), it
-    /// leaves its rooms, so the others see it go offline and no push is
-    /// queued for it any more.
-    fn drop(&mut self) {
-        self.leave_all();
     }
 }

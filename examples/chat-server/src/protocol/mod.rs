@@ -8,6 +8,9 @@
 //! * [`ws`] — WebSocket JSON text frames.
 //! * [`tcp`] — the raw TCP line protocol.
 //! * [`http`] — HTTP API request bodies and query strings.
+//!
+//! The WebSocket and TCP decoders both yield one [`Command`] type, which the
+//! session layer ([`crate::session`]) carries out the same way for both.
 
 pub mod http;
 pub mod tcp;
@@ -22,6 +25,61 @@ pub const MAX_HISTORY_LIMIT: u32 = 200;
 /// History page size when the client does not say.
 pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
 
+/// Longest TCP line, in bytes, not counting the `\n` (nor a `\r` before it).
+/// Text is limited to [`MAX_TEXT_CHARS`] characters on both protocols; a
+/// line has room for that much text in any script (up to 4 bytes a
+/// character) plus the command around it.
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// A chat command from a WebSocket or TCP client, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `{"type":"auth","token":T}` / `AUTH <token>`
+    Auth {
+        /// The bearer token.
+        token: String,
+    },
+    /// `{"type":"join","room":R}` / `JOIN <room>`
+    Join {
+        /// Room to join.
+        room: String,
+    },
+    /// `{"type":"leave","room":R}` / `LEAVE <room>`
+    Leave {
+        /// Room to leave.
+        room: String,
+    },
+    /// `{"type":"send",…}` / `SAY <room> <client_id> <text…>`
+    Send {
+        /// Target room.
+        room: String,
+        /// Message text, 1..=4000 characters.
+        text: String,
+        /// Client-chosen idempotence key, 1..=64 characters.
+        client_id: String,
+    },
+    /// `{"type":"history",…}` / `HISTORY <room> [limit]`
+    History {
+        /// Room to read.
+        room: String,
+        /// Only messages with a smaller id.
+        before: Option<i64>,
+        /// Page size, 1..=200.
+        limit: u32,
+    },
+    /// `{"type":"ping"}` / `PING`
+    Ping,
+    /// `QUIT` (TCP only)
+    Quit,
+}
+
+impl Command {
+    /// Whether the command is allowed before authenticating.
+    pub fn allowed_before_auth(&self) -> bool {
+        matches!(self, Command::Auth { .. } | Command::Ping | Command::Quit)
+    }
+}
+
 /// A protocol-level refusal: a stable machine-readable code and a sentence
 /// for people. Shared by all three front ends so they say the same thing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,15 +88,15 @@ pub struct ProtoError {
     pub code: &'static str,
     /// Human-readable explanation.
     pub message: String,
+    /// When the client may try again, in seconds, for refusals that pass
+    /// (`busy`, `rate_limited`): HTTP sends it as `Retry-After`.
+    pub retry_after: Option<u32>,
 }
 
 impl ProtoError {
     /// A `bad_request` error.
     pub fn bad_request(message: impl Into<String>) -> ProtoError {
-        ProtoError {
-            code: "bad_request",
-            message: message.into(),
-        }
+        ProtoError::new("bad_request", message)
     }
 
     /// An error with any code.
@@ -46,7 +104,15 @@ impl ProtoError {
         ProtoError {
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, saying when to retry (whole seconds, at least 1).
+    pub fn retry_after(mut self, after: std::time::Duration) -> ProtoError {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        self.retry_after = Some(secs.clamp(1, u32::MAX.into()) as u32);
+        self
     }
 }
 

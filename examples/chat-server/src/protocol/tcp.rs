@@ -1,54 +1,22 @@
-//! The raw TCP line protocol: UTF-8 lines ending in `\n`, at most 4 KiB each.
+//! The raw TCP line protocol: UTF-8 lines ending in `\n`, at most 16 KiB each.
 //!
-//! Two pure pieces a fuzzer can drive without a socket: [`LineFramer`] cuts a
-//! byte stream into lines (and refuses over-long ones without buffering them),
-//! and [`parse_line`] turns one line into a [`Command`].
+//! Two pure pieces a fuzzer can drive without a socket: [`LineFramer`], a
+//! `tokio_util` [`Decoder`] that cuts a byte stream into lines (and refuses
+//! over-long ones without buffering them), and [`parse_line`], which turns
+//! one line into a [`Command`].
+//!
+//! `tokio_util`'s own `LinesCodec` is close, but it reports an over-long
+//! line or invalid UTF-8 as a decoder error, and a `FramedRead` ends its
+//! stream after the first error: one bad line would end the connection,
+//! where the protocol answers `ERR` and carries on.
 
-use super::{check_client_id, check_limit, check_room, check_text, ProtoError};
-
-/// Longest line, in bytes, not counting the `\n` (nor a `\r` before it).
-pub const MAX_LINE: usize = 4096;
+pub use super::MAX_LINE;
+use super::{check_client_id, check_limit, check_room, check_text, Command, ProtoError};
+use bytes::BytesMut;
+use tokio_util::codec::Decoder;
 
 /// The greeting the server sends first.
 pub const GREETING: &str = "HELLO chat 1";
-
-/// A command from a TCP client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// `AUTH <token>`
-    Auth(String),
-    /// `JOIN <room>`
-    Join(String),
-    /// `LEAVE <room>`
-    Leave(String),
-    /// `SAY <room> <client_id> <text…>`
-    Say {
-        /// Target room.
-        room: String,
-        /// Idempotence key.
-        client_id: String,
-        /// The rest of the line.
-        text: String,
-    },
-    /// `HISTORY <room> [limit]`
-    History {
-        /// Room to read.
-        room: String,
-        /// Page size.
-        limit: u32,
-    },
-    /// `PING`
-    Ping,
-    /// `QUIT`
-    Quit,
-}
-
-impl Command {
-    /// Whether the command is allowed before `AUTH`.
-    pub fn allowed_before_auth(&self) -> bool {
-        matches!(self, Command::Auth(_) | Command::Ping | Command::Quit)
-    }
-}
 
 /// Parses one line (without its `\n`; a trailing `\r` is ignored).
 ///
@@ -58,7 +26,7 @@ impl Command {
 pub fn parse_line(line: &[u8]) -> Result<Command, ProtoError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.len() > MAX_LINE {
-        return Err(ProtoError::new("too_long", "lines are at most 4096 bytes"));
+        return Err(too_long());
     }
     let line = std::str::from_utf8(line)
         .map_err(|_| ProtoError::bad_request("line is not valid UTF-8"))?;
@@ -88,16 +56,18 @@ pub fn parse_line(line: &[u8]) -> Result<Command, ProtoError> {
         }
     };
     match verb.to_ascii_uppercase().as_str() {
-        "AUTH" => Ok(Command::Auth(arg("<token>")?)),
+        "AUTH" => Ok(Command::Auth {
+            token: arg("<token>")?,
+        }),
         "JOIN" => {
             let room = arg("<room>")?;
             check_room(&room)?;
-            Ok(Command::Join(room))
+            Ok(Command::Join { room })
         }
         "LEAVE" => {
             let room = arg("<room>")?;
             check_room(&room)?;
-            Ok(Command::Leave(room))
+            Ok(Command::Leave { room })
         }
         "SAY" => {
             let mut parts = rest.splitn(3, ' ');
@@ -111,7 +81,7 @@ pub fn parse_line(line: &[u8]) -> Result<Command, ProtoError> {
             check_room(room)?;
             check_client_id(client_id)?;
             check_text(text)?;
-            Ok(Command::Say {
+            Ok(Command::Send {
                 room: room.to_owned(),
                 client_id: client_id.to_owned(),
                 text: text.to_owned(),
@@ -135,6 +105,7 @@ pub fn parse_line(line: &[u8]) -> Result<Command, ProtoError> {
             }
             Ok(Command::History {
                 room: room.to_owned(),
+                before: None,
                 limit: check_limit(limit)?,
             })
         }
@@ -143,6 +114,11 @@ pub fn parse_line(line: &[u8]) -> Result<Command, ProtoError> {
         "" => Err(ProtoError::bad_request("empty line")),
         _ => Err(ProtoError::bad_request("unknown command")),
     }
+}
+
+/// The refusal for a line over [`MAX_LINE`].
+pub fn too_long() -> ProtoError {
+    ProtoError::new("too_long", "lines are at most 16384 bytes")
 }
 
 /// Formats a pushed message: `MSG <room> <id> <from> <text>`.
@@ -160,7 +136,7 @@ pub fn format_msg(room: &str, id: i64, from: &str, text: &str) -> String {
 /// One unit cut from the byte stream by [`LineFramer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// A complete line, without its `\n`.
+    /// A complete line, without its `\n` (nor a `\r` before it).
     Line(Vec<u8>),
     /// A line longer than [`MAX_LINE`]; its bytes were dropped up to the
     /// next `\n`.
@@ -171,63 +147,54 @@ pub enum Frame {
 /// reported once and then skipped, never buffered whole.
 #[derive(Debug, Default)]
 pub struct LineFramer {
-    buf: Vec<u8>,
-    /// Bytes of `buf` already known to hold no `\n`.
+    /// Bytes at the front of the buffer already known to hold no `\n`.
     scanned: usize,
     /// Inside an over-long line already reported: drop up to the next `\n`.
     discarding: bool,
 }
 
 impl LineFramer {
-    /// An empty framer.
+    /// A framer at the start of a stream.
     pub fn new() -> LineFramer {
         LineFramer::default()
     }
+}
 
-    /// Appends bytes read from the socket. Call [`next_frame`](Self::next_frame)
-    /// until it returns `None` after each push, which keeps the buffer below
-    /// `MAX_LINE` plus one push.
-    pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
-    }
+impl Decoder for LineFramer {
+    type Item = Frame;
+    type Error = std::io::Error;
 
-    /// The next complete line, if any.
-    pub fn next_frame(&mut self) -> Option<Frame> {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, std::io::Error> {
         loop {
-            if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+            if let Some(pos) = buf[self.scanned..].iter().position(|&b| b == b'\n') {
                 let end = self.scanned + pos;
-                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+                let mut line = buf.split_to(end + 1);
                 self.scanned = 0;
                 if self.discarding {
                     self.discarding = false;
                     continue;
                 }
-                line.pop();
+                line.truncate(end);
                 if line.last() == Some(&b'\r') {
-                    line.pop();
+                    line.truncate(end - 1);
                 }
                 if line.len() > MAX_LINE {
-                    return Some(Frame::TooLong);
+                    return Ok(Some(Frame::TooLong));
                 }
-                return Some(Frame::Line(line));
+                return Ok(Some(Frame::Line(line.to_vec())));
             }
-            self.scanned = self.buf.len();
+            self.scanned = buf.len();
             // One byte of slack for a `\r` that may precede the `\n`.
-            if self.buf.len() > MAX_LINE + 1 {
-                self.buf.clear();
+            if buf.len() > MAX_LINE + 1 {
+                buf.clear();
                 self.scanned = 0;
                 if !self.discarding {
                     self.discarding = true;
-                    return Some(Frame::TooLong);
+                    return Ok(Some(Frame::TooLong));
                 }
             }
-            return None;
+            return Ok(None);
         }
-    }
-
-    /// Bytes buffered (for memory accounting in tests).
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
     }
 }
 
@@ -240,7 +207,7 @@ mod tests {
         assert_eq!(parse_line(b"PING\r"), Ok(Command::Ping));
         assert_eq!(
             parse_line(b"SAY general c1 hello world"),
-            Ok(Command::Say {
+            Ok(Command::Send {
                 room: "general".into(),
                 client_id: "c1".into(),
                 text: "hello world".into()
@@ -257,16 +224,28 @@ mod tests {
     #[test]
     fn frames_and_skips_long_lines() {
         let mut f = LineFramer::new();
-        f.push(b"PI");
-        assert_eq!(f.next_frame(), None);
-        f.push(b"NG\r\n");
-        assert_eq!(f.next_frame(), Some(Frame::Line(b"PING".to_vec())));
-        f.push(&vec![b'a'; 5000]);
-        assert_eq!(f.next_frame(), Some(Frame::TooLong));
-        f.push(&vec![b'a'; 5000]);
-        assert_eq!(f.next_frame(), None);
-        f.push(b"tail\nQUIT\n");
-        assert_eq!(f.next_frame(), Some(Frame::Line(b"QUIT".to_vec())));
-        assert!(f.buffered() < 16);
+        let mut buf = BytesMut::new();
+        let mut next = |buf: &mut BytesMut, data: &[u8]| {
+            buf.extend_from_slice(data);
+            f.decode(buf).unwrap()
+        };
+        assert_eq!(next(&mut buf, b"PI"), None);
+        assert_eq!(
+            next(&mut buf, b"NG\r\n"),
+            Some(Frame::Line(b"PING".to_vec()))
+        );
+        let full = vec![b'a'; MAX_LINE];
+        assert_eq!(next(&mut buf, &full), None);
+        assert_eq!(next(&mut buf, b"\n"), Some(Frame::Line(full.clone())));
+        assert_eq!(
+            next(&mut buf, &vec![b'a'; MAX_LINE + 5]),
+            Some(Frame::TooLong)
+        );
+        assert_eq!(next(&mut buf, &vec![b'a'; MAX_LINE + 5]), None);
+        assert_eq!(
+            next(&mut buf, b"tail\nQUIT\n"),
+            Some(Frame::Line(b"QUIT".to_vec()))
+        );
+        assert!(buf.is_empty());
     }
 }

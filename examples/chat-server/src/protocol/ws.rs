@@ -1,50 +1,10 @@
 //! WebSocket frames: JSON text, one object per frame, tagged by `"type"`.
 
-use super::{check_client_id, check_limit, check_room, check_text, ProtoError};
+use super::{check_client_id, check_limit, check_room, check_text, Command, ProtoError};
 use serde::{Deserialize, Serialize};
 
 /// Largest frame the server accepts; a bigger one closes the socket with 1009.
 pub const MAX_FRAME: usize = 16 * 1024;
-
-/// A command from a WebSocket client, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientFrame {
-    /// `{"type":"auth","token":T}`
-    Auth {
-        /// The bearer token.
-        token: String,
-    },
-    /// `{"type":"join","room":R}`
-    Join {
-        /// Room to join.
-        room: String,
-    },
-    /// `{"type":"leave","room":R}`
-    Leave {
-        /// Room to leave.
-        room: String,
-    },
-    /// `{"type":"send","room":R,"text":S,"client_id":C}`
-    Send {
-        /// Target room.
-        room: String,
-        /// Message text, 1..=4000 characters.
-        text: String,
-        /// Client-chosen idempotence key, 1..=64 characters.
-        client_id: String,
-    },
-    /// `{"type":"history","room":R,"before":N?,"limit":L?}`
-    History {
-        /// Room to read.
-        room: String,
-        /// Only messages with a smaller id.
-        before: Option<i64>,
-        /// Page size, 1..=200.
-        limit: u32,
-    },
-    /// `{"type":"ping"}`
-    Ping,
-}
 
 /// The wire form, before validation.
 #[derive(Deserialize)]
@@ -77,21 +37,21 @@ enum Raw {
 /// Never panics. Any input that is not a valid command — not UTF-8, not
 /// JSON, an unknown `type`, a missing field, a value out of range — is a
 /// `bad_request` [`ProtoError`].
-pub fn decode(frame: &[u8]) -> Result<ClientFrame, ProtoError> {
+pub fn decode(frame: &[u8]) -> Result<Command, ProtoError> {
     if frame.len() > MAX_FRAME {
         return Err(ProtoError::new("too_long", "frame exceeds 16 KiB"));
     }
     let raw: Raw = serde_json::from_slice(frame)
         .map_err(|e| ProtoError::bad_request(format!("not a valid command: {e}")))?;
     Ok(match raw {
-        Raw::Auth { token } => ClientFrame::Auth { token },
+        Raw::Auth { token } => Command::Auth { token },
         Raw::Join { room } => {
             check_room(&room)?;
-            ClientFrame::Join { room }
+            Command::Join { room }
         }
         Raw::Leave { room } => {
             check_room(&room)?;
-            ClientFrame::Leave { room }
+            Command::Leave { room }
         }
         Raw::Send {
             room,
@@ -101,7 +61,7 @@ pub fn decode(frame: &[u8]) -> Result<ClientFrame, ProtoError> {
             check_room(&room)?;
             check_text(&text)?;
             check_client_id(&client_id)?;
-            ClientFrame::Send {
+            Command::Send {
                 room,
                 text,
                 client_id,
@@ -113,13 +73,13 @@ pub fn decode(frame: &[u8]) -> Result<ClientFrame, ProtoError> {
             limit,
         } => {
             check_room(&room)?;
-            ClientFrame::History {
+            Command::History {
                 room,
                 before,
                 limit: check_limit(limit)?,
             }
         }
-        Raw::Ping => ClientFrame::Ping,
+        Raw::Ping => Command::Ping,
     })
 }
 
@@ -220,10 +180,10 @@ mod tests {
 
     #[test]
     fn decodes_commands() {
-        assert_eq!(decode(br#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
+        assert_eq!(decode(br#"{"type":"ping"}"#), Ok(Command::Ping));
         assert_eq!(
             decode(br#"{"type":"history","room":"general"}"#),
-            Ok(ClientFrame::History {
+            Ok(Command::History {
                 room: "general".into(),
                 before: None,
                 limit: 50
