@@ -192,6 +192,9 @@ pub struct Snapshot {
     pub revoked_pending: u32,
     /// The watchdog.
     pub watchdog: WatchdogView,
+    /// The adaptive controller setting the capacity, if one is attached:
+    /// its algorithm, the limit it set and its last decision.
+    pub adaptive: Option<crate::adaptive::AdaptiveView>,
 }
 
 impl Snapshot {
@@ -219,6 +222,8 @@ pub(crate) struct HealthShared {
     pub(crate) stalled: AtomicBool,
     /// Set by the watchdog while idle leases are revoked and outstanding.
     pub(crate) leaking: AtomicBool,
+    /// What an attached adaptive controller last decided.
+    pub(crate) adaptive: crate::adaptive::report::AdaptiveShared,
 }
 
 impl HealthShared {
@@ -233,6 +238,7 @@ impl HealthShared {
             watchdog_ticks: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
             leaking: AtomicBool::new(false),
+            adaptive: crate::adaptive::report::AdaptiveShared::new(),
         }
     }
 
@@ -458,6 +464,7 @@ impl Health {
             oldest_lease_ms,
             revoked_pending,
             watchdog,
+            adaptive: h.adaptive.view(),
         }
     }
 
@@ -469,7 +476,9 @@ impl Health {
     /// 2 degraded, 3 draining, 4 closed), `admit_watchdog_alive`,
     /// `admit_watchdog_last_tick_seconds`; counters `admit_admitted_total`,
     /// `admit_rejected_total` (label `reason`), `admit_revoked_total`,
-    /// `admit_reclaimed_total`, `admit_repaired_total`.
+    /// `admit_reclaimed_total`, `admit_repaired_total`; with an adaptive
+    /// controller attached, also `admit_adaptive_limit` and
+    /// `admit_adaptive_decisions_total` (labelled `algorithm` too).
     #[cfg(feature = "metrics")]
     pub fn publish_metrics(&self, snap: &Snapshot) {
         let l = [("limiter", snap.name.clone())];
@@ -501,6 +510,14 @@ impl Health {
         metrics::counter!("admit_revoked_total", &l).absolute(snap.revoked_total);
         metrics::counter!("admit_reclaimed_total", &l).absolute(snap.reclaimed_total);
         metrics::counter!("admit_repaired_total", &l).absolute(snap.repaired_total);
+        if let Some(a) = &snap.adaptive {
+            let l = [
+                ("limiter", snap.name.clone()),
+                ("algorithm", a.algorithm.as_str().to_owned()),
+            ];
+            metrics::gauge!("admit_adaptive_limit", &l).set(a.limit as f64);
+            metrics::counter!("admit_adaptive_decisions_total", &l).absolute(a.decisions);
+        }
     }
 }
 

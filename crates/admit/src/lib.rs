@@ -48,6 +48,7 @@
 #![forbid(unsafe_code)]
 
 mod acquire;
+pub mod adaptive;
 mod clock;
 mod counter;
 mod drain;

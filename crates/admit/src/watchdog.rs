@@ -108,6 +108,9 @@ pub struct TickReport {
     pub stall_repaired: bool,
     /// Permits removed from the count to correct drift.
     pub drift_repaired: u32,
+    /// The adaptive controller setting the capacity, if one is attached:
+    /// the limit it set, its algorithm and its last decision.
+    pub adaptive: Option<crate::adaptive::AdaptiveView>,
 }
 
 /// The watchdog's logic. [`Watchdog::spawn`] runs it on its own thread;
@@ -264,6 +267,7 @@ impl Watchdog {
         }
 
         let snap = h.note_change(&self.limiter);
+        report.adaptive = snap.adaptive;
         #[cfg(feature = "metrics")]
         self.limiter.health().publish_metrics(&snap);
         #[cfg(not(feature = "metrics"))]
