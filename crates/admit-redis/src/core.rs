@@ -193,14 +193,15 @@ impl Core {
 
     /// Decides whether to call Redis now, and with what.
     ///
-    /// `in_use` and `waiting` are the local limiter's counts; `pressed` says
-    /// callers were turned away since the last plan.
+    /// `in_use` and `waiting` are the local limiter's counts; `refused` is
+    /// how many callers were turned away since the last plan (each is
+    /// demand the share did not cover).
     pub(crate) fn plan(
         &mut self,
         now_ms: u64,
         in_use: u32,
         waiting: u32,
-        pressed: bool,
+        refused: u32,
     ) -> Option<Plan> {
         let t = self.tuning;
         let interval = if self.unreachable() {
@@ -211,9 +212,7 @@ impl Core {
         let due = self
             .last_attempt_ms
             .is_none_or(|a| now_ms.saturating_sub(a) >= interval);
-        let demand = in_use
-            .saturating_add(waiting)
-            .saturating_add(u32::from(pressed));
+        let demand = in_use.saturating_add(waiting).saturating_add(refused);
         let mut ideal = t.ideal(demand).max(in_use);
         if now_ms < self.hold_until_ms {
             ideal = ideal.min(self.hold_cap.max(in_use));
@@ -252,7 +251,7 @@ impl Core {
         // Grow when demand nears the share: ask for a batch of headroom.
         let spare = share.saturating_sub(in_use);
         let low = (t.min_batch / 2).max(1).max(share / 8);
-        if (spare < low || waiting > 0 || pressed)
+        if (spare < low || waiting > 0 || refused > 0)
             && ideal > share
             && share < t.max_share
             && now_ms >= self.grow_backoff_until_ms
@@ -498,7 +497,7 @@ mod tests {
                     };
                     // The driver: at most a few calls per step.
                     for _ in 0..3 {
-                        let Some(plan) = node.core.plan(now, node.in_use, 0, node.demand > node.in_use) else { break };
+                        let Some(plan) = node.core.plan(now, node.in_use, 0, node.demand.saturating_sub(node.in_use)) else { break };
                         let want = if plan.want < node.core.capacity() { plan.want.max(node.in_use) } else { plan.want };
                         node.core.sent(now);
                         if up {

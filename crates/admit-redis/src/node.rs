@@ -27,7 +27,7 @@ use crate::script::{self, SyncReply};
 use crate::status::{BudgetKeys, ClusterSnapshot, Mode, NodeHealth, NodeStatus};
 use admit::{Limiter, Permit, Rejected};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -187,7 +187,7 @@ impl Builder {
         let shared = Arc::new(Shared {
             limiter,
             deadline_ms: AtomicU64::new(u64::MAX),
-            pressed: AtomicBool::new(false),
+            refused: AtomicU32::new(0),
             stop: AtomicBool::new(false),
             wake: Notify::new(),
             core: Mutex::new(Core::new(tuning)),
@@ -279,8 +279,8 @@ struct Shared {
     /// When the current lease ends on the coarse clock (`u64::MAX`: no
     /// deadline pending). Read on every checked admission.
     deadline_ms: AtomicU64,
-    /// A caller was turned away since the driver last looked.
-    pressed: AtomicBool,
+    /// Callers turned away since the driver last looked.
+    refused: AtomicU32,
     stop: AtomicBool,
     wake: Notify,
     core: Mutex<Core>,
@@ -492,11 +492,11 @@ impl Shared {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// Marks demand at the share and wakes the driver (once per batch of
-    /// rejections: the swap keeps the rejection path to one atomic when the
-    /// driver already knows).
+    /// Counts demand the share did not cover and wakes the driver (once
+    /// per batch of rejections: the rejection path stays one atomic add
+    /// when the driver already knows).
     fn press(&self) {
-        if !self.pressed.swap(true, Ordering::Relaxed) {
+        if self.refused.fetch_add(1, Ordering::Relaxed) == 0 {
             self.wake.notify_one();
         }
     }
@@ -629,8 +629,8 @@ impl Shared {
             self.note_expiry(before, &core);
             self.apply(&core);
         }
-        let pressed = self.pressed.swap(false, Ordering::Relaxed);
-        core.plan(now, self.limiter.in_use(), self.limiter.waiting(), pressed)
+        let refused = self.refused.swap(0, Ordering::Relaxed);
+        core.plan(now, self.limiter.in_use(), self.limiter.waiting(), refused)
     }
 
     /// Makes one call to Redis, bounded by the call deadline, and applies
