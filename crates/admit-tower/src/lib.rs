@@ -18,7 +18,11 @@
 //!   released as soon as the headers are ready ([`ReleaseAt::Headers`]).
 //!
 //! Clones of a layer or a service share one limiter, so the cap holds across
-//! every connection a server hands the service to.
+//! every connection a server hands the service to — and across the streams
+//! of one HTTP/2 connection, which a connection-level limiter cannot see:
+//! one HTTP/2 connection may carry many requests at once. admit-hyper's
+//! `Server::admit_requests` applies an [`HttpAdmitLayer`] to every request
+//! of every connection it serves.
 //!
 //! ```
 //! use admit::Limiter;
