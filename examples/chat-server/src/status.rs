@@ -81,13 +81,17 @@ fn cause_name(cause: Cause) -> &'static str {
     }
 }
 
-/// Both limiters' snapshots.
+/// The limiters' snapshots.
 #[derive(Debug, Serialize)]
 pub struct Limiters {
     /// The shared HTTP/WS + TCP chat limiter.
     pub chat: Snapshot,
     /// The status listener's own limiter.
     pub status: Snapshot,
+    /// Password hashing (register, login).
+    pub hashing: Snapshot,
+    /// Live `/events` streams.
+    pub events: Snapshot,
 }
 
 /// The watchdog's heartbeat.
@@ -151,7 +155,12 @@ pub fn health_report(app: &App) -> (StatusCode, HealthReport) {
             subscriptions: app.chat.hub.subscriptions(),
             lagged_total: app.chat.hub.lagged_total(),
         },
-        limiters: Limiters { chat, status },
+        limiters: Limiters {
+            chat,
+            status,
+            hashing: app.chat.hashing.health().snapshot(),
+            events: app.events_limiter.health().snapshot(),
+        },
     };
     (code, report)
 }
@@ -186,14 +195,21 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let chat = app.chat_limiter.health();
-    let status = app.status_limiter.health();
-    let (cs, ss) = (chat.snapshot(), status.snapshot());
+    let limiters = [
+        app.chat_limiter.health(),
+        app.status_limiter.health(),
+        app.chat.hashing.health(),
+        app.events_limiter.health(),
+    ];
+    let snapshots = limiters.each_ref().map(|h| h.snapshot());
+    let store_ok = app.chat.store.health().ok();
     // The recorder is this server's own, not the process-wide one, so
     // several servers in one process (as in the tests) don't mix figures.
     metrics::with_local_recorder(&app.recorder, || {
-        chat.publish_metrics(&cs);
-        status.publish_metrics(&ss);
+        for (h, snap) in limiters.iter().zip(&snapshots) {
+            h.publish_metrics(snap);
+        }
+        metrics::gauge!("chat_store_ok").set(if store_ok { 1.0 } else { 0.0 });
         metrics::counter!("chat_messages_total")
             .absolute(app.chat.messages_total.load(Ordering::Relaxed));
         metrics::counter!("chat_lagged_total").absolute(app.chat.hub.lagged_total());

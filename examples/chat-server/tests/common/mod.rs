@@ -470,3 +470,47 @@ impl Tcp {
         }
     }
 }
+
+/// Sends raw bytes on a fresh connection from `src` (any 127.0.0.0/8
+/// address, so tests can act as several clients) and reads the answer
+/// until the server closes or `DEADLINE` passes.
+pub async fn raw_from(src: std::net::IpAddr, addr: SocketAddr, req: &[u8]) -> Vec<u8> {
+    let mut s = connect_from(src, addr).await;
+    let _ = s.write_all(req).await;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw)).await;
+    raw
+}
+
+/// A connection from a chosen loopback source address.
+pub async fn connect_from(src: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(src, 0)).unwrap();
+    sock.connect(addr).await.expect("connect")
+}
+
+/// One JSON POST from a chosen loopback source address.
+pub async fn post_json_from(
+    src: std::net::IpAddr,
+    addr: SocketAddr,
+    path: &str,
+    body: Value,
+) -> Resp {
+    let body = body.to_string();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    parse_response(&raw_from(src, addr, req.as_bytes()).await)
+}
+
+/// Logs in; returns the response.
+pub async fn login(addr: SocketAddr, name: &str, password: &str) -> Resp {
+    post_json(
+        addr,
+        "/api/login",
+        None,
+        serde_json::json!({"name": name, "password": password}),
+    )
+    .await
+}
