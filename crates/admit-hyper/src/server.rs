@@ -116,7 +116,11 @@ pub struct ConnInfo {
 ///   once (default [`DEFAULT_MAX_CONCURRENT_STREAMS`]), and
 ///   [`admit_requests`](Self::admit_requests) puts every request of every
 ///   connection through one request limiter, so `N` connections never run
-///   more than its capacity of requests at once, whatever `N` is.
+///   more than its capacity of requests at once, whatever `N` is. The
+///   header timeout covers an HTTP/2 connection's first request only; one
+///   that goes idle after it keeps its slot until a watchdog's `max_idle`
+///   revokes its lease (every read and write touches it) — run one when
+///   HTTP/2 is on.
 ///
 /// Neither bounds what a request does once admitted: a large or slowly
 /// trickling body, CPU or memory spent inside a handler (password hashing,

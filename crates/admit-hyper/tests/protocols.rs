@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -107,15 +107,23 @@ impl Gate {
 /// SETTINGS (the stream bound among them) the server has acknowledged
 /// and the client has received: one request has been answered on it.
 async fn h2_connect(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
+    h2_connection(addr).await.0
+}
+
+/// [`h2_connect`], and the client's connection task, which ends when the
+/// connection closes.
+async fn h2_connection(
+    addr: SocketAddr,
+) -> (SendRequest<Empty<Bytes>>, JoinHandle<hyper::Result<()>>) {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .unwrap();
-    tokio::spawn(conn);
+    let conn = tokio::spawn(conn);
     let res = sender.send_request(request(addr, "/quick")).await.unwrap();
     assert_eq!(res.status(), 200);
-    sender
+    (sender, conn)
 }
 
 fn request(addr: SocketAddr, path: &str) -> http::Request<Empty<Bytes>> {
@@ -368,4 +376,28 @@ async fn hyper_services_are_admitted_through_the_request_limiter_too() {
         .unwrap();
     assert_eq!(status, 503);
     assert_eq!(headers["retry-after"], "1");
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_by_the_watchdogs_max_idle() {
+    // The header timeout covers an HTTP/2 connection's first request only;
+    // after that, an idle one gives its slot back when its idle lease is
+    // revoked (every read and write touches it).
+    let gate = Gate::new();
+    let server = start(Server::new().http1_and_http2(), gate.app(), 4).await;
+    let limiter = server.limiter.clone();
+    let _watchdog = admit::Watchdog::spawn(
+        limiter.clone(),
+        admit::WatchdogConfig::default()
+            .interval(Duration::from_millis(10))
+            .max_idle(Duration::from_millis(300))
+            .grace(Duration::from_secs(5)),
+    )
+    .unwrap();
+    let (_sender, conn) = h2_connection(server.addr).await;
+    let quiet = Instant::now();
+    let _ = within("the idle HTTP/2 connection is closed", conn).await;
+    assert!(quiet.elapsed() >= Duration::from_millis(250));
+    wait_until("the permit is released", || limiter.in_use() == 0).await;
+    assert_eq!(limiter.health().snapshot().revoked_total, 1);
 }
