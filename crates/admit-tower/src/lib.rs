@@ -17,6 +17,10 @@
 //!   body ([`AdmitBody`]) until the body has finished streaming, or is
 //!   released as soon as the headers are ready ([`ReleaseAt::Headers`]).
 //!
+//! * [`adaptive::AdaptiveLayer`] — the limit is found, not guessed: an
+//!   [`admit::adaptive`] controller sets it from every request's latency
+//!   and outcome (5xx and timeouts count as dropped).
+//!
 //! Clones of a layer or a service share one limiter, so the cap holds across
 //! every connection a server hands the service to — and across the streams
 //! of one HTTP/2 connection, which a connection-level limiter cannot see:
@@ -69,6 +73,7 @@
 )]
 #![forbid(unsafe_code)]
 
+pub mod adaptive;
 mod admission;
 mod error;
 pub mod future;

@@ -13,6 +13,8 @@
 //! limits, in real time or in a simulation's virtual time. Requests that
 //! complete on other threads report through a [`Recorder`] (atomic
 //! counters, no lock), which the owner drains with [`Controller::tick`].
+//! [`attach`] does that in real time: it runs the controller on a thread of
+//! its own and hands out a [`Sampler`] that times requests.
 //!
 //! # Algorithms
 //!
@@ -72,6 +74,7 @@
 
 mod aimd;
 mod controller;
+mod driver;
 mod gradient;
 mod noload;
 mod queue_delay;
@@ -82,6 +85,7 @@ mod window;
 
 pub use aimd::Aimd;
 pub use controller::{Algorithm, Bounds, Config, Controller, Decision, Kind, Reason, Step};
+pub use driver::{attach, Attached, Sampler, Timer};
 pub use gradient::Gradient;
 pub use noload::NoLoad;
 pub use queue_delay::QueueDelay;
