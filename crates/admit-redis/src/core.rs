@@ -388,7 +388,6 @@ mod tests {
                     _ => return lost,
                 }
             };
-            let want = want.min(BUDGET);
             let mut share = want;
             if want > cur {
                 let mut room = BUDGET.saturating_sub(others_sum);

@@ -112,8 +112,16 @@ impl Entry {
     }
 }
 
-/// Parses [`SNAPSHOT`]'s reply: `(now_ms, budget, [(node, entry)])`.
-pub(crate) fn parse_snapshot(v: Value) -> Result<(u64, Option<u32>, Vec<(String, Entry)>), Error> {
+/// [`SNAPSHOT`]'s reply.
+pub(crate) struct RawSnapshot {
+    pub(crate) now_ms: u64,
+    pub(crate) budget: Option<u32>,
+    /// `(node, entry)`, sorted by node.
+    pub(crate) nodes: Vec<(String, Entry)>,
+}
+
+/// Parses [`SNAPSHOT`]'s reply.
+pub(crate) fn parse_snapshot(v: Value) -> Result<RawSnapshot, Error> {
     let items: Vec<Value> =
         redis::from_redis_value(v).map_err(|e| Error::Protocol(e.to_string()))?;
     let mut it = items.into_iter();
@@ -136,5 +144,9 @@ pub(crate) fn parse_snapshot(v: Value) -> Result<(u64, Option<u32>, Vec<(String,
         nodes.push((name, Entry::parse(&value)?));
     }
     nodes.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok((now, budget, nodes))
+    Ok(RawSnapshot {
+        now_ms: now,
+        budget,
+        nodes,
+    })
 }

@@ -250,7 +250,11 @@ impl BudgetKeys {
             .key(&self.meta)
             .invoke_async(con)
             .await?;
-        let (now, budget, entries) = script::parse_snapshot(reply)?;
+        let script::RawSnapshot {
+            now_ms: now,
+            budget,
+            nodes: entries,
+        } = script::parse_snapshot(reply)?;
         Ok(ClusterSnapshot {
             budget,
             redis_reachable: true,

@@ -94,7 +94,9 @@ impl Model {
                 _ => return [0, epoch as i64, 0, budget as i64, live, fair, 0],
             }
         };
-        let want = (want as i64).min(budget as i64);
+        // Growth is bounded by the room left; a renewal or shrink keeps
+        // what it asks for even above a lowered budget (held permits stay).
+        let want = want as i64;
         let mut share = want;
         if want > cur {
             let mut room = budget as i64 - others_sum;

@@ -1,3 +1,5 @@
+-- Give a node's share back if its epoch still matches (see src/script.rs).
+-- KEYS: nodes. ARGV: node, epoch. Returns 1 if removed, 0 otherwise.
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then return 0 end
 local e = {}

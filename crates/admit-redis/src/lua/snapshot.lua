@@ -1,3 +1,5 @@
+-- Every unexpired entry and the budget at one moment, no writes.
+-- KEYS: nodes, meta. Returns {now_ms, budget or -1, node1, value1, ...}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local budget = tonumber(redis.call('HGET', KEYS[2], 'budget')) or -1

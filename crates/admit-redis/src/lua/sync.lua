@@ -1,3 +1,6 @@
+-- Join, renew, grow or shrink one node's share (see src/script.rs).
+-- KEYS: nodes, meta. ARGV: node, epoch (0 = join), want, in_use, ttl_ms,
+-- default budget. Returns {ok, epoch, share, budget, live, fair, hand_back, now_ms}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local node = ARGV[1]
@@ -47,7 +50,6 @@ elseif mine == nil or mine[2] ~= epoch then
 else
   cur = mine[1]
 end
-if want > budget then want = budget end
 local share = want
 if want > cur then
   local room = budget - others_sum
