@@ -746,7 +746,10 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Write>) -> (bool, Result<(
     let mut pending = Vec::with_capacity(batch.len());
     let mut db_error = None;
     let ts = now_rfc3339();
-    let tx = match conn.transaction() {
+    // IMMEDIATE takes the write lock up front, waiting for it under the
+    // busy timeout, instead of upgrading a read mid-batch (which SQLite may
+    // refuse at once when another process holds the lock).
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             let what = format!("cannot begin a transaction: {e}");
