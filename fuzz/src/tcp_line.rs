@@ -2,12 +2,14 @@
 //! pieces.
 //!
 //! The first byte says how the rest is read: the stream is the remaining
-//! bytes repeated 1 to 4 times (so lines longer than 4 KiB are reachable from
-//! short inputs), pushed into a [`LineFramer`] whole, a byte at a time, or in
-//! pseudo-random pieces. Checked:
+//! bytes repeated 1 to 4 times, pushed into a [`LineFramer`] (a tokio-util
+//! `Decoder`) whole, a byte at a time, or in pseudo-random pieces. Lines
+//! longer than the 16 KiB limit are reachable from short inputs in a second
+//! pass that cuts the same stream with a long line of filler in front of it.
+//! Checked:
 //!
 //! * the framer cuts exactly the lines a plain reference cutter finds in the
-//!   whole stream, whatever the pieces (a line over 4096 bytes is reported
+//!   whole stream, whatever the pieces (a line over 16 KiB is reported
 //!   once as too long, a trailing `\r` is dropped);
 //! * its buffer stays within one line (the memory bound) after every read;
 //! * `parse_line` never panics, refuses with `bad_request` or `too_long`
@@ -16,7 +18,10 @@
 //! * `format_msg` never lets a pushed message forge a second line.
 
 use crate::contract::{client_id_ok, limit_ok, room_name_ok, string_of, text_ok};
-use chat_server::protocol::tcp::{format_msg, parse_line, Command, Frame, LineFramer, MAX_LINE};
+use bytes::BytesMut;
+use chat_server::protocol::tcp::{format_msg, parse_line, Frame, LineFramer, MAX_LINE};
+use chat_server::protocol::Command;
+use tokio_util::codec::Decoder;
 
 /// Runs one input.
 pub fn run(data: &[u8]) {
@@ -25,29 +30,13 @@ pub fn run(data: &[u8]) {
     };
     let repeat = usize::from(ctrl >> 6) + 1;
     let stream: Vec<u8> = rest.repeat(repeat);
-    let expect = reference_frames(&stream);
-
-    let mut framer = LineFramer::new();
-    let mut got = Vec::new();
-    let mut pieces = Pieces::new(ctrl, stream.len());
-    let mut at = 0;
-    while at < stream.len() {
-        let n = pieces.next().min(stream.len() - at);
-        framer.push(&stream[at..at + n]);
-        at += n;
-        while let Some(frame) = framer.next_frame() {
-            got.push(frame);
-        }
-        assert!(
-            framer.buffered() <= MAX_LINE + 1,
-            "framer buffers {} bytes",
-            framer.buffered()
-        );
-    }
-    assert_eq!(got.len(), expect.len(), "number of frames");
-    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
-        assert!(g == e, "frame {i} differs: got {g:?}, expected {e:?}");
-    }
+    let got = frame_and_check(ctrl, &stream);
+    // The same stream behind an unfinished line just short of the limit:
+    // whatever the input adds before its first `\n` decides whether that
+    // line is too long.
+    let mut padded = vec![b'p'; MAX_LINE - 8];
+    padded.extend_from_slice(&stream);
+    frame_and_check(ctrl, &padded);
 
     for frame in &got {
         if let Frame::Line(line) = frame {
@@ -62,6 +51,35 @@ pub fn run(data: &[u8]) {
         !pushed.contains(['\n', '\r']),
         "a pushed message forges a line: {pushed:?}"
     );
+}
+
+/// Cuts `stream` into frames in the pieces `ctrl` chooses, checks them
+/// against the reference cutter and the buffer bound, and returns them.
+fn frame_and_check(ctrl: u8, stream: &[u8]) -> Vec<Frame> {
+    let expect = reference_frames(stream);
+    let mut framer = LineFramer::new();
+    let mut buf = BytesMut::new();
+    let mut got = Vec::new();
+    let mut pieces = Pieces::new(ctrl, stream.len());
+    let mut at = 0;
+    while at < stream.len() {
+        let n = pieces.next().min(stream.len() - at);
+        buf.extend_from_slice(&stream[at..at + n]);
+        at += n;
+        while let Some(frame) = framer.decode(&mut buf).expect("the framer never errs") {
+            got.push(frame);
+        }
+        assert!(
+            buf.len() <= MAX_LINE + 1,
+            "framer buffers {} bytes",
+            buf.len()
+        );
+    }
+    assert_eq!(got.len(), expect.len(), "number of frames");
+    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+        assert!(g == e, "frame {i} differs: got {g:?}, expected {e:?}");
+    }
+    got
 }
 
 /// How the stream is cut into reads.
@@ -117,15 +135,15 @@ fn reference_frames(stream: &[u8]) -> Vec<Frame> {
 /// The command written back as a line, as a client would send it.
 fn encode(cmd: &Command) -> String {
     match cmd {
-        Command::Auth(t) => format!("AUTH {t}"),
-        Command::Join(r) => format!("JOIN {r}"),
-        Command::Leave(r) => format!("LEAVE {r}"),
-        Command::Say {
+        Command::Auth { token } => format!("AUTH {token}"),
+        Command::Join { room } => format!("JOIN {room}"),
+        Command::Leave { room } => format!("LEAVE {room}"),
+        Command::Send {
             room,
             client_id,
             text,
         } => format!("SAY {room} {client_id} {text}"),
-        Command::History { room, limit } => format!("HISTORY {room} {limit}"),
+        Command::History { room, limit, .. } => format!("HISTORY {room} {limit}"),
         Command::Ping => "PING".to_owned(),
         Command::Quit => "QUIT".to_owned(),
     }
@@ -145,14 +163,16 @@ fn check_line(line: &[u8]) {
             return;
         }
     };
-    assert!(stripped.len() <= MAX_LINE, "a line over 4096 bytes parsed");
+    assert!(stripped.len() <= MAX_LINE, "a line over the limit parsed");
     match &cmd {
-        Command::Auth(t) => {
+        Command::Auth { token: t } => {
             assert!(!t.is_empty() && !t.contains(' '), "token {t:?}");
             assert_eq!(t.trim(), t, "token keeps surrounding blanks");
         }
-        Command::Join(r) | Command::Leave(r) => assert!(room_name_ok(r), "room {r:?}"),
-        Command::Say {
+        Command::Join { room: r } | Command::Leave { room: r } => {
+            assert!(room_name_ok(r), "room {r:?}")
+        }
+        Command::Send {
             room,
             client_id,
             text,
@@ -162,15 +182,20 @@ fn check_line(line: &[u8]) {
             assert!(!client_id.contains(' '));
             assert!(text_ok(text), "text of {} chars", text.chars().count());
         }
-        Command::History { room, limit } => {
+        Command::History {
+            room,
+            limit,
+            before,
+        } => {
             assert!(room_name_ok(room), "room {room:?}");
             assert!(limit_ok(*limit), "limit {limit}");
+            assert_eq!(*before, None, "the line protocol has no `before`");
         }
         Command::Ping | Command::Quit => {}
     }
     assert_eq!(
         cmd.allowed_before_auth(),
-        matches!(cmd, Command::Auth(_) | Command::Ping | Command::Quit)
+        matches!(cmd, Command::Auth { .. } | Command::Ping | Command::Quit)
     );
     // A CRLF client sends the same line with `\r` at the end; the verb is
     // case-insensitive.

@@ -14,7 +14,8 @@
 //! frame it sees goes through `decode` first.
 
 use crate::contract::{client_id_ok, fields, limit_ok, room_name_ok, text_ok};
-use chat_server::protocol::ws::{decode, ClientFrame, Msg, ServerFrame, MAX_FRAME};
+use chat_server::protocol::ws::{decode, Msg, ServerFrame, MAX_FRAME};
+use chat_server::protocol::Command;
 use serde_json::{json, Value};
 
 /// Runs one input.
@@ -25,27 +26,30 @@ pub fn run(data: &[u8]) {
 }
 
 /// The canonical JSON of a command.
-fn encode(cmd: &ClientFrame) -> Value {
+fn encode(cmd: &Command) -> Value {
     match cmd {
-        ClientFrame::Auth { token } => json!({"type": "auth", "token": token}),
-        ClientFrame::Join { room } => json!({"type": "join", "room": room}),
-        ClientFrame::Leave { room } => json!({"type": "leave", "room": room}),
-        ClientFrame::Send {
+        Command::Auth { token } => json!({"type": "auth", "token": token}),
+        Command::Join { room } => json!({"type": "join", "room": room}),
+        Command::Leave { room } => json!({"type": "leave", "room": room}),
+        Command::Send {
             room,
             text,
             client_id,
         } => json!({"type": "send", "room": room, "text": text, "client_id": client_id}),
-        ClientFrame::History {
+        Command::History {
             room,
             before,
             limit,
         } => json!({"type": "history", "room": room, "before": before, "limit": limit}),
-        ClientFrame::Ping => json!({"type": "ping"}),
+        Command::Ping => json!({"type": "ping"}),
+        // Not part of the WebSocket protocol: `check_frame` never lets one
+        // through to be encoded.
+        Command::Quit => json!({"type": "quit"}),
     }
 }
 
 /// Decodes a frame and checks whatever came out. Returns the command.
-fn check_frame(frame: &[u8]) -> Option<ClientFrame> {
+fn check_frame(frame: &[u8]) -> Option<Command> {
     let result = decode(frame);
     if frame.len() > MAX_FRAME {
         let e = result.expect_err("a frame over 16 KiB was decoded");
@@ -61,11 +65,12 @@ fn check_frame(frame: &[u8]) -> Option<ClientFrame> {
         }
     };
     match &cmd {
-        ClientFrame::Auth { .. } | ClientFrame::Ping => {}
-        ClientFrame::Join { room } | ClientFrame::Leave { room } => {
+        Command::Auth { .. } | Command::Ping => {}
+        Command::Quit => panic!("the WebSocket decoder made a QUIT"),
+        Command::Join { room } | Command::Leave { room } => {
             assert!(room_name_ok(room), "bad room {room:?} accepted");
         }
-        ClientFrame::Send {
+        Command::Send {
             room,
             text,
             client_id,
@@ -81,7 +86,7 @@ fn check_frame(frame: &[u8]) -> Option<ClientFrame> {
                 "bad client_id {client_id:?} accepted"
             );
         }
-        ClientFrame::History { room, limit, .. } => {
+        Command::History { room, limit, .. } => {
             assert!(room_name_ok(room), "bad room {room:?} accepted");
             assert!(limit_ok(*limit), "limit {limit} accepted");
         }
