@@ -79,6 +79,10 @@
 mod clock;
 mod core;
 mod error;
+mod gate;
+mod loom;
+#[cfg(all(test, admit_loom))]
+mod loom_gate;
 mod node;
 mod script;
 mod status;

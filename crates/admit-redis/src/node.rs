@@ -3,9 +3,9 @@
 //!
 //! # Implementation notes
 //!
-//! * The admission path is the local [`admit::Limiter`] plus one relaxed
-//!   check of the coarse clock against `deadline_ms`, an atomic. No lock and
-//!   no Redis call is on it.
+//! * The admission path is the local [`admit::Limiter`] plus one check of
+//!   the coarse clock against the lease deadline in the [`Gate`], an
+//!   atomic. No lock and no Redis call is on it.
 //! * Everything else (the protocol state in [`Core`], capacity changes)
 //!   happens under one `Mutex`, held only for short, non-blocking work and
 //!   never across an `await`.
@@ -14,8 +14,8 @@
 //!   lowered first, the permits still in use are read, and only the rest is
 //!   returned to Redis (held permits stay, as the core's I1 promises, and
 //!   stay covered by the share). Expiring: the capacity is lowered, then
-//!   `deadline_ms` is raised with `Release`, so an admission that reads the
-//!   new deadline with `Acquire` also sees the lowered capacity.
+//!   the deadline is moved (see `gate.rs` for the orderings and its loom
+//!   model).
 //! * The guard is an OS thread, not a task: a wedged async runtime stops
 //!   the driver from renewing, and the guard still drops the capacity when
 //!   the lease runs out.
@@ -23,6 +23,7 @@
 use crate::clock::now_ms;
 use crate::core::{Authority, Core, Plan, Tuning};
 use crate::error::Error;
+use crate::gate::Gate;
 use crate::script::{self, SyncReply};
 use crate::status::{BudgetKeys, ClusterSnapshot, Mode, NodeHealth, NodeStatus};
 use admit::{Limiter, Permit, Rejected};
@@ -186,7 +187,7 @@ impl Builder {
         let (health_tx, _) = watch::channel(NodeHealth::Degraded(crate::Cause::Cluster));
         let shared = Arc::new(Shared {
             limiter,
-            deadline_ms: AtomicU64::new(u64::MAX),
+            gate: Gate::new(),
             refused: AtomicU32::new(0),
             stop: AtomicBool::new(false),
             wake: Notify::new(),
@@ -276,9 +277,8 @@ struct Stats {
 
 struct Shared {
     limiter: Limiter,
-    /// When the current lease ends on the coarse clock (`u64::MAX`: no
-    /// deadline pending). Read on every checked admission.
-    deadline_ms: AtomicU64,
+    /// The lease deadline every checked admission reads.
+    gate: Gate,
     /// Callers turned away since the driver last looked.
     refused: AtomicU32,
     stop: AtomicBool,
@@ -332,9 +332,7 @@ impl ClusterLimiter {
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit, Rejected> {
         let s = &*self.handle.shared;
-        // Acquire: pairs with the Release in `apply`, so a deadline that was
-        // moved after an expiry comes with the lowered capacity.
-        if now_ms() >= s.deadline_ms.load(Ordering::Acquire) {
+        if s.gate.expired(now_ms()) {
             s.expire_now();
         }
         s.limiter.try_acquire().inspect_err(|_| s.press())
@@ -345,7 +343,7 @@ impl ClusterLimiter {
     /// at once when the queue is full, like [`admit::Limiter::acquire`].
     pub async fn acquire(&self) -> Result<Permit, Rejected> {
         let s = &*self.handle.shared;
-        if now_ms() >= s.deadline_ms.load(Ordering::Acquire) {
+        if s.gate.expired(now_ms()) {
             s.expire_now();
         }
         if let Ok(p) = s.limiter.try_acquire() {
@@ -532,12 +530,8 @@ impl Shared {
     /// Makes the local limiter and the admission deadline match `core`.
     /// Called with the core lock held, so changes apply in order.
     fn apply(&self, core: &Core) {
-        let cap = core.capacity().min(self.limiter.max_capacity());
-        // Within max_capacity by construction.
-        let _ = self.limiter.set_capacity(cap);
-        // Release: see `ClusterLimiter::try_acquire`.
-        self.deadline_ms
-            .store(core.deadline_ms(), Ordering::Release);
+        self.gate
+            .publish(&self.limiter, core.capacity(), core.deadline_ms());
         self.publish_health(core);
     }
 
@@ -719,7 +713,7 @@ async fn drive(shared: Arc<Shared>) {
 fn guard(shared: Arc<Shared>) {
     while !shared.stopped() {
         let now = now_ms();
-        let deadline = shared.deadline_ms.load(Ordering::Acquire);
+        let deadline = shared.gate.deadline_ms();
         if now >= deadline {
             shared.expire_now();
             continue;

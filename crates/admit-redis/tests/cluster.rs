@@ -164,6 +164,8 @@ async fn redis_paused_and_restarted_mid_storm() {
             assert_eq!(s.mode, Mode::Leased, "{outage}: {s:?}");
         }
         let fair = BUDGET / 3;
+        let mut changes = ns[0].changes();
+        changes.mark_unchanged();
         match outage {
             "pause" => r.pause(),
             _ => r.kill(),
@@ -182,6 +184,14 @@ async fn redis_paused_and_restarted_mid_storm() {
                 n.status()
             );
         }
+        // The change was announced to subscribers too.
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            changes.wait_for(|h| *h == NodeHealth::Degraded(Cause::Cluster)),
+        )
+        .await
+        .expect("no degraded change announced")
+        .unwrap();
         // Within shares all along; past the lease, within the fair share.
         while down.elapsed() < Duration::from_secs(4) {
             for (n, b) in ns.iter().zip(&before) {
