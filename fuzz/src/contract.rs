@@ -1,5 +1,5 @@
 //! The contract's rules for names and sizes, written out again here from
-//! `shared/CONTRACT.md` so the decoders are checked against the contract, not
+//! `docs/chat-contract.md` so the decoders are checked against the contract, not
 //! against themselves.
 
 /// Names: `[A-Za-z0-9_-]{1,32}`.

@@ -39,6 +39,26 @@
 //!
 //! The crate takes no lock anywhere and depends on no async runtime; it is
 //! model-checked with loom (`--cfg admit_loom`).
+//!
+//! ## Invariants
+//!
+//! Each is held by a test, a loom model and a proptest property:
+//!
+//! * **I1 cap** — no permit is granted while `in_use >= capacity`; after a
+//!   capacity shrink, held permits stay and newcomers wait for the count to
+//!   fall.
+//! * **I2 exactly once** — every granted permit is released exactly once,
+//!   on drop or by forced reclaim, never both and never not at all.
+//! * **I3 no lost wake-up** — while a waiter is queued, a permit that
+//!   becomes free goes to a waiter (first come, first served).
+//! * **I4 cancel safety** — dropping an acquire at any point leaves no
+//!   trace; a permit handed to a waiter that was just cancelled is passed
+//!   on, not lost.
+//! * **I5 lock-free** — no mutex, spin lock or blocking call on the fast
+//!   path or the wait path; one thread never waits for another to be
+//!   scheduled.
+//! * **I6 observable** — every grant, rejection (by reason), revocation,
+//!   reclaim and repair is counted in the [`Snapshot`].
 #![warn(
     missing_docs,
     missing_debug_implementations,

@@ -1,4 +1,5 @@
-//! loom models of the limiter's core invariants (DESIGN.md I1–I4).
+//! loom models of the limiter's core invariants I1–I4 (listed in the
+//! `admit` crate docs, `crates/admit/src/lib.rs`).
 //!
 //! Run with:
 //! `RUSTFLAGS="--cfg admit_loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p admit --release --test loom_limiter`

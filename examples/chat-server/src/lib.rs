@@ -4,7 +4,7 @@
 //! and WebSocket on one port, a raw TCP line protocol on another, and a
 //! status listener with health, metrics, a live status page and admin
 //! endpoints on a third. Its external behaviour is fixed by the contract in
-//! `CONTRACT.md`; this crate is the reading copy of how to hold a real
+//! `docs/chat-contract.md`; this crate is the reading copy of how to hold a real
 //! service up with a limiter that can see, report and repair itself.
 //!
 //! ## How a connection flows
