@@ -227,6 +227,7 @@ pub(crate) async fn run<H, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    let reserved = accepted.is_reserved();
     let (io, peer, per_ip) = accepted.into_parts();
     let mut io = ConnIo {
         io,
@@ -278,7 +279,16 @@ pub(crate) async fn run<H, B>(
     } else {
         // An HTTP/2 preface sent here is refused by hyper's HTTP/1 parser:
         // the connection closes without an answer and no request is made.
-        Conn::Http1(shared.http1.serve_connection(io, service).with_upgrades())
+        // A connection on the reserve answers one request: keep-alive would
+        // let it hold the reserve.
+        let http1 = if reserved {
+            let mut one = shared.http1.clone();
+            one.keep_alive(false);
+            one.serve_connection(io, service)
+        } else {
+            shared.http1.serve_connection(io, service)
+        };
+        Conn::Http1(http1.with_upgrades())
     };
     let mut conn = std::pin::pin!(conn);
 

@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Sleep;
 
 /// One admitted connection, as a [`Server`](crate::Server) receives it.
@@ -26,6 +27,7 @@ pub struct Accepted {
     pub(crate) io: Admitted<TcpStream>,
     pub(crate) remote_addr: SocketAddr,
     pub(crate) per_ip: Option<PerIpGuard>,
+    pub(crate) reserved: bool,
 }
 
 impl Accepted {
@@ -35,7 +37,15 @@ impl Accepted {
             io,
             remote_addr,
             per_ip: None,
+            reserved: false,
         }
+    }
+
+    /// Whether the connection holds one of the limiter's reserved permits
+    /// (see [`ListenerBuilder::reserve_for`]): a [`Server`](crate::Server)
+    /// answers one request on it and closes it.
+    pub fn is_reserved(&self) -> bool {
+        self.reserved
     }
 
     /// Holds a per-address count for as long as the connection lives.
@@ -101,6 +111,9 @@ pub const DEFAULT_REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_MAX_REFUSALS: usize = 1024;
 /// The request head a refusal reads at most before answering.
 const MAX_REFUSED_HEAD: usize = 16 * 1024;
+/// How much of a refused connection's request line is looked at to decide
+/// whether it may use the reserve.
+const MAX_REQUEST_LINE: usize = 2048;
 /// Connections accepted (and refused, or skipped) in one poll before the
 /// accept loop yields to the runtime, so a flood cannot starve other tasks.
 const BUDGET: usize = 64;
@@ -120,6 +133,17 @@ pub struct ListenerBuilder {
     queue_timeout: Option<Duration>,
     busy_type: Cow<'static, str>,
     busy_body: Cow<'static, [u8]>,
+    reserved: Option<ReservedPaths>,
+}
+
+/// Which request paths may use the limiter's reserve.
+#[derive(Clone)]
+struct ReservedPaths(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for ReservedPaths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReservedPaths(..)")
+    }
 }
 
 impl ListenerBuilder {
@@ -232,6 +256,36 @@ impl ListenerBuilder {
         self
     }
 
+    /// Keeps the limiter's reserve ([`admit::Builder::reserve`]) for
+    /// requests whose path `reserved` accepts: health checks, metrics,
+    /// an operator's admin calls. A connection refused for want of a permit
+    /// (not one over its address's cap) has its request line looked at, on
+    /// its refusal task, without reading it off the socket; if the path is
+    /// reserved and a reserved permit is free
+    /// ([`try_acquire_critical`](admit::Limiter::try_acquire_critical)), the
+    /// connection is admitted after all, and a [`Server`](crate::Server)
+    /// answers that one request and closes it, so the reserve cannot be
+    /// held by keep-alive. Everyone else is refused as usual.
+    ///
+    /// So clients holding every ordinary permit cannot keep an operator
+    /// from `/health`:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let limiter = admit::Limiter::builder().capacity(64).reserve(8).build().unwrap();
+    /// let listener = admit_hyper::listener(limiter)
+    ///     .per_ip(8)
+    ///     .reserve_for(|path| path == "/health" || path.starts_with("/admin/"))
+    ///     .bind("127.0.0.1:0")
+    ///     .await?;
+    /// # drop(listener); Ok(()) }
+    /// ```
+    pub fn reserve_for(mut self, reserved: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.reserved = Some(ReservedPaths(Arc::new(reserved)));
+        self
+    }
+
     /// Sets `TCP_NODELAY` on admitted connections (default true).
     pub fn nodelay(mut self, on: bool) -> Self {
         self.nodelay = on;
@@ -263,10 +317,14 @@ impl ListenerBuilder {
             })
         });
         let response = busy_response_with(self.retry_after, &self.busy_type, &self.busy_body);
+        let (rescue_tx, rescued) = tokio::sync::mpsc::unbounded_channel();
         HttpListener {
             listener,
             limiter: self.limiter,
             per_ip,
+            reserved: self.reserved,
+            rescue_tx,
+            rescued,
             response: response.into(),
             refusal_timeout: self.refusal_timeout,
             max_refusals: self.max_refusals,
@@ -320,6 +378,11 @@ pub struct HttpListener {
     listener: TcpListener,
     limiter: Limiter,
     per_ip: Option<PerIpLimit>,
+    reserved: Option<ReservedPaths>,
+    /// Refused connections admitted on the reserve, handed back by their
+    /// refusal tasks. Bounded by `max_refusals`, like those tasks.
+    rescue_tx: UnboundedSender<Rescued>,
+    rescued: UnboundedReceiver<Rescued>,
     response: Arc<[u8]>,
     refusal_timeout: Duration,
     max_refusals: usize,
@@ -337,6 +400,9 @@ pub struct HttpListener {
 /// per-address share.
 type Waiting = Queued<(TcpStream, SocketAddr, Option<PerIpGuard>)>;
 
+/// A refused connection admitted on a reserved permit.
+type Rescued = (TcpStream, SocketAddr, Option<PerIpGuard>, Permit);
+
 impl HttpListener {
     /// Starts a [`ListenerBuilder`].
     pub fn builder(limiter: Limiter) -> ListenerBuilder {
@@ -352,6 +418,7 @@ impl HttpListener {
             queue_timeout: None,
             busy_type: Cow::Borrowed(DEFAULT_BUSY_TYPE),
             busy_body: Cow::Borrowed(DEFAULT_BUSY_BODY),
+            reserved: None,
         }
     }
 
@@ -397,15 +464,21 @@ impl HttpListener {
     pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted>> {
         let mut budget = BUDGET;
         loop {
-            // 1. Connections that finished waiting.
+            // 1. Connections that finished waiting, or were admitted on
+            //    the reserve after all.
             while let Poll::Ready(Some(outcome)) = self.waits.poll_next_unpin(cx) {
                 match outcome {
                     ((stream, peer, per_ip), Ok(permit)) => {
                         return Poll::Ready(Ok(self.admit(stream, peer, per_ip, permit)));
                     }
                     // A timeout was counted by `Queued`, the rest by the limiter.
-                    ((stream, _, _), Err(_)) => self.refuse(stream),
+                    ((stream, peer, per_ip), Err(_)) => self.refuse_full(stream, peer, per_ip),
                 }
+            }
+            if let Poll::Ready(Some((stream, peer, per_ip, permit))) = self.rescued.poll_recv(cx) {
+                let mut accepted = self.admit(stream, peer, per_ip, permit);
+                accepted.reserved = true;
+                return Poll::Ready(Ok(accepted));
             }
 
             // 2. Out of descriptors or memory a moment ago: wait a little.
@@ -472,7 +545,7 @@ impl HttpListener {
                 None => match self.limiter.try_acquire() {
                     Ok(permit) => return Poll::Ready(Ok(self.admit(stream, peer, per_ip, permit))),
                     // try_acquire counted the refusal by reason.
-                    Err(_) => self.refuse(stream),
+                    Err(_) => self.refuse_full(stream, peer, per_ip),
                 },
                 Some(timeout) => {
                     // The fast path takes a free permit without queueing;
@@ -484,7 +557,7 @@ impl HttpListener {
                             return Poll::Ready(Ok(self.admit(stream, peer, per_ip, permit)))
                         }
                         // Counted by the limiter (queue full, closed).
-                        Poll::Ready(Err(_)) => self.refuse(stream),
+                        Poll::Ready(Err(_)) => self.refuse_full(stream, peer, per_ip),
                         Poll::Pending => self.waits.push(Queued::with_acquire(
                             &self.limiter,
                             acquire,
@@ -520,25 +593,93 @@ impl HttpListener {
             io,
             remote_addr: peer,
             per_ip,
+            reserved: false,
         }
+    }
+
+    /// Refuses a connection the limiter had no permit for, unless its
+    /// request may use the reserve (see [`ListenerBuilder::reserve_for`]).
+    fn refuse_full(&self, stream: TcpStream, peer: SocketAddr, per_ip: Option<PerIpGuard>) {
+        let Some(ReservedPaths(reserved)) = self.reserved.clone() else {
+            return self.refuse(stream);
+        };
+        let Some(guard) = self.start_refusal() else {
+            return;
+        };
+        let limiter = self.limiter.clone();
+        let rescue = self.rescue_tx.clone();
+        let response = self.response.clone();
+        let timeout = self.refusal_timeout;
+        tokio::spawn(async move {
+            let _guard = guard;
+            let answered = tokio::time::timeout(timeout, async move {
+                let path = request_path(&stream).await;
+                if path.as_deref().is_some_and(|p| reserved(p)) {
+                    if let Ok(permit) = limiter.try_acquire_critical() {
+                        // The accept loop admits it (if the listener is
+                        // gone, so is the connection).
+                        let _ = rescue.send((stream, peer, per_ip, permit));
+                        return Ok(());
+                    }
+                }
+                answer_refused(stream, &response).await
+            });
+            let _ = answered.await;
+        });
     }
 
     /// Answers a refused connection on a task of its own.
     fn refuse(&self, stream: TcpStream) {
-        // Relaxed: a bound, not a synchronisation point; being off by a few
-        // under a race is harmless.
-        if self.refusing.load(Ordering::Relaxed) >= self.max_refusals {
-            drop(stream);
+        let Some(guard) = self.start_refusal() else {
             return;
-        }
-        self.refusing.fetch_add(1, Ordering::Relaxed);
-        let guard = Refusing(self.refusing.clone());
+        };
         let response = self.response.clone();
         let timeout = self.refusal_timeout;
         tokio::spawn(async move {
             let _guard = guard;
             let _ = tokio::time::timeout(timeout, answer_refused(stream, &response)).await;
         });
+    }
+}
+
+impl HttpListener {
+    /// Counts a refusal in progress, or `None` if there are too many
+    /// already (the connection is then closed without an answer).
+    fn start_refusal(&self) -> Option<Refusing> {
+        // Relaxed: a bound, not a synchronisation point; being off by a few
+        // under a race is harmless.
+        if self.refusing.load(Ordering::Relaxed) >= self.max_refusals {
+            return None;
+        }
+        self.refusing.fetch_add(1, Ordering::Relaxed);
+        Some(Refusing(self.refusing.clone()))
+    }
+}
+
+/// The path of the request line waiting on `stream` (without its query),
+/// looked at without taking it off the socket, so that hyper can still
+/// read the request if the connection is admitted. `None` if the line is
+/// not a request line or does not arrive.
+async fn request_path(stream: &TcpStream) -> Option<String> {
+    let mut buf = vec![0u8; MAX_REQUEST_LINE];
+    loop {
+        let n = stream.peek(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if let Some(end) = buf[..n].windows(2).position(|w| w == b"\r\n") {
+            let line = std::str::from_utf8(&buf[..end]).ok()?;
+            let mut parts = line.split(' ');
+            let (_method, target) = (parts.next()?, parts.next()?);
+            let path = target.split('?').next()?;
+            return path.starts_with('/').then(|| path.to_owned());
+        }
+        if n == buf.len() {
+            return None;
+        }
+        // Part of a line: peeked bytes stay readable, so wait a moment for
+        // the rest rather than spin (the refusal timeout bounds it all).
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

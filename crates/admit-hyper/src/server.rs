@@ -60,6 +60,10 @@ pub struct ConnInfo {
     /// its idle timeout passed. The stream notices when it is polled, so
     /// the signal reaches a handler that is reading or writing.
     pub ending: Ending,
+    /// Whether the connection holds a reserved permit (see
+    /// [`ListenerBuilder::reserve_for`](crate::ListenerBuilder::reserve_for)):
+    /// it serves this one request and closes.
+    pub reserved: bool,
 }
 
 /// Serves HTTP on connections an [`Accept`] source admitted: an
@@ -563,6 +567,7 @@ impl Server {
                             local_addr,
                             lease,
                             ending: accepted.io.ending(),
+                            reserved: accepted.reserved,
                         };
                         let service = make_service(&info);
                         let entry = registry.register(lease);

@@ -535,6 +535,9 @@ impl Server {
         let status_listener = admit_hyper::listener(app.status_limiter.clone())
             .retry_after(retry_after)
             .per_ip(STATUS_PER_IP)
+            .reserve_for(|path| {
+                path == "/health" || path == "/metrics" || path.starts_with("/admin/")
+            })
             .from_tokio(status);
         let status_task = tokio::spawn(
             admit_hyper::Server::new()
