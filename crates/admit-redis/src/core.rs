@@ -308,7 +308,15 @@ impl Core {
             return;
         }
         if reply.share < want {
-            self.grow_backoff_until_ms = sent_ms + self.tuning.retry_ms.min(100);
+            // The budget is taken. Below its fair share the node is starved
+            // and asks again soon (others hand back at their heartbeats);
+            // above it, growth waits for the next heartbeat.
+            let wait = if reply.share < reply.fair {
+                self.tuning.retry_ms.min(100)
+            } else {
+                self.tuning.heartbeat_ms
+            };
+            self.grow_backoff_until_ms = sent_ms + wait;
         }
         self.authority = Authority::Leased {
             epoch: reply.epoch,

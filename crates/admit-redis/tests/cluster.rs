@@ -138,6 +138,7 @@ async fn a_starved_node_gets_its_fair_share_within_2s() {
         greedy.status()
     );
     let took = joined.elapsed();
+    eprintln!("late node held its fair share {took:?} after joining");
     assert!(took < Duration::from_secs(2), "fair share after {took:?}");
     // greedy kept what it uses, gave back the idle rest down to its fair share.
     let g = greedy.status();
@@ -228,6 +229,7 @@ async fn redis_paused_and_restarted_mid_storm() {
             assert!(t.is_some(), "{outage}: {:?} never rejoined", n.status());
         }
         let rejoined = back.elapsed();
+        eprintln!("{outage}: every node rejoined {rejoined:?} after redis came back");
         assert!(
             rejoined < Duration::from_secs(5),
             "{outage}: rejoined after {rejoined:?}"
