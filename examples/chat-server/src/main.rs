@@ -44,6 +44,10 @@ struct Args {
     /// Seconds without traffic after which a connection is closed.
     #[arg(long, env = "CHAT_IDLE_TIMEOUT", default_value_t = 300)]
     idle_timeout: u64,
+    /// Password hashes (register, login) run at once; more wait briefly or
+    /// are refused `busy` [default: 2 x cores].
+    #[arg(long, env = "CHAT_MAX_HASHES", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    max_hashes: Option<u32>,
     /// Enables `/admin/*` with this bearer token.
     #[arg(long, env = "CHAT_ADMIN_TOKEN")]
     admin_token: Option<String>,
@@ -91,6 +95,7 @@ async fn main() -> std::process::ExitCode {
         per_ip: args.per_ip,
         queue: args.queue,
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        max_hashes: args.max_hashes.unwrap_or(defaults.max_hashes),
         admin_token: args.admin_token.filter(|t| !t.is_empty()),
         fault_injection: args.fault_injection,
         ..defaults

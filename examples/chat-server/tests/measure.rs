@@ -11,6 +11,11 @@
 //! * `throughput_group_commit`: acknowledged (durably committed) messages
 //!   per second from 32 pipelining WebSocket senders, with group commit and
 //!   with one commit per message.
+//! * `logins_with_and_without_the_hashing_limiter`: 100 clients logging in
+//!   over and over for 10 s (each its own account; a refused client waits
+//!   its `Retry-After`), against the real release binary with the default
+//!   hashing limiter (2 x cores) and with one wide enough to admit all 100
+//!   at once: successful logins per second and peak resident memory.
 
 mod common;
 use common::*;
@@ -191,4 +196,65 @@ async fn throughput_group_commit() {
         grouped > 2.0 * single,
         "group commit {grouped:.0} msg/s is not clearly ahead of {single:.0} msg/s"
     );
+}
+
+/// Runs 100 closed-loop login clients for `secs` against a fresh release
+/// server started with `args`; returns (logins/s, refusals, peak RSS KiB).
+async fn login_load(args: &[&str], secs: u64) -> (f64, u64, u64) {
+    let data = scratch("measure-login");
+    let srv = Proc::start(&data, args);
+    let http = srv.addrs.http;
+    for i in 0..100 {
+        let r = post_json(http, "/api/register", None, json!({"name": format!("user{i}"), "password": "correct horse"})).await;
+        assert_eq!(r.status, 201);
+    }
+    let start = Instant::now();
+    let until = start + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..100u32)
+        .map(|i| {
+            tokio::spawn(async move {
+                let (mut ok, mut refused) = (0u64, 0u64);
+                let src = IpAddr::V4(Ipv4Addr::new(127, 0, 3, 1 + i as u8));
+                while Instant::now() < until {
+                    let body = json!({"name": format!("user{i}"), "password": "correct horse"});
+                    let r = post_json_from(src, http, "/api/login", body).await;
+                    match r.status {
+                        200 => ok += 1,
+                        503 | 429 => {
+                            refused += 1;
+                            let wait: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).unwrap_or(1);
+                            tokio::time::sleep(Duration::from_secs(wait)).await;
+                        }
+                        other => panic!("login: {other}"),
+                    }
+                }
+                (ok, refused)
+            })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let (o, r) = t.await.unwrap();
+        ok += o;
+        refused += r;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", srv.child.id())).unwrap();
+    let peak: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (ok as f64 / elapsed, refused, peak)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run with --release -- --ignored --nocapture"]
+async fn logins_with_and_without_the_hashing_limiter() {
+    let (limited, refused, limited_peak) = login_load(&[], 10).await;
+    println!("logins: hashing limiter at 2 x cores: {limited:.1} logins/s, {refused} refused (busy), peak RSS {} MiB", limited_peak / 1024);
+    let (open, open_refused, open_peak) = login_load(&["--max-hashes", "100"], 10).await;
+    println!("logins: hashing limiter at 100 (all at once): {open:.1} logins/s, {open_refused} refused, peak RSS {} MiB", open_peak / 1024);
+    println!("logins: limited / all at once = {:.2}x throughput, {:.2}x peak memory", limited / open, limited_peak as f64 / open_peak as f64);
+    assert!(limited_peak <= 400 * 1024, "peak {limited_peak} KiB");
 }
