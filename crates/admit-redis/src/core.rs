@@ -288,10 +288,18 @@ impl Core {
     /// was away, but the nodes kept serving on their fallback shares; until
     /// each has had time to come back and register what it holds, growing
     /// into the "free" budget could count those permits twice.
+    ///
+    /// A blip (a call or two failing, no renewal missed) starts no hold: no
+    /// lease can have run out over it.
     pub(crate) fn on_reply(&mut self, sent_ms: u64, want: u32, reply: &SyncReply) {
-        if self.unreachable() {
+        let t = self.tuning;
+        let away = self.last_ok_ms.map_or(0, |ok| sent_ms.saturating_sub(ok));
+        let missed_renewal = away > t.heartbeat_ms + t.call_timeout_ms + t.retry_ms;
+        if self.unreachable()
+            && (missed_renewal || !reply.ok || !matches!(self.authority, Authority::Leased { .. }))
+        {
             self.hold_cap = self.capacity();
-            self.hold_until_ms = sent_ms + self.tuning.ttl_ms;
+            self.hold_until_ms = sent_ms + t.ttl_ms;
         }
         self.last_ok_ms = Some(sent_ms);
         self.view = Some(View {

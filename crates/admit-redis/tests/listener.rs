@@ -28,6 +28,7 @@ async fn a_listener_admits_within_the_share_and_the_share_follows_it() {
     let other = ClusterLimiter::builder(r.client(), "tcp", BUDGET)
         .node_id("other")
         .min_batch(1)
+        .max_share(3)
         .start()
         .await
         .unwrap();
