@@ -264,3 +264,40 @@ async fn redis_paused_and_restarted_mid_storm() {
     }
     stop.store(true, Ordering::Relaxed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_share_shrinks_back_to_a_batch() {
+    let Some(r) = common::redis() else { return };
+    let node = ClusterLimiter::builder(r.client(), "idle", 100)
+        .node_id("idle")
+        .min_batch(4)
+        .start()
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    common::eventually(Duration::from_secs(3), async || {
+        while let Ok(p) = node.try_acquire() {
+            held.push(p);
+        }
+        held.len() >= 60
+    })
+    .await
+    .expect("the share never grew");
+    held.clear();
+    let grown = node.status().share;
+    assert!(grown >= 60, "{:?}", node.status());
+    // Idle for two heartbeats, the node gives back all but a batch, in
+    // Redis too.
+    let mut con = r.client().get_multiplexed_async_connection().await.unwrap();
+    let keys = BudgetKeys::new("admit:", "idle");
+    let took = common::eventually(Duration::from_secs(5), async || {
+        let snap = keys.snapshot(&mut con).await.unwrap();
+        node.status().share <= 4 && snap.shares_total() <= 4
+    })
+    .await;
+    assert!(took.is_some(), "share still {:?}", node.status());
+    eprintln!(
+        "idle share {grown} shrank to {} in {took:?}",
+        node.status().share
+    );
+}
