@@ -43,6 +43,10 @@
     const cause = typeof h.cause === "string" ? h.cause : null;
     $("hero-detail").textContent = status === "degraded" && cause && CAUSES[cause] ? CAUSES[cause] : words[1];
     $("hero-icon").setAttribute("d", words[2]);
+    // A change of state is a reason to look at the history at once.
+    const key = status + "/" + (cause || "");
+    if (lastStatus !== null && key !== lastStatus) loadHistory();
+    lastStatus = key;
     document.title = words[0] + " — admit chat status";
 
     const limiters = h.limiters && typeof h.limiters === "object" ? h.limiters : {};
@@ -95,7 +99,79 @@
     stalled: "Wake-ups were lost: connections are waiting beside free slots. The watchdog is re-driving them automatically.",
     leaking: "Connection slots were held idle past the limit; the watchdog revoked them and is reclaiming the slots automatically.",
     watchdog_silent: "The watchdog has stopped reporting, so nothing is repairing the limiter right now.",
+    store: "Messages cannot be saved right now, so sending is refused rather than losing them. People can still read and stay connected.",
   };
+
+  const CAUSE_LABELS = {
+    leaking: "connections held",
+    stalled: "lost wake-ups",
+    watchdog_silent: "monitor silent",
+    saturated: "full",
+    store: "saving failed",
+  };
+
+  // ---------- history: the open incident, uptime bars, the incident list ----------
+  const HISTORY_MS = 5000;
+  let historyTimer = null;
+  let lastStatus = null;
+
+  function when(iso) {
+    const d = new Date(iso);
+    if (isNaN(d)) return "";
+    return d.toLocaleString([], { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  }
+
+  function renderIncidents(list) {
+    const ongoing = list.find((i) => i && i.ended === null);
+    const box = $("open-incident");
+    box.hidden = !ongoing;
+    if (ongoing) {
+      $("open-incident-cause").textContent = CAUSE_LABELS[ongoing.cause] || String(ongoing.cause);
+      $("open-incident-summary").textContent = String(ongoing.summary || "");
+      $("open-incident-since").textContent = "Since " + when(ongoing.started) + ".";
+    }
+    const ol = $("incidents");
+    if (list.length === 0) {
+      ol.replaceChildren(el("li", "empty", "No incidents recorded. When something goes wrong, it is listed here with what fixed it."));
+      return;
+    }
+    ol.replaceChildren(...list.map((i) => {
+      const li = el("li", i.ended === null ? "ongoing" : null);
+      li.dataset.cause = String(i.cause);
+      li.dataset.repairedBy = i.repaired_by === null ? "" : String(i.repaired_by);
+      const head = el("div", "when", when(i.started) + " · " + (CAUSE_LABELS[i.cause] || String(i.cause)) + (i.ended === null ? " · ongoing" : ""));
+      li.append(head, el("div", "what", String(i.summary || "")));
+      return li;
+    }));
+  }
+
+  function renderUptime(days) {
+    const bars = $("uptime-bars");
+    let sum = 0, n = 0;
+    bars.replaceChildren(...days.map((d) => {
+      const up = typeof d.up === "number" ? d.up : null;
+      const cls = up === null ? "day-none" : up >= 0.9999 ? "day-up" : up >= 0.99 ? "day-dip" : "day-down";
+      const bar = el("span", cls);
+      const pct = up === null ? "no record" : (up * 100).toFixed(up >= 0.9999 ? 2 : 3) + "% up";
+      bar.setAttribute("title", d.date + ": " + pct + (d.incidents ? ", " + d.incidents + " incident" + (d.incidents === 1 ? "" : "s") : ""));
+      if (up !== null) { sum += up; n += 1; }
+      return bar;
+    }));
+    $("uptime-caption").textContent = "last " + days.length + " days" + (n ? " · " + (sum / n * 100).toFixed(3) + "% up where recorded" : "");
+  }
+
+  async function loadHistory() {
+    clearTimeout(historyTimer);
+    try {
+      const [inc, up] = await Promise.all([
+        fetch("incidents?limit=20", { cache: "no-store" }).then((r) => r.json()),
+        fetch("uptime", { cache: "no-store" }).then((r) => r.json()),
+      ]);
+      if (inc && Array.isArray(inc.incidents)) renderIncidents(inc.incidents);
+      if (up && Array.isArray(up.days)) renderUptime(up.days);
+    } catch (_) { /* the live part shows when the service is unreachable */ }
+    historyTimer = setTimeout(loadHistory, HISTORY_MS);
+  }
 
   const REASONS = {
     full: "At capacity",
@@ -288,5 +364,6 @@
 
   stream();
   poll();
+  loadHistory();
   setInterval(() => { setLive(); if (Date.now() - lastUpdate > 1000) drawChart(); }, 1000);
 })();

@@ -41,7 +41,9 @@
 //! * [`throttle`] — failed-login limits per account and per address.
 //! * [`hub`] — rooms in memory and bounded fan-out.
 //! * [`store`] — SQLite with group commit on a dedicated thread.
-//! * [`status`] — health, metrics, status page, admin.
+//! * [`status`] — health, metrics, status page, incidents, admin.
+//! * [`incidents`] — what went wrong and what repaired it, from the
+//!   limiters' transitions and the store's health, kept in the database.
 //!
 //! ## One signal for the server's life
 //!
@@ -62,6 +64,7 @@
 pub mod api;
 pub mod chat;
 pub mod hub;
+pub mod incidents;
 pub mod protocol;
 pub mod session;
 pub mod status;
@@ -140,6 +143,10 @@ pub struct Config {
     pub max_hashes: u32,
     /// How often expired tokens are deleted.
     pub token_purge_every: Duration,
+    /// How long the chat limiter must stay saturated to be an incident.
+    pub incident_saturated_after: Duration,
+    /// Incidents kept at most.
+    pub incident_max_rows: i64,
 }
 
 impl Default for Config {
@@ -160,6 +167,8 @@ impl Default for Config {
             max_batch: store::MAX_BATCH,
             max_hashes: 2 * cores(),
             token_purge_every: Duration::from_secs(600),
+            incident_saturated_after: incidents::SATURATED_AFTER,
+            incident_max_rows: incidents::MAX_ROWS,
         }
     }
 }
@@ -238,6 +247,8 @@ pub struct App {
     pub phase: watch::Sender<Phase>,
     /// `GET /events` streams open at once.
     pub events_limiter: Limiter,
+    /// The incident log.
+    pub incidents: incidents::Incidents,
 }
 
 impl App {
@@ -295,6 +306,7 @@ pub struct Server {
     per_ip: u32,
     idle_timeout: Duration,
     token_purge_every: Duration,
+    incident_saturated_after: Duration,
 }
 
 /// Why the server could not start.
@@ -363,8 +375,10 @@ impl Server {
         let store = tokio::task::spawn_blocking(move || store::Store::open(&data, max_batch))
             .await
             .map_err(|e| StartError::Admission(e.to_string()))??;
+        let store = Arc::new(store);
+        let incident_log = incidents::Incidents::new(store.clone(), config.incident_max_rows);
         let chat = Chat::new(
-            Arc::new(store),
+            store,
             ChatOptions {
                 token_ttl: config.token_ttl,
                 argon2_m_cost: config.argon2_m_cost,
@@ -401,6 +415,7 @@ impl Server {
             recorder: metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder(),
             phase: watch::Sender::new(Phase::Running),
             events_limiter,
+            incidents: incident_log,
         });
         Ok(Server {
             app,
@@ -410,6 +425,7 @@ impl Server {
             per_ip: config.per_ip.max(1),
             idle_timeout: config.idle_timeout,
             token_purge_every: config.token_purge_every.max(Duration::from_millis(10)),
+            incident_saturated_after: config.incident_saturated_after,
         })
     }
 
@@ -451,6 +467,9 @@ impl Server {
             WatchdogConfig::default().max_idle(Duration::from_secs(300)),
         )
         .map_err(|e| StartError::Admission(format!("watchdog: {e}")))?;
+
+        // Incidents are recorded from the start, watchdogs included.
+        let recorder = tokio::spawn(incidents::run(app.clone(), self.incident_saturated_after));
 
         // Expired tokens are deleted, not kept: once at start, then
         // regularly.
@@ -534,6 +553,7 @@ impl Server {
         // the limiter's reserve kept for `/health`, `/metrics` and `/admin`.
         let status_listener = admit_hyper::listener(app.status_limiter.clone())
             .retry_after(retry_after)
+            .busy_body("application/json", BUSY_BODY)
             .per_ip(STATUS_PER_IP)
             .reserve_for(|path| {
                 path == "/health" || path == "/metrics" || path.starts_with("/admin/")
@@ -585,6 +605,8 @@ impl Server {
             }
         };
         tokio::join!(http_done, chat_drained, status_done);
+        // The recorder closes what is open before the database closes.
+        let _ = recorder.await;
         app.status_limiter.close();
         let store = app.chat.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.shutdown()).await;

@@ -21,14 +21,14 @@ use crate::protocol::http::{decode_capacity, decode_fault, decode_revoke, Fault}
 use crate::protocol::ProtoError;
 use crate::{App, Phase};
 use admit::{Cause, HealthState, Snapshot};
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,6 +181,8 @@ pub fn router(app: Arc<App>) -> Router {
                 get(|| async { asset("text/css; charset=utf-8", STATUS_CSS) }),
             )
             .route("/events", get(events))
+            .route("/incidents", get(incidents))
+            .route("/uptime", get(uptime))
             .route("/admin/capacity", post(set_capacity))
             .route("/admin/drain", post(drain))
             .route("/admin/revoke", post(revoke))
@@ -259,6 +261,55 @@ async fn events(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// `?limit=N` on `/incidents` (1..=200, default 20) and `?days=N` on
+/// `/uptime` (1..=90, default 90).
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Incidents to list.
+    pub limit: Option<u32>,
+    /// Days to cover.
+    pub days: Option<u32>,
+}
+
+fn list_query(
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<ListQuery, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError(ProtoError::bad_request(e.body_text())))
+}
+
+async fn incidents(
+    State(app): State<Arc<App>>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let limit = list_query(q)?.limit.unwrap_or(20);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError(ProtoError::bad_request("limit must be 1 to 200")));
+    }
+    let list = app.incidents.recent(limit).await.map_err(store_unavailable)?;
+    Ok(Json(serde_json::json!({ "incidents": list })).into_response())
+}
+
+async fn uptime(
+    State(app): State<Arc<App>>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let days = list_query(q)?.days.unwrap_or(crate::incidents::UPTIME_DAYS);
+    if !(1..=crate::incidents::UPTIME_DAYS).contains(&days) {
+        return Err(ApiError(ProtoError::bad_request("days must be 1 to 90")));
+    }
+    let days = app.incidents.uptime(days).await.map_err(store_unavailable)?;
+    Ok(Json(serde_json::json!({ "days": days })).into_response())
+}
+
+fn store_unavailable(e: crate::store::StoreError) -> ApiError {
+    tracing::warn!("incidents: {e}");
+    ApiError(ProtoError::new(
+        "unavailable",
+        "the incident history cannot be read right now",
+    ))
 }
 
 /// Extractor guarding the admin endpoints.

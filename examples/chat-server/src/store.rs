@@ -89,6 +89,10 @@ pub struct Posted {
 /// Called on the writer thread after the commit, in commit order.
 pub type OnCommit = Box<dyn FnOnce(Result<Posted, StoreError>) + Send>;
 
+/// A write for [`Store::write`]: runs on the writer thread, inside the
+/// batch's transaction.
+pub type OtherWrite = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<i64> + Send>;
+
 /// A room as loaded at start-up.
 #[derive(Debug, Clone)]
 pub struct RoomRow {
@@ -137,6 +141,12 @@ enum Write {
         now: i64,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Anything else, off the hot path (incidents): runs in the batch's
+    /// transaction; its result is answered after the commit.
+    Other {
+        apply: OtherWrite,
+        reply: oneshot::Sender<Result<i64, StoreError>>,
+    },
     Post {
         room: i64,
         user: i64,
@@ -150,10 +160,22 @@ enum Write {
 /// Whether the store can be trusted with a write right now, and the last
 /// thing that went wrong. Shared by the writer thread (which sets it) and
 /// `/health` (which reports it).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StoreHealth {
     failed: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// Whether the store is ok, for those who follow its changes.
+    changes: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for StoreHealth {
+    fn default() -> Self {
+        StoreHealth {
+            failed: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            changes: tokio::sync::watch::Sender::new(true),
+        }
+    }
 }
 
 impl StoreHealth {
@@ -171,17 +193,24 @@ impl StoreHealth {
             .clone()
     }
 
+    /// Follows the store's health: `true` while ok.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.changes.subscribe()
+    }
+
     fn fail(&self, what: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(what.clone());
         // Log once per failure episode, not once per write.
         if !self.failed.swap(true, Ordering::AcqRel) {
             tracing::error!("store failed: {what}; writes are refused until it recovers");
+            self.changes.send_replace(false);
         }
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(what);
     }
 
     fn recover(&self) {
         if self.failed.swap(false, Ordering::AcqRel) {
             tracing::warn!("store recovered: a batch committed again");
+            self.changes.send_replace(true);
         }
     }
 }
@@ -334,6 +363,20 @@ pub const MIGRATIONS: &[&str] = &[
     "CREATE INDEX users_name_nocase ON users(name COLLATE NOCASE);
     CREATE INDEX tokens_expires ON tokens(expires);
     CREATE INDEX rooms_owner ON rooms(owner);",
+    // 3: incidents for the status page (see `crate::incidents`), and when
+    // this database was made, so uptime is not claimed for days before it.
+    "CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        limiter TEXT NOT NULL,
+        cause TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        ended_ms INTEGER,
+        repaired_by TEXT,
+        summary TEXT NOT NULL
+    );
+    CREATE INDEX incidents_started ON incidents(started_ms);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('created_ms', CAST(unixepoch('subsec') * 1000 AS INTEGER));",
 ];
 
 /// Brings a database to the current schema.
@@ -516,6 +559,20 @@ impl Store {
     /// Deletes every token that expired at or before `now` (unix seconds).
     pub async fn purge_tokens(&self, now: i64) -> Result<(), StoreError> {
         self.call(|reply| Write::PurgeTokens { now, reply }).await
+    }
+
+    /// Runs `apply` on the writer thread in its next batch's transaction
+    /// and answers with its result once that commits: for writes that are
+    /// not on any request's path and not worth a variant of their own.
+    pub async fn write(
+        &self,
+        apply: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<i64> + Send + 'static,
+    ) -> Result<i64, StoreError> {
+        self.call(|reply| Write::Other {
+            apply: Box::new(apply),
+            reply,
+        })
+        .await
     }
 
     /// Queues a message; `done` runs on the writer thread after the commit.
@@ -836,6 +893,9 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Write>) -> (bool, Result<(
                     .map_err(StoreError::from);
                 pending.push(Pending::Unit(reply, r));
             }
+            Write::Other { apply, reply } => {
+                pending.push(Pending::Id(reply, apply(&tx).map_err(StoreError::from)));
+            }
             Write::PurgeTokens { now, reply } => {
                 let r = tx
                     .execute("DELETE FROM tokens WHERE expires <= ?1", [now])
@@ -914,7 +974,9 @@ fn fail(w: Write, e: StoreError) {
         _ => StoreError::Closed,
     };
     match w {
-        Write::Register { reply, .. } | Write::CreateRoom { reply, .. } => {
+        Write::Register { reply, .. }
+        | Write::CreateRoom { reply, .. }
+        | Write::Other { reply, .. } => {
             let _ = reply.send(Err(e()));
         }
         Write::AddToken { reply, .. }

@@ -77,6 +77,7 @@ pub struct Gradient {
     /// floor in under 20 decisions.
     pub loss_backoff: f64,
     noload: NoLoad,
+    demand: Demand,
 }
 
 impl Default for Gradient {
@@ -87,6 +88,7 @@ impl Default for Gradient {
             loss_tolerance: 0.05,
             loss_backoff: 0.7,
             noload: NoLoad::default(),
+            demand: Demand::default(),
         }
     }
 }
@@ -123,13 +125,37 @@ pub(super) fn lossy(window: &Window, tolerance: f64) -> bool {
     window.lost() > 0 && window.lost() as f64 > tolerance * window.samples() as f64
 }
 
-/// Shared by the latency controllers: the limit is not being used. The
-/// limit only grows while the window's busiest moment reached three
-/// quarters of it, so it stays within a third above the demand actually
-/// seen; a sudden surge then meets a limit at most that far above what was
-/// proven, and the queue it can build before the next window is bounded.
-pub(super) fn app_limited(window: &Window, limit: f64) -> bool {
-    f64::from(window.max_in_flight) < limit * 0.75
+/// Shared by the latency controllers: whether the limit may grow.
+///
+/// * Not while it is unused: growth needs a window whose busiest moment
+///   reached `HEADROOM` of the limit, so the limit stays within about a
+///   fifth above the demand actually seen, and a sudden surge meets a
+///   limit at most that far above what was proven.
+/// * Not on the first busy window after an idle one: that window mixes
+///   the quiet before a surge with the surge itself, its latency still
+///   looks good, and growing on it would meet the surge with a larger
+///   limit. The next window, wholly under the new demand, decides.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Demand {
+    idle: bool,
+}
+
+/// The share of the limit a window must have used for the limit to grow.
+const HEADROOM: f64 = 0.85;
+
+impl Demand {
+    /// Notes the window; `None` if the limit may grow after it, else why not.
+    pub(super) fn holds(&mut self, window: &Window, limit: f64) -> Option<Reason> {
+        let idle = f64::from(window.max_in_flight) < limit * HEADROOM;
+        let was_idle = std::mem::replace(&mut self.idle, idle);
+        if idle {
+            Some(Reason::AppLimited)
+        } else if was_idle {
+            Some(Reason::Hold)
+        } else {
+            None
+        }
+    }
 }
 
 impl Algorithm for Gradient {
@@ -155,11 +181,9 @@ impl Algorithm for Gradient {
         };
         let (noload, short) = (noload.as_secs_f64(), short.as_secs_f64().max(1e-9));
         let gradient = (self.tolerance * noload / short).clamp(0.5, 2.0);
-        if gradient >= 1.0 && app_limited(window, limit) {
-            return Step {
-                limit,
-                reason: Reason::AppLimited,
-            };
+        match self.demand.holds(window, limit) {
+            Some(reason) if gradient >= 1.0 => return Step { limit, reason },
+            _ => {}
         }
         let next = if short <= noload * 1.1 {
             limit * 2.0

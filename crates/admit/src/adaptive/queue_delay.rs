@@ -1,7 +1,7 @@
 //! The queue-delay controller.
 
 use super::controller::{Algorithm, Bounds, Kind, Reason, Step};
-use super::gradient::{app_limited, lossy};
+use super::gradient::{lossy, Demand};
 use super::noload::NoLoad;
 use super::window::Window;
 use std::time::Duration;
@@ -57,6 +57,7 @@ pub struct QueueDelay {
     /// As [`Gradient::loss_backoff`](super::Gradient::loss_backoff) (default 0.7).
     pub loss_backoff: f64,
     noload: NoLoad,
+    demand: Demand,
 }
 
 impl Default for QueueDelay {
@@ -67,6 +68,7 @@ impl Default for QueueDelay {
             loss_tolerance: 0.05,
             loss_backoff: 0.7,
             noload: NoLoad::default(),
+            demand: Demand::default(),
         }
     }
 }
@@ -122,11 +124,9 @@ impl Algorithm for QueueDelay {
         let target = self.target.as_secs_f64();
         let delay = (mean.as_secs_f64() - noload.as_secs_f64()).max(target / 1e3);
         let factor = (target / delay).powf(self.gain).clamp(0.5, 2.0);
-        if factor >= 1.0 && app_limited(window, limit) {
-            return Step {
-                limit,
-                reason: Reason::AppLimited,
-            };
+        match self.demand.holds(window, limit) {
+            Some(reason) if factor >= 1.0 => return Step { limit, reason },
+            _ => {}
         }
         let next = limit * factor;
         let reason = if next > limit {
