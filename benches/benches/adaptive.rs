@@ -3,7 +3,9 @@
 //! scenarios in virtual time.
 //!
 //! `cargo bench -p admit-benches --bench adaptive` prints the table recorded
-//! in benches/README.md; add `-- --plots` to redraw the SVGs under docs/.
+//! in benches/README.md; add `-- --plots` to redraw the SVGs under docs/,
+//! or run `-- --seeds N` for the worst case of the targets' scenarios over
+//! seeds 1..=N instead.
 //!
 //! The ports follow the Java code's arithmetic and defaults (initial limit
 //! 20; Gradient2: smoothing 0.2, queue size 4, long window 600 with a
@@ -261,8 +263,17 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() {
-    let plots = std::env::args().any(|a| a == "--plots");
+    let args: Vec<String> = std::env::args().collect();
+    let plots = args.iter().any(|a| a == "--plots");
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--seeds")
+        .and_then(|i| args.get(i + 1))
+    {
+        seeds(n.parse().expect("--seeds N"));
+        return;
+    }
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
 
     // 1. Finding the knee after a start and after capacity steps.
@@ -408,6 +419,65 @@ fn main() {
     println!("|---|{}", "---|".repeat(ALGOS.len()));
     for (name, cells) in rows {
         println!("| {name} | {} |", cells.join(" | "));
+    }
+}
+
+/// The targets' scenarios for admit's two latency controllers over seeds
+/// 1..=n: the worst case of each, so a figure is not one lucky seed.
+fn seeds(n: u64) {
+    for algo in [Algo::Gradient, Algo::QueueDelay] {
+        let (mut worst, mut misses) = (Duration::ZERO, 0);
+        for seed in 1..=n {
+            for knee in [10.0, 100.0, 1000.0] {
+                let scenario = Scenario::open(knee, 1.5)
+                    .seed(seed)
+                    .duration(s(9))
+                    .change(s(3), Change::Knee(knee * 2.0))
+                    .change(s(6), Change::Knee(knee));
+                let r = algo.run(&scenario, None);
+                for (from, to, k) in [(0, 3, knee), (3, 6, knee * 2.0), (6, 9, knee)] {
+                    match r.settle_time(s(from), s(to), k, 0.15) {
+                        Some(t) if t <= s(2) => worst = worst.max(t),
+                        _ => misses += 1,
+                    }
+                }
+            }
+        }
+        println!(
+            "{}: knee steps, worst settling {:.2} s, segments missing 2 s: {misses}",
+            algo.name(),
+            worst.as_secs_f64()
+        );
+        let (mut goodput, mut p99) = (f64::MAX, Duration::ZERO);
+        for seed in 1..=n {
+            let spike = Scenario::open(100.0, 0.8)
+                .seed(seed)
+                .duration(s(20))
+                .change(s(5), Change::Demand(1.4))
+                .change(s(15), Change::Demand(0.8));
+            let r = algo.run(&spike, None);
+            goodput = goodput.min(r.goodput(s(5), s(15)) / r.capacity(s(5), s(15)));
+            p99 = p99.max(r.queue_delay_p99(s(5), s(15)));
+        }
+        println!(
+            "{}: 1.4x spike, lowest goodput {:.1} %, highest p99 queueing delay {}",
+            algo.name(),
+            goodput * 100.0,
+            ms(p99)
+        );
+        let mut shed = 0;
+        for seed in 1..=n {
+            for knee in [10.0, 100.0] {
+                let steady = Scenario::closed(knee, knee as u32, Duration::from_millis(6))
+                    .seed(seed)
+                    .duration(s(601));
+                shed += algo.run(&steady, None).shed(s(1), s(601));
+            }
+        }
+        println!(
+            "{}: steady half-knee load, knees 10 and 100, 10 min: {shed} shed after the first second",
+            algo.name()
+        );
     }
 }
 
