@@ -185,8 +185,12 @@ impl Repair {
                 if *n == 1 { "" } else { "s" },
                 if *n == 1 { "it" } else { "them" }
             ),
-            Repair::Redriven(_) => "the safeguard had lost track of waiting connections and woke them again".into(),
-            Repair::DriftCorrected(_) => "the safeguard's count of connections had drifted, and it corrected it".into(),
+            Repair::Redriven(_) => {
+                "the safeguard had lost track of waiting connections and woke them again".into()
+            }
+            Repair::DriftCorrected(_) => {
+                "the safeguard's count of connections had drifted, and it corrected it".into()
+            }
             Repair::CapacityChanged { from, to } => {
                 format!("an operator changed the capacity from {from} to {to}")
             }
@@ -357,7 +361,13 @@ impl Open {
             started: rfc3339(self.started_ms),
             ended: ended_ms.map(rfc3339),
             repaired_by: repair.map(|r| r.code().to_owned()),
-            summary: summary(self.limiter, self.cause, lasted, repair, self.detail.as_deref()),
+            summary: summary(
+                self.limiter,
+                self.cause,
+                lasted,
+                repair,
+                self.detail.as_deref(),
+            ),
             duration_ms: lasted.as_millis() as u64,
         }
     }
@@ -411,7 +421,8 @@ impl Incidents {
     /// Writes a newly opened incident (and prunes the table).
     async fn write_open(&self, open: &Open) -> Result<i64, StoreError> {
         let inc = open.incident(None, None);
-        let (limiter, cause, started_ms, max_rows) = (inc.limiter, inc.cause, open.started_ms, self.max_rows);
+        let (limiter, cause, started_ms, max_rows) =
+            (inc.limiter, inc.cause, open.started_ms, self.max_rows);
         let keep_from = unix_ms() - KEEP.as_millis() as i64;
         self.store
             .write(move |tx| {
@@ -479,7 +490,11 @@ impl Incidents {
             .cloned()
             .collect();
         for open in due {
-            tracing::warn!(limiter = open.limiter, cause = open.cause, "incident opened");
+            tracing::warn!(
+                limiter = open.limiter,
+                cause = open.cause,
+                "incident opened"
+            );
             match self.write_open(&open).await {
                 Ok(id) => {
                     if let Some(o) = self.open_map().get_mut(open.limiter) {
@@ -536,10 +551,7 @@ impl Incidents {
             .filter(|o| o.id.is_none() && o.noticed())
             .map(|o| o.incident(None, None))
             .collect();
-        let rows = self
-            .store
-            .read(move |c| recent_rows(c, limit, now))
-            .await?;
+        let rows = self.store.read(move |c| recent_rows(c, limit, now)).await?;
         list.extend(rows);
         list.truncate(limit as usize);
         Ok(list)
@@ -594,7 +606,9 @@ fn uptime_days(
     extra: &[(i64, Option<i64>, bool)],
 ) -> rusqlite::Result<Vec<UptimeDay>> {
     let created: i64 = c
-        .query_row("SELECT value FROM meta WHERE key = 'created_ms'", [], |r| r.get(0))
+        .query_row("SELECT value FROM meta WHERE key = 'created_ms'", [], |r| {
+            r.get(0)
+        })
         .optional()?
         .unwrap_or(now);
     let today = now.div_euclid(DAY_MS) * DAY_MS;
@@ -609,17 +623,27 @@ fn uptime_days(
             Ok((r.get(0)?, end.unwrap_or(now), r.get(2)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    spans.extend(extra.iter().map(|(s, e, down)| (*s, e.unwrap_or(now), *down)));
+    spans.extend(
+        extra
+            .iter()
+            .map(|(s, e, down)| (*s, e.unwrap_or(now), *down)),
+    );
     let mut out = Vec::with_capacity(days as usize);
     for d in 0..i64::from(days.max(1)) {
         let day_start = first + d * DAY_MS;
         let day_end = (day_start + DAY_MS).min(now);
         let from = day_start.max(created);
         let date = rfc3339(day_start).get(..10).unwrap_or_default().to_owned();
-        let touching = spans.iter().filter(|(s, e, _)| *s < day_end && *e >= day_start);
+        let touching = spans
+            .iter()
+            .filter(|(s, e, _)| *s < day_end && *e >= day_start);
         let incidents = touching.clone().count() as u32;
         if from >= day_end {
-            out.push(UptimeDay { date, up: None, incidents });
+            out.push(UptimeDay {
+                date,
+                up: None,
+                incidents,
+            });
             continue;
         }
         // Down time is the union of the day's "down" spans, clipped.
@@ -654,7 +678,10 @@ pub async fn run(app: Arc<App>, saturated_after: Duration) {
     let incidents = &app.incidents;
     match incidents.close_left_open().await {
         Ok(0) => {}
-        Ok(n) => tracing::warn!(closed = n, "incidents open at the last stop were closed as ended by the restart"),
+        Ok(n) => tracing::warn!(
+            closed = n,
+            "incidents open at the last stop were closed as ended by the restart"
+        ),
         Err(e) => tracing::warn!("cannot close incidents left open: {e}"),
     }
     let notices = Notices { saturated_after };
@@ -806,24 +833,55 @@ mod tests {
 
     #[test]
     fn sentences() {
-        let s = summary("chat", "leaking", Duration::from_secs(6), Some(&Repair::Reclaimed(20)), None);
+        let s = summary(
+            "chat",
+            "leaking",
+            Duration::from_secs(6),
+            Some(&Repair::Reclaimed(20)),
+            None,
+        );
         assert_eq!(s, "New connections were refused for 6 s; 20 connections had gone silent, and the safeguard reclaimed them.");
-        let s = summary("chat", "stalled", Duration::from_millis(500), Some(&Repair::Redriven(1)), None);
-        assert!(s.starts_with("New connections waited for 0.5 s although places were free;"), "{s}");
+        let s = summary(
+            "chat",
+            "stalled",
+            Duration::from_millis(500),
+            Some(&Repair::Redriven(1)),
+            None,
+        );
+        assert!(
+            s.starts_with("New connections waited for 0.5 s although places were free;"),
+            "{s}"
+        );
         let s = summary("chat", "leaking", Duration::ZERO, None, None);
         assert!(s.starts_with("New connections are being refused"), "{s}");
     }
 
     #[test]
     fn repairs_from_counters() {
-        let at = |reclaimed, repaired, capacity| Counters { reclaimed, repaired, capacity };
-        assert_eq!(repair_between("leaking", at(1, 0, 10), at(21, 0, 10)), Repair::Reclaimed(20));
-        assert_eq!(repair_between("stalled", at(0, 2, 10), at(0, 3, 10)), Repair::Redriven(1));
-        assert_eq!(repair_between("leaking", at(0, 2, 10), at(0, 3, 10)), Repair::DriftCorrected(1));
+        let at = |reclaimed, repaired, capacity| Counters {
+            reclaimed,
+            repaired,
+            capacity,
+        };
+        assert_eq!(
+            repair_between("leaking", at(1, 0, 10), at(21, 0, 10)),
+            Repair::Reclaimed(20)
+        );
+        assert_eq!(
+            repair_between("stalled", at(0, 2, 10), at(0, 3, 10)),
+            Repair::Redriven(1)
+        );
+        assert_eq!(
+            repair_between("leaking", at(0, 2, 10), at(0, 3, 10)),
+            Repair::DriftCorrected(1)
+        );
         assert_eq!(
             repair_between("leaking", at(0, 0, 10), at(0, 0, 20)),
             Repair::CapacityChanged { from: 10, to: 20 }
         );
-        assert_eq!(repair_between("leaking", at(0, 0, 10), at(0, 0, 10)), Repair::Recovered);
+        assert_eq!(
+            repair_between("leaking", at(0, 0, 10), at(0, 0, 10)),
+            Repair::Recovered
+        );
     }
 }

@@ -288,7 +288,11 @@ async fn incidents(
     if !(1..=200).contains(&limit) {
         return Err(ApiError(ProtoError::bad_request("limit must be 1 to 200")));
     }
-    let list = app.incidents.recent(limit).await.map_err(store_unavailable)?;
+    let list = app
+        .incidents
+        .recent(limit)
+        .await
+        .map_err(store_unavailable)?;
     Ok(Json(serde_json::json!({ "incidents": list })).into_response())
 }
 
@@ -300,7 +304,11 @@ async fn uptime(
     if !(1..=crate::incidents::UPTIME_DAYS).contains(&days) {
         return Err(ApiError(ProtoError::bad_request("days must be 1 to 90")));
     }
-    let days = app.incidents.uptime(days).await.map_err(store_unavailable)?;
+    let days = app
+        .incidents
+        .uptime(days)
+        .await
+        .map_err(store_unavailable)?;
     Ok(Json(serde_json::json!({ "days": days })).into_response())
 }
 
