@@ -7,7 +7,7 @@ use crate::listener::Accepted;
 use crate::registry::Entry;
 use crate::server::{ConnInfo, Protocols};
 use crate::BoxError;
-use admit_tcp::{Admitted, PerIpGuard};
+use admit_tcp::Admitted;
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
@@ -43,11 +43,10 @@ pub(crate) enum Phase {
 /// which therefore lives exactly as long as the socket, upgraded or not.
 #[pin_project]
 pub(crate) struct ConnIo {
-    // Dropped in this order: the socket closes and the permit goes back,
-    // then the per-address count, then the registry entry.
+    // Dropped in this order: the socket closes, the permit and the
+    // per-address count go back, then the registry entry.
     #[pin]
     io: Admitted<TcpStream>,
-    _per_ip: Option<PerIpGuard>,
     entry: Arc<Entry>,
     /// Bytes read to tell HTTP/1.1 from HTTP/2, handed out again before
     /// anything else is read from the socket.
@@ -228,10 +227,9 @@ pub(crate) async fn run<H, B>(
     B::Error: Into<BoxError>,
 {
     let reserved = accepted.is_reserved();
-    let (io, peer, per_ip) = accepted.into_parts();
+    let (io, peer) = accepted.into_parts();
     let mut io = ConnIo {
         io,
-        _per_ip: per_ip,
         entry: entry.clone(),
         replay: Bytes::new(),
     };

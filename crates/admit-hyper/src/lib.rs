@@ -152,7 +152,8 @@ pub use admit_tcp::{Ended, Ending};
 pub use admit_tower::{HttpAdmitLayer, OnFull, ReleaseAt};
 pub use busy::{busy_response, busy_response_with, listener, DEFAULT_RETRY_AFTER};
 pub use listener::{
-    Accept, Accepted, HttpListener, ListenerBuilder, DEFAULT_MAX_REFUSALS, DEFAULT_REFUSAL_TIMEOUT,
+    Accept, Accepted, HttpListener, HttpRefusal, ListenerBuilder, DEFAULT_MAX_REFUSALS,
+    DEFAULT_REFUSAL_TIMEOUT,
 };
 pub use server::{
     serve, ConnInfo, HyperBuilders, Server, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT,

@@ -1,56 +1,48 @@
 //! Where connections come from: the [`Accept`] trait, and [`HttpListener`],
-//! an admitted accept loop whose refusals speak HTTP.
+//! admit-tcp's accept engine configured so that its refusals speak HTTP.
 
 use crate::busy::{busy_response_with, DEFAULT_BUSY_BODY, DEFAULT_BUSY_TYPE};
-use admit::{Limiter, Permit, Rejected};
-use admit_tcp::backoff::{classify, AcceptErrorKind, Backoff};
-use admit_tcp::{AdmitListener, Admitted, PerIpGuard, PerIpLimit, Queued};
-use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt;
+use admit::{Limiter, Rejected};
+use admit_tcp::{
+    AdmitListener, Admitted, Answer, AnswerFuture, Keepalive, ListenerStats, PerIpGuard,
+    PerIpLimit, Policy, Refused,
+};
 use std::borrow::Cow;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
-use tokio::time::Sleep;
+
+pub use admit_tcp::{DEFAULT_MAX_REFUSALS, DEFAULT_REFUSAL_TIMEOUT};
 
 /// One admitted connection, as a [`Server`](crate::Server) receives it.
 #[derive(Debug)]
 pub struct Accepted {
     pub(crate) io: Admitted<TcpStream>,
     pub(crate) remote_addr: SocketAddr,
-    pub(crate) per_ip: Option<PerIpGuard>,
-    pub(crate) reserved: bool,
 }
 
 impl Accepted {
     /// An admitted stream from `remote_addr`.
     pub fn new(io: Admitted<TcpStream>, remote_addr: SocketAddr) -> Accepted {
-        Accepted {
-            io,
-            remote_addr,
-            per_ip: None,
-            reserved: false,
-        }
+        Accepted { io, remote_addr }
     }
 
     /// Whether the connection holds one of the limiter's reserved permits
     /// (see [`ListenerBuilder::reserve_for`]): a [`Server`](crate::Server)
     /// answers one request on it and closes it.
     pub fn is_reserved(&self) -> bool {
-        self.reserved
+        self.io.is_reserved()
     }
 
-    /// Holds a per-address count for as long as the connection lives.
+    /// Holds a per-address count for as long as the connection lives (it
+    /// rides in the [`Admitted`] stream).
     pub fn with_per_ip(mut self, guard: PerIpGuard) -> Accepted {
-        self.per_ip = Some(guard);
+        self.io = self.io.with_per_ip(guard);
         self
     }
 
@@ -64,20 +56,21 @@ impl Accepted {
         &self.io
     }
 
-    /// The stream, the peer's address, and the per-address count (keep it
-    /// as long as the stream).
-    pub fn into_parts(self) -> (Admitted<TcpStream>, SocketAddr, Option<PerIpGuard>) {
-        (self.io, self.remote_addr, self.per_ip)
+    /// The stream (which holds the permit and the per-address count) and
+    /// the peer's address.
+    pub fn into_parts(self) -> (Admitted<TcpStream>, SocketAddr) {
+        (self.io, self.remote_addr)
     }
 }
 
 /// A source of admitted connections for [`Server`](crate::Server).
 ///
 /// Implemented by [`HttpListener`] (refusals get an HTTP `503`) and by
-/// admit-tcp's [`AdmitListener`] (refusals get its [`Policy`](admit_tcp::Policy)'s
-/// answer, written as soon as the connection is accepted; HTTP clients that
-/// check for data before their request, hyper's among them, report that
-/// answer as an unexpected message, so prefer [`HttpListener`] for HTTP).
+/// admit-tcp's [`AdmitListener`] (refusals get its [`Policy`]'s answer,
+/// written as soon as the connection is accepted; HTTP clients that check
+/// for data before their request, hyper's among them, report that answer as
+/// an unexpected message, so prefer [`HttpListener`] for HTTP, or give the
+/// `AdmitListener` the [`HttpRefusal`] answer).
 pub trait Accept: Send {
     /// The next admitted connection. Must be cancel-safe: the server
     /// drops it when shutdown begins.
@@ -105,31 +98,20 @@ impl Accept for AdmitListener {
     }
 }
 
-/// The default for [`ListenerBuilder::refusal_timeout`].
-pub const DEFAULT_REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
-/// The default for [`ListenerBuilder::max_refusals`].
-pub const DEFAULT_MAX_REFUSALS: usize = 1024;
 /// The request head a refusal reads at most before answering.
 const MAX_REFUSED_HEAD: usize = 16 * 1024;
 /// How much of a refused connection's request line is looked at to decide
 /// whether it may use the reserve.
 const MAX_REQUEST_LINE: usize = 2048;
-/// Connections accepted (and refused, or skipped) in one poll before the
-/// accept loop yields to the runtime, so a flood cannot starve other tasks.
-const BUDGET: usize = 64;
 
 /// Configures an [`HttpListener`]. Start from [`HttpListener::builder`] or
-/// [`listener`](crate::listener).
+/// [`listener`](crate::listener). Everything that is not about HTTP is
+/// admit-tcp's [`Builder`](admit_tcp::Builder), reachable with
+/// [`tcp`](Self::tcp).
 #[derive(Debug, Clone)]
 pub struct ListenerBuilder {
-    limiter: Limiter,
-    per_ip: Option<PerIpLimit>,
-    per_ip_max: Option<u32>,
+    tcp: admit_tcp::Builder,
     retry_after: Duration,
-    refusal_timeout: Duration,
-    max_refusals: usize,
-    nodelay: bool,
-    idle_timeout: Option<Duration>,
     queue_timeout: Option<Duration>,
     busy_type: Cow<'static, str>,
     busy_body: Cow<'static, [u8]>,
@@ -208,11 +190,9 @@ impl ListenerBuilder {
     }
 
     /// Caps connections per peer address (IPv6: per /64) with a table sized
-    /// for the limiter's capacity. Refusals count as `per_ip` in health.
-    pub fn per_ip(mut self, max: u32) -> Self {
-        self.per_ip_max = Some(max);
-        self.per_ip = None;
-        self
+    /// by [`PerIpLimit::for_limiter`]. Refusals count as `per_ip` in health.
+    pub fn per_ip(self, max: u32) -> Self {
+        self.map_tcp(|tcp| tcp.per_ip(max))
     }
 
     /// Caps connections per address with a table that may be shared with
@@ -234,26 +214,22 @@ impl ListenerBuilder {
     ///     .await?;
     /// # drop((http, tcp)); Ok(()) }
     /// ```
-    pub fn per_ip_limit(mut self, limit: PerIpLimit) -> Self {
-        self.per_ip = Some(limit);
-        self.per_ip_max = None;
-        self
+    pub fn per_ip_limit(self, limit: PerIpLimit) -> Self {
+        self.map_tcp(|tcp| tcp.per_ip_limit(limit))
     }
 
     /// How long a refused connection may take, all told, to send its request
     /// head, receive the `503` and close (default
     /// [`DEFAULT_REFUSAL_TIMEOUT`]). Then it is closed regardless.
-    pub fn refusal_timeout(mut self, timeout: Duration) -> Self {
-        self.refusal_timeout = timeout;
-        self
+    pub fn refusal_timeout(self, timeout: Duration) -> Self {
+        self.map_tcp(|tcp| tcp.refusal_timeout(timeout))
     }
 
     /// How many refused connections may be answered at once (default
     /// [`DEFAULT_MAX_REFUSALS`]); beyond that, refused connections are
     /// closed without an answer, so a flood cannot grow memory.
-    pub fn max_refusals(mut self, max: usize) -> Self {
-        self.max_refusals = max;
-        self
+    pub fn max_refusals(self, max: usize) -> Self {
+        self.map_tcp(|tcp| tcp.max_refusals(max))
     }
 
     /// Keeps the limiter's reserve ([`admit::Builder::reserve`]) for
@@ -287,55 +263,130 @@ impl ListenerBuilder {
     }
 
     /// Sets `TCP_NODELAY` on admitted connections (default true).
-    pub fn nodelay(mut self, on: bool) -> Self {
-        self.nodelay = on;
-        self
+    pub fn nodelay(self, on: bool) -> Self {
+        self.map_tcp(|tcp| tcp.nodelay(on))
+    }
+
+    /// TCP keepalive on admitted connections (default
+    /// `Some(Keepalive::default())`; `None` leaves the system default).
+    pub fn keepalive(self, keepalive: Option<Keepalive>) -> Self {
+        self.map_tcp(|tcp| tcp.keepalive(keepalive))
     }
 
     /// Ends admitted connections that move no bytes for this long (see
     /// [`Admitted::with_idle_timeout`]). Default: none.
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = Some(timeout);
+    pub fn idle_timeout(self, timeout: Duration) -> Self {
+        self.map_tcp(|tcp| tcp.idle_timeout(timeout))
+    }
+
+    /// Any other setting of the underlying accept engine, admit-tcp's
+    /// [`Builder`](admit_tcp::Builder). Its policy and answer to refusals
+    /// are set by this builder when the listener is built.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let listener = admit_hyper::listener(admit::Limiter::new(100))
+    ///     .tcp(|tcp| tcp.reset_rejected(true))
+    ///     .bind("127.0.0.1:0")
+    ///     .await?;
+    /// # drop(listener); Ok(()) }
+    /// ```
+    pub fn tcp(self, configure: impl FnOnce(admit_tcp::Builder) -> admit_tcp::Builder) -> Self {
+        self.map_tcp(configure)
+    }
+
+    fn map_tcp(mut self, f: impl FnOnce(admit_tcp::Builder) -> admit_tcp::Builder) -> Self {
+        self.tcp = f(self.tcp);
         self
     }
 
     /// Binds to `addr`.
     pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<HttpListener> {
-        Ok(self.from_tokio(TcpListener::bind(addr).await?))
+        self.from_tokio(TcpListener::bind(addr).await?)
     }
 
-    /// Wraps a bound tokio listener.
-    pub fn from_tokio(self, listener: TcpListener) -> HttpListener {
-        let queued = match self.queue_timeout {
-            Some(_) => self.limiter.queue_limit() as usize,
-            None => 0,
-        };
-        let per_ip = self.per_ip.or_else(|| {
-            self.per_ip_max.map(|max| {
-                let most = self.limiter.max_capacity() as usize + queued + self.max_refusals;
-                PerIpLimit::for_connections(max, most)
-            })
-        });
-        let response = busy_response_with(self.retry_after, &self.busy_type, &self.busy_body);
-        let (rescue_tx, rescued) = tokio::sync::mpsc::unbounded_channel();
-        HttpListener {
-            listener,
-            limiter: self.limiter,
-            per_ip,
+    /// Wraps a bound tokio listener. Must be called inside a tokio runtime.
+    pub fn from_tokio(self, listener: TcpListener) -> io::Result<HttpListener> {
+        let refusal = HttpRefusal {
+            response: busy_response_with(self.retry_after, &self.busy_type, &self.busy_body).into(),
             reserved: self.reserved,
-            rescue_tx,
-            rescued,
-            response: response.into(),
-            refusal_timeout: self.refusal_timeout,
-            max_refusals: self.max_refusals,
-            refusing: Arc::new(AtomicUsize::new(0)),
-            nodelay: self.nodelay,
-            idle_timeout: self.idle_timeout,
-            queue_timeout: self.queue_timeout,
-            waits: FuturesUnordered::new(),
-            backoff: Backoff::new(),
-            backoff_sleep: None,
+        };
+        let policy = match self.queue_timeout {
+            Some(timeout) => Policy::Wait(timeout),
+            None => Policy::Reject,
+        };
+        let inner = self
+            .tcp
+            .policy(policy)
+            .answer_refusals(refusal)
+            .from_tokio(listener)?;
+        Ok(HttpListener { inner })
+    }
+}
+
+/// admit-tcp's [`Answer`] that speaks HTTP: it reads the refused client's
+/// request head, answers `503 Service Unavailable` with `Retry-After` and
+/// `Connection: close`, shuts its side down and reads until the client
+/// closes (so the close is a FIN after the answer, not a reset that could
+/// destroy it). With reserved paths, a connection refused for want of a
+/// permit whose request line names one is admitted on the limiter's reserve
+/// instead. [`HttpListener`] uses it; give it to an `AdmitListener` of your
+/// own with [`admit_tcp::Builder::answer_refusals`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// use std::time::Duration;
+///
+/// let refusal = admit_hyper::HttpRefusal::new(Duration::from_secs(2));
+/// let listener = admit_tcp::AdmitListener::builder(admit::Limiter::new(100))
+///     .policy(admit_tcp::Policy::Reject)
+///     .answer_refusals(refusal)
+///     .bind("127.0.0.1:0")
+///     .await?;
+/// # drop(listener); Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct HttpRefusal {
+    response: Arc<[u8]>,
+    reserved: Option<ReservedPaths>,
+}
+
+impl HttpRefusal {
+    /// Answers with [`busy_response`](crate::busy_response)`(retry_after)`.
+    pub fn new(retry_after: Duration) -> HttpRefusal {
+        HttpRefusal {
+            response: busy_response_with(retry_after, DEFAULT_BUSY_TYPE, DEFAULT_BUSY_BODY).into(),
+            reserved: None,
         }
+    }
+}
+
+impl Answer for HttpRefusal {
+    fn answer(&self, mut refused: Refused) -> AnswerFuture {
+        let response = self.response.clone();
+        let reserved = self.reserved.clone();
+        Box::pin(async move {
+            // Only a connection refused for want of a permit may use the
+            // reserve; one over its address's cap may not.
+            if let (Some(ReservedPaths(reserved)), true) =
+                (reserved, refused.reason() != Rejected::PerIp)
+            {
+                let path = request_path(refused.stream()).await;
+                if path.as_deref().is_some_and(|p| reserved(p)) {
+                    if let Ok(permit) = refused.limiter().try_acquire_critical() {
+                        // The accept loop admits it (if the listener is
+                        // gone, the connection is answered as refused).
+                        match refused.admit(permit) {
+                            Ok(()) => return,
+                            Err(back) => refused = back,
+                        }
+                    }
+                }
+            }
+            let _ = answer_refused(refused.into_stream(), &response).await;
+        })
     }
 }
 
@@ -354,10 +405,13 @@ impl ListenerBuilder {
 /// number of refusals in progress by
 /// [`max_refusals`](ListenerBuilder::max_refusals).
 ///
-/// `accept()` errors are handled as admit-tcp's [`backoff`](admit_tcp::backoff)
-/// module describes: out of descriptors or memory, back off (1 ms to 1 s) and
-/// retry; one bad connection, skip it; only errors of the listening socket
-/// itself are returned.
+/// It is configuration of admit-tcp's [`AdmitListener`], the one accept
+/// engine: the same per-address cap, TCP keepalive and `TCP_NODELAY`,
+/// `accept()` error handling (out of descriptors or memory, back off from
+/// 1 ms to 1 s — ended early when a connection closes — with rate-limited
+/// warnings and counters in [`stats`](Self::stats); one bad connection,
+/// skip it; only errors of the listening socket itself are returned), with
+/// refusals answered in HTTP ([`admit_tcp::Builder::answer_refusals`]).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -375,46 +429,15 @@ impl ListenerBuilder {
 /// ```
 #[derive(Debug)]
 pub struct HttpListener {
-    listener: TcpListener,
-    limiter: Limiter,
-    per_ip: Option<PerIpLimit>,
-    reserved: Option<ReservedPaths>,
-    /// Refused connections admitted on the reserve, handed back by their
-    /// refusal tasks. Bounded by `max_refusals`, like those tasks.
-    rescue_tx: UnboundedSender<Rescued>,
-    rescued: UnboundedReceiver<Rescued>,
-    response: Arc<[u8]>,
-    refusal_timeout: Duration,
-    max_refusals: usize,
-    refusing: Arc<AtomicUsize>,
-    nodelay: bool,
-    idle_timeout: Option<Duration>,
-    queue_timeout: Option<Duration>,
-    /// Connections waiting in the limiter's queue.
-    waits: FuturesUnordered<Waiting>,
-    backoff: Backoff,
-    backoff_sleep: Option<Pin<Box<Sleep>>>,
+    inner: AdmitListener,
 }
-
-/// A connection waiting in the limiter's queue, with its address and
-/// per-address share.
-type Waiting = Queued<(TcpStream, SocketAddr, Option<PerIpGuard>)>;
-
-/// A refused connection admitted on a reserved permit.
-type Rescued = (TcpStream, SocketAddr, Option<PerIpGuard>, Permit);
 
 impl HttpListener {
     /// Starts a [`ListenerBuilder`].
     pub fn builder(limiter: Limiter) -> ListenerBuilder {
         ListenerBuilder {
-            limiter,
-            per_ip: None,
-            per_ip_max: None,
+            tcp: AdmitListener::builder(limiter),
             retry_after: crate::DEFAULT_RETRY_AFTER,
-            refusal_timeout: DEFAULT_REFUSAL_TIMEOUT,
-            max_refusals: DEFAULT_MAX_REFUSALS,
-            nodelay: true,
-            idle_timeout: None,
             queue_timeout: None,
             busy_type: Cow::Borrowed(DEFAULT_BUSY_TYPE),
             busy_body: Cow::Borrowed(DEFAULT_BUSY_BODY),
@@ -429,28 +452,46 @@ impl HttpListener {
 
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.inner.local_addr()
     }
 
     /// The limiter connections are admitted through.
     pub fn limiter(&self) -> &Limiter {
-        &self.limiter
+        self.inner.limiter()
     }
 
     /// The per-address cap, if one is set.
     pub fn per_ip_limit(&self) -> Option<&PerIpLimit> {
-        self.per_ip.as_ref()
+        self.inner.per_ip_limit()
     }
 
     /// Refused connections being answered right now.
     pub fn refusing(&self) -> usize {
-        self.refusing.load(Ordering::Relaxed)
+        self.inner.stats().answering()
     }
 
     /// Connections waiting in the limiter's queue right now (see
     /// [`queue_timeout`](ListenerBuilder::queue_timeout)).
     pub fn waiting(&self) -> usize {
-        self.waits.len()
+        self.inner.stats().waiting() as usize
+    }
+
+    /// The accept engine's counters: admitted, refused, waiting, answering,
+    /// accept errors.
+    pub fn stats(&self) -> ListenerStats {
+        self.inner.stats()
+    }
+
+    /// The accept engine underneath.
+    pub fn get_ref(&self) -> &AdmitListener {
+        &self.inner
+    }
+
+    /// The accept engine underneath, which yields the same connections as
+    /// `(Admitted<TcpStream>, SocketAddr)` (for `axum::serve`, say, with
+    /// admit-tcp's `axum` feature).
+    pub fn into_inner(self) -> AdmitListener {
+        self.inner
     }
 
     /// The next admitted connection. Cancel-safe: everything in progress
@@ -460,199 +501,12 @@ impl HttpListener {
     }
 
     /// Polls for the next admitted connection: one that finished waiting,
-    /// or a new one. Refusals are answered on tasks of their own.
+    /// one admitted on the reserve, or a new one. Refusals are answered on
+    /// tasks of their own.
     pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted>> {
-        let mut budget = BUDGET;
-        loop {
-            // 1. Connections that finished waiting, or were admitted on
-            //    the reserve after all.
-            while let Poll::Ready(Some(outcome)) = self.waits.poll_next_unpin(cx) {
-                match outcome {
-                    ((stream, peer, per_ip), Ok(permit)) => {
-                        return Poll::Ready(Ok(self.admit(stream, peer, per_ip, permit)));
-                    }
-                    // A timeout was counted by `Queued`, the rest by the limiter.
-                    ((stream, peer, per_ip), Err(_)) => self.refuse_full(stream, peer, per_ip),
-                }
-            }
-            if let Poll::Ready(Some((stream, peer, per_ip, permit))) = self.rescued.poll_recv(cx) {
-                let mut accepted = self.admit(stream, peer, per_ip, permit);
-                accepted.reserved = true;
-                return Poll::Ready(Ok(accepted));
-            }
-
-            // 2. Out of descriptors or memory a moment ago: wait a little.
-            if let Some(sleep) = self.backoff_sleep.as_mut() {
-                if sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                self.backoff_sleep = None;
-            }
-
-            if budget == 0 {
-                // Let other tasks run; come back at once.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            budget -= 1;
-
-            // 3. Accept one.
-            let (stream, peer) = match self.listener.poll_accept(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(accepted)) => {
-                    self.backoff.reset();
-                    accepted
-                }
-                Poll::Ready(Err(e)) => match classify(&e) {
-                    AcceptErrorKind::Connection => continue,
-                    AcceptErrorKind::Resource => {
-                        let delay = self.backoff.next_delay();
-                        if delay == admit_tcp::backoff::MAX_BACKOFF || delay.as_millis() == 1 {
-                            tracing::warn!(
-                                error = %e,
-                                backoff_ms = delay.as_millis() as u64,
-                                "accept() failed: out of file descriptors or memory; backing off"
-                            );
-                        }
-                        self.backoff_sleep = Some(Box::pin(tokio::time::sleep(delay)));
-                        continue;
-                    }
-                    AcceptErrorKind::Fatal => {
-                        // A caller that calls again at once must not spin.
-                        let delay = self.backoff.next_delay();
-                        self.backoff_sleep = Some(Box::pin(tokio::time::sleep(delay)));
-                        return Poll::Ready(Err(e));
-                    }
-                },
-            };
-
-            // 4. The per-address share first: an address over its cap never
-            //    takes (or waits for) a permit.
-            let per_ip = match &self.per_ip {
-                None => None,
-                Some(limit) => match limit.try_acquire(peer.ip()) {
-                    Ok(guard) => Some(guard),
-                    Err(_) => {
-                        self.limiter.record_rejection(Rejected::PerIp);
-                        self.refuse(stream);
-                        continue;
-                    }
-                },
-            };
-
-            // 5. A permit now, a place in the queue, or a refusal.
-            match self.queue_timeout {
-                None => match self.limiter.try_acquire() {
-                    Ok(permit) => return Poll::Ready(Ok(self.admit(stream, peer, per_ip, permit))),
-                    // try_acquire counted the refusal by reason.
-                    Err(_) => self.refuse_full(stream, peer, per_ip),
-                },
-                Some(timeout) => {
-                    // The fast path takes a free permit without queueing;
-                    // otherwise the acquire holds its ticket and waits
-                    // beside the accept loop.
-                    let mut acquire = self.limiter.acquire();
-                    match Pin::new(&mut acquire).poll(cx) {
-                        Poll::Ready(Ok(permit)) => {
-                            return Poll::Ready(Ok(self.admit(stream, peer, per_ip, permit)))
-                        }
-                        // Counted by the limiter (queue full, closed).
-                        Poll::Ready(Err(_)) => self.refuse_full(stream, peer, per_ip),
-                        Poll::Pending => self.waits.push(Queued::with_acquire(
-                            &self.limiter,
-                            acquire,
-                            (stream, peer, per_ip),
-                            timeout,
-                        )),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Wraps an admitted connection.
-    fn admit(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        per_ip: Option<PerIpGuard>,
-        permit: Permit,
-    ) -> Accepted {
-        if self.nodelay {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
-            }
-        }
-        // Waiting does not count as idleness.
-        permit.touch();
-        let mut io = Admitted::new(stream, permit, peer);
-        if let Some(timeout) = self.idle_timeout {
-            io = io.with_idle_timeout(timeout);
-        }
-        Accepted {
-            io,
-            remote_addr: peer,
-            per_ip,
-            reserved: false,
-        }
-    }
-
-    /// Refuses a connection the limiter had no permit for, unless its
-    /// request may use the reserve (see [`ListenerBuilder::reserve_for`]).
-    fn refuse_full(&self, stream: TcpStream, peer: SocketAddr, per_ip: Option<PerIpGuard>) {
-        let Some(ReservedPaths(reserved)) = self.reserved.clone() else {
-            return self.refuse(stream);
-        };
-        let Some(guard) = self.start_refusal() else {
-            return;
-        };
-        let limiter = self.limiter.clone();
-        let rescue = self.rescue_tx.clone();
-        let response = self.response.clone();
-        let timeout = self.refusal_timeout;
-        tokio::spawn(async move {
-            let _guard = guard;
-            let answered = tokio::time::timeout(timeout, async move {
-                let path = request_path(&stream).await;
-                if path.as_deref().is_some_and(|p| reserved(p)) {
-                    if let Ok(permit) = limiter.try_acquire_critical() {
-                        // The accept loop admits it (if the listener is
-                        // gone, so is the connection).
-                        let _ = rescue.send((stream, peer, per_ip, permit));
-                        return Ok(());
-                    }
-                }
-                answer_refused(stream, &response).await
-            });
-            let _ = answered.await;
-        });
-    }
-
-    /// Answers a refused connection on a task of its own.
-    fn refuse(&self, stream: TcpStream) {
-        let Some(guard) = self.start_refusal() else {
-            return;
-        };
-        let response = self.response.clone();
-        let timeout = self.refusal_timeout;
-        tokio::spawn(async move {
-            let _guard = guard;
-            let _ = tokio::time::timeout(timeout, answer_refused(stream, &response)).await;
-        });
-    }
-}
-
-impl HttpListener {
-    /// Counts a refusal in progress, or `None` if there are too many
-    /// already (the connection is then closed without an answer).
-    fn start_refusal(&self) -> Option<Refusing> {
-        // Relaxed: a bound, not a synchronisation point; being off by a few
-        // under a race is harmless.
-        if self.refusing.load(Ordering::Relaxed) >= self.max_refusals {
-            return None;
-        }
-        self.refusing.fetch_add(1, Ordering::Relaxed);
-        Some(Refusing(self.refusing.clone()))
+        self.inner
+            .poll_accept(cx)
+            .map_ok(|(io, remote_addr)| Accepted::new(io, remote_addr))
     }
 }
 
@@ -689,19 +543,11 @@ impl Accept for HttpListener {
     }
 
     fn limiter(&self) -> &Limiter {
-        &self.limiter
+        self.inner.limiter()
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-}
-
-struct Refusing(Arc<AtomicUsize>);
-
-impl Drop for Refusing {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.inner.local_addr()
     }
 }
 

@@ -567,7 +567,7 @@ impl Server {
                             local_addr,
                             lease,
                             ending: accepted.io.ending(),
-                            reserved: accepted.reserved,
+                            reserved: accepted.is_reserved(),
                         };
                         let service = make_service(&info);
                         let entry = registry.register(lease);

@@ -1,6 +1,6 @@
 //! [`Admitted`]: a connection that carries its permit.
 
-use crate::ending::Ending;
+use crate::ending::{Ended, Ending};
 use crate::per_ip::PerIpGuard;
 use admit::Permit;
 use pin_project::pin_project;
@@ -14,31 +14,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-
-/// Why an [`Admitted`] connection was ended from outside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Ended {
-    /// The lease was revoked (by the watchdog, an operator, or a drain).
-    Revoked,
-    /// No bytes moved for longer than the idle timeout.
-    IdleTimeout,
-}
-
-impl Ended {
-    fn error(self) -> io::Error {
-        match self {
-            Ended::Revoked => io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "connection closed: its admission lease was revoked; the client may reconnect",
-            ),
-            Ended::IdleTimeout => io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection closed: no traffic within the idle timeout; the client may reconnect",
-            ),
-        }
-    }
-}
 
 /// Wakes a paused or backing-off listener when one of its connections
 /// closes. Dropped last, after the socket and the permit.
@@ -127,6 +102,9 @@ pub struct Admitted<S> {
     /// While the goodbye window is open: the timer that closes it.
     closing: Option<Pin<Box<Sleep>>>,
     shut_down: bool,
+    /// Admitted on a reserved permit by a refusal's answer (see
+    /// [`Refused::admit`](crate::Refused::admit)).
+    reserved: bool,
 }
 
 /// Where an [`Admitted`] connection is in its life.
@@ -147,6 +125,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Admitted<S> {
             .field("lease", &self.permit.lease_id())
             .field("ended", &self.ended)
             .field("goodbye_window", &self.goodbye)
+            .field("reserved", &self.reserved)
             .finish()
     }
 }
@@ -166,6 +145,7 @@ impl<S> Admitted<S> {
             goodbye: None,
             closing: None,
             shut_down: false,
+            reserved: false,
         }
     }
 
@@ -173,10 +153,36 @@ impl<S> Admitted<S> {
         mut self,
         per_ip: Option<PerIpGuard>,
         signal: Option<ReleaseSignal>,
+        reserved: bool,
     ) -> Admitted<S> {
         self.per_ip = per_ip;
         self.signal = signal;
+        self.reserved = reserved;
         self
+    }
+
+    /// Holds a per-address count ([`PerIpLimit::try_acquire`](crate::PerIpLimit::try_acquire))
+    /// for as long as the connection lives; it goes back after the socket
+    /// closes and the permit is released. [`AdmitListener`](crate::AdmitListener)
+    /// does this for the connections it admits.
+    pub fn with_per_ip(mut self, guard: PerIpGuard) -> Admitted<S> {
+        self.per_ip = Some(guard);
+        self
+    }
+
+    /// The per-address count this connection holds, if its listener caps
+    /// connections per address.
+    pub fn per_ip(&self) -> Option<&PerIpGuard> {
+        self.per_ip.as_ref()
+    }
+
+    /// Whether the connection was refused for want of a permit and then
+    /// admitted on a reserved one by the listener's answer to refusals
+    /// (see [`Refused::admit`](crate::Refused::admit)). A server should
+    /// serve it briefly (one request, say) and close it, so the reserve is
+    /// not held.
+    pub fn is_reserved(&self) -> bool {
+        self.reserved
     }
 
     /// Ends the connection after `timeout` without any bytes read or

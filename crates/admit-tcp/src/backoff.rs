@@ -22,13 +22,13 @@ use std::io;
 use std::time::{Duration, Instant};
 
 /// The first back-off delay after a resource error.
-pub const MIN_BACKOFF: Duration = Duration::from_millis(1);
+pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(1);
 /// The longest back-off delay: a starved listener retries at least this often.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How an `accept()` error is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AcceptErrorKind {
+pub(crate) enum AcceptErrorKind {
     /// Out of descriptors, buffers or memory: back off and retry.
     Resource,
     /// Only the connection being accepted failed: skip it.
@@ -38,19 +38,7 @@ pub enum AcceptErrorKind {
 }
 
 /// Sorts an `accept()` error into an [`AcceptErrorKind`].
-///
-/// ```
-/// use admit_tcp::backoff::{classify, AcceptErrorKind};
-/// use std::io;
-///
-/// let emfile = io::Error::from_raw_os_error(libc::EMFILE);
-/// assert_eq!(classify(&emfile), AcceptErrorKind::Resource);
-/// let aborted = io::Error::from_raw_os_error(libc::ECONNABORTED);
-/// assert_eq!(classify(&aborted), AcceptErrorKind::Connection);
-/// let badf = io::Error::from_raw_os_error(libc::EBADF);
-/// assert_eq!(classify(&badf), AcceptErrorKind::Fatal);
-/// ```
-pub fn classify(err: &io::Error) -> AcceptErrorKind {
+pub(crate) fn classify(err: &io::Error) -> AcceptErrorKind {
     if let Some(code) = err.raw_os_error() {
         return match code {
             libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => AcceptErrorKind::Resource,
@@ -89,35 +77,19 @@ pub fn classify(err: &io::Error) -> AcceptErrorKind {
 ///
 /// Each [`next_delay`](Self::next_delay) doubles the delay up to the cap;
 /// [`reset`](Self::reset) (after a successful accept) starts over.
-///
-/// ```
-/// use admit_tcp::backoff::Backoff;
-/// use std::time::Duration;
-///
-/// let mut b = Backoff::new();
-/// assert_eq!(b.next_delay(), Duration::from_millis(1));
-/// assert_eq!(b.next_delay(), Duration::from_millis(2));
-/// assert_eq!(b.next_delay(), Duration::from_millis(4));
-/// for _ in 0..20 {
-///     b.next_delay();
-/// }
-/// assert_eq!(b.next_delay(), Duration::from_secs(1));
-/// b.reset();
-/// assert_eq!(b.next_delay(), Duration::from_millis(1));
-/// ```
 #[derive(Debug, Clone, Default)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     current: Option<Duration>,
 }
 
 impl Backoff {
     /// A back-off that has not failed yet.
-    pub fn new() -> Backoff {
+    pub(crate) fn new() -> Backoff {
         Backoff { current: None }
     }
 
     /// The delay to wait before the next attempt; doubles each call.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let next = match self.current {
             None => MIN_BACKOFF,
             Some(d) => (d * 2).min(MAX_BACKOFF),
@@ -126,13 +98,8 @@ impl Backoff {
         next
     }
 
-    /// The delay last handed out, if the back-off is active.
-    pub fn current(&self) -> Option<Duration> {
-        self.current
-    }
-
     /// Starts over from [`MIN_BACKOFF`] (call after a success).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.current = None;
     }
 }
@@ -178,6 +145,8 @@ mod tests {
         let mut b = Backoff::new();
         let delays: Vec<u64> = (0..12).map(|_| b.next_delay().as_millis() as u64).collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next_delay(), MIN_BACKOFF);
     }
 
     #[test]

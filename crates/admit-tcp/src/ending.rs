@@ -1,15 +1,46 @@
-//! [`Ending`]: the signal an [`Admitted`](crate::Admitted) connection fires
-//! when it is ended from outside.
+//! "This connection is ending": why a connection was ended from outside
+//! ([`Ended`]), and the signal that tells the code serving it ([`Ending`]).
+//!
+//! An [`Admitted`](crate::Admitted) stream notices the end (its permit's
+//! revocation, its idle timer) when it is polled, fires its [`Ending`],
+//! and from then on its reads and writes answer with [`Ended`]'s error.
+//! admit-hyper hands the same signal to handlers in its `ConnInfo`, so
+//! every layer hears of an end through this one module.
 
-use crate::admitted::Ended;
 use pin_project::pin_project;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
+
+/// Why an [`Admitted`](crate::Admitted) connection was ended from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ended {
+    /// The lease was revoked (by the watchdog, an operator, or a drain).
+    Revoked,
+    /// No bytes moved for longer than the idle timeout.
+    IdleTimeout,
+}
+
+impl Ended {
+    pub(crate) fn error(self) -> io::Error {
+        match self {
+            Ended::Revoked => io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed: its admission lease was revoked; the client may reconnect",
+            ),
+            Ended::IdleTimeout => io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection closed: no traffic within the idle timeout; the client may reconnect",
+            ),
+        }
+    }
+}
 
 const OPEN: u8 = 0;
 const REVOKED: u8 = 1;

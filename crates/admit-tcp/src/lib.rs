@@ -17,7 +17,7 @@
 //!   table ([`PerIpLimit`]);
 //! * backs off on `EMFILE`/`ENFILE`/`ENOBUFS`/`ENOMEM` (1 ms to 1 s), warns at
 //!   most once a second, counts them ([`ListenerStats::accept_errors`]), and
-//!   skips per-connection errors ([`backoff`]);
+//!   skips per-connection errors;
 //! * sets `TCP_NODELAY` and TCP keepalive ([`Keepalive`]) on admitted
 //!   connections.
 //!
@@ -64,16 +64,17 @@
 #![forbid(unsafe_code)]
 
 mod admitted;
-pub mod backoff;
+mod backoff;
 mod ending;
 mod listener;
 mod per_ip;
 mod policy;
 mod queued;
+mod refuse;
 
-pub use admitted::{Admitted, Ended};
-pub use ending::{Ending, WaitEnded};
+pub use admitted::Admitted;
+pub use ending::{Ended, Ending, WaitEnded};
 pub use listener::{AdmitListener, Builder, Keepalive, ListenerStats};
 pub use per_ip::{PerIpError, PerIpGuard, PerIpLimit, PROBE_WINDOW};
 pub use policy::{Policy, DEFAULT_BUSY};
-pub use queued::Queued;
+pub use refuse::{Answer, AnswerFuture, Refused, DEFAULT_MAX_REFUSALS, DEFAULT_REFUSAL_TIMEOUT};

@@ -16,6 +16,9 @@ use crate::backoff::{classify, AcceptErrorKind, Backoff, WarnLimiter};
 use crate::per_ip::{PerIpGuard, PerIpLimit};
 use crate::policy::{Policy, DEFAULT_BUSY};
 use crate::queued::Queued;
+use crate::refuse::{
+    Answer, Answering, Readmitted, Refused, DEFAULT_MAX_REFUSALS, DEFAULT_REFUSAL_TIMEOUT,
+};
 use admit::{Acquire, Limiter, Permit, Rejected};
 use futures_core::Stream;
 use futures_util::stream::FuturesUnordered;
@@ -27,12 +30,13 @@ use std::future::Future;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Sleep;
 
 /// Connections refused (or errors skipped) in one poll before the accept
@@ -87,6 +91,8 @@ pub(crate) struct Shared {
     refused: AtomicU64,
     waiting: AtomicU64,
     paused: AtomicBool,
+    /// Refusals being answered on tasks of their own right now.
+    pub(crate) answering: AtomicUsize,
 }
 
 /// Counters of one listener. Cheap to clone; reads are relaxed loads.
@@ -144,6 +150,12 @@ impl ListenerStats {
     pub fn paused(&self) -> bool {
         self.shared.paused.load(Ordering::Relaxed)
     }
+
+    /// Refused connections being answered right now (see
+    /// [`Builder::answer_refusals`]).
+    pub fn answering(&self) -> usize {
+        self.shared.answering.load(Ordering::Relaxed)
+    }
 }
 
 /// Builds an [`AdmitListener`]. Start with [`AdmitListener::builder`].
@@ -176,6 +188,9 @@ pub struct Builder {
     idle_timeout: Option<Duration>,
     goodbye_window: Option<Duration>,
     reset_rejected: bool,
+    answer: Option<Answering>,
+    refusal_timeout: Duration,
+    max_refusals: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -200,7 +215,8 @@ impl Builder {
     }
 
     /// Caps connections per peer address (IPv6: per /64) at `max`, with a
-    /// table sized for the limiter's `max_capacity` plus its queue.
+    /// table sized by [`PerIpLimit::for_limiter`] (the limiter's
+    /// `max_capacity`, its queue, and the refusals being answered).
     pub fn per_ip(mut self, max: u32) -> Self {
         self.per_ip = Some(PerIpChoice::Cap(max));
         self
@@ -253,6 +269,43 @@ impl Builder {
         self
     }
 
+    /// Answers refused connections with `answer`, each on a task of its
+    /// own, instead of the policy's message: connections over their
+    /// address's cap, connections the limiter had no permit for, and (under
+    /// [`Policy::Wait`]) those whose wait ran out. Use it for protocols in
+    /// which the server must hear the client before it answers (admit-hyper
+    /// answers HTTP this way), or to admit some refused connections after
+    /// all ([`Refused::admit`]). Answers are bounded by
+    /// [`refusal_timeout`](Self::refusal_timeout) and
+    /// [`max_refusals`](Self::max_refusals).
+    ///
+    /// Unlike the policy's message, an answer costs the refused socket a
+    /// registration with the reactor and a task.
+    pub fn answer_refusals(mut self, answer: impl Answer) -> Self {
+        self.answer = Some(Answering {
+            answer: Arc::new(answer),
+            timeout: self.refusal_timeout,
+            max: self.max_refusals,
+        });
+        self
+    }
+
+    /// How long one answer to a refused connection may take, all told
+    /// (default [`DEFAULT_REFUSAL_TIMEOUT`]); then its task is dropped and
+    /// the connection closed.
+    pub fn refusal_timeout(mut self, timeout: Duration) -> Self {
+        self.refusal_timeout = timeout;
+        self
+    }
+
+    /// How many refused connections may be answered at once (default
+    /// [`DEFAULT_MAX_REFUSALS`]); beyond that, refused connections are
+    /// closed unanswered, so a flood cannot grow memory.
+    pub fn max_refusals(mut self, max: usize) -> Self {
+        self.max_refusals = max;
+        self
+    }
+
     /// Binds a new listener to `addr`.
     pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<AdmitListener> {
         self.from_tokio(TcpListener::bind(addr).await?)
@@ -274,13 +327,17 @@ impl Builder {
         // and only ever borrowed from it, so the safe constructor is sound.
         #[allow(deprecated)]
         let listener = AsyncFd::new(listener)?;
+        let answer = self.answer.map(|answer| Answering {
+            timeout: self.refusal_timeout,
+            max: self.max_refusals,
+            ..answer
+        });
+        let answering = answer.as_ref().map_or(0, |a| a.max);
         let per_ip = self.per_ip.map(|choice| match choice {
             PerIpChoice::Shared(limit) => limit,
-            PerIpChoice::Cap(max) => PerIpLimit::for_connections(
-                max,
-                self.limiter.max_capacity() as usize + self.limiter.queue_limit() as usize + 1,
-            ),
+            PerIpChoice::Cap(max) => PerIpLimit::for_limiter_with(max, &self.limiter, answering),
         });
+        let (readmit_tx, readmit_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(AdmitListener {
             listener,
             limiter: self.limiter,
@@ -292,6 +349,9 @@ impl Builder {
             idle_timeout: self.idle_timeout,
             goodbye_window: self.goodbye_window,
             reset_rejected: self.reset_rejected,
+            answer,
+            readmit_tx,
+            readmit_rx,
             shared: Arc::new(Shared::default()),
             backoff: Backoff::new(),
             backoff_sleep: None,
@@ -377,6 +437,10 @@ pub struct AdmitListener {
     idle_timeout: Option<Duration>,
     goodbye_window: Option<Duration>,
     reset_rejected: bool,
+    answer: Option<Answering>,
+    /// Refused connections an answer admitted after all, on their way back.
+    readmit_tx: UnboundedSender<Readmitted>,
+    readmit_rx: UnboundedReceiver<Readmitted>,
     shared: Arc<Shared>,
     backoff: Backoff,
     /// The back-off timer and the release count when it was armed.
@@ -413,6 +477,9 @@ impl AdmitListener {
             idle_timeout: None,
             goodbye_window: None,
             reset_rejected: false,
+            answer: None,
+            refusal_timeout: DEFAULT_REFUSAL_TIMEOUT,
+            max_refusals: DEFAULT_MAX_REFUSALS,
             // Keep in step with the builder's documented defaults.
         }
     }
@@ -508,8 +575,20 @@ impl AdmitListener {
                             return Poll::Ready(Ok(admitted));
                         }
                     }
-                    (conn, Err(_)) => self.refuse(conn.socket, Some(&self.busy)),
+                    // A timeout was counted by `Queued`, the rest by the limiter.
+                    (conn, Err(why)) => self.refuse(conn, why, Some(&self.busy)),
                 }
+            }
+            // Refused connections that their answer admitted after all.
+            if let Poll::Ready(Some(back)) = self.readmit_rx.poll_recv(cx) {
+                let Readmitted {
+                    stream,
+                    peer,
+                    per_ip,
+                    permit,
+                } = back;
+                set_options(&SockRef::from(&stream), peer, self.nodelay, self.keepalive);
+                return Poll::Ready(Ok(self.wrap(stream, peer, per_ip, permit, true)));
             }
 
             // 2. Policy::Pause: nothing more is accepted until the parked
@@ -527,7 +606,7 @@ impl AdmitListener {
                                     return Poll::Ready(Ok(admitted));
                                 }
                             }
-                            None => self.refuse(conn.socket, None),
+                            None => self.refuse(conn, Rejected::Closed, None),
                         }
                     }
                 }
@@ -562,6 +641,8 @@ impl AdmitListener {
                     Poll::Ready(Err(e)) => {
                         // The reactor is gone: nothing can be accepted.
                         self.shared.fatal_errors.fetch_add(1, Ordering::Relaxed);
+                        // A caller that calls again at once must not spin.
+                        self.arm_backoff();
                         return Poll::Ready(Err(e));
                     }
                 };
@@ -618,7 +699,12 @@ impl AdmitListener {
                     Ok(guard) => Some(guard),
                     Err(_) => {
                         self.limiter.record_rejection(Rejected::PerIp);
-                        self.refuse(socket, self.refusal_message());
+                        let conn = Accepted {
+                            socket,
+                            peer,
+                            per_ip: None,
+                        };
+                        self.refuse(conn, Rejected::PerIp, self.refusal_message());
                         continue;
                     }
                 },
@@ -638,7 +724,7 @@ impl AdmitListener {
                             return Poll::Ready(Ok(admitted));
                         }
                     }
-                    Err(_) => self.refuse(conn.socket, self.refusal_message()),
+                    Err(why) => self.refuse(conn, why, self.refusal_message()),
                 },
                 Policy::Wait(timeout) => {
                     // The fast path takes a free permit without queueing;
@@ -651,7 +737,7 @@ impl AdmitListener {
                                 return Poll::Ready(Ok(admitted));
                             }
                         }
-                        Poll::Ready(Err(_)) => self.refuse(conn.socket, Some(&self.busy)),
+                        Poll::Ready(Err(why)) => self.refuse(conn, why, Some(&self.busy)),
                         Poll::Pending => {
                             self.shared.waiting.fetch_add(1, Ordering::Relaxed);
                             self.waits.push(Queued::with_acquire(
@@ -750,16 +836,7 @@ impl AdmitListener {
             peer,
             per_ip,
         } = conn;
-        if self.nodelay {
-            if let Err(e) = socket.set_nodelay(true) {
-                tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
-            }
-        }
-        if let Some(k) = self.keepalive {
-            if let Err(e) = socket.set_tcp_keepalive(&tcp_keepalive(k)) {
-                tracing::debug!(%peer, error = %e, "could not set TCP keepalive");
-            }
-        }
+        set_options(&SockRef::from(&socket), peer, self.nodelay, self.keepalive);
         let stream = match TcpStream::from_std(socket.into()) {
             Ok(stream) => stream,
             Err(e) => {
@@ -768,6 +845,19 @@ impl AdmitListener {
                 return None;
             }
         };
+        Some(self.wrap(stream, peer, per_ip, permit, false))
+    }
+
+    /// Wraps a registered, admitted stream with its permit and guards.
+    fn wrap(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        per_ip: Option<PerIpGuard>,
+        permit: Permit,
+        reserved: bool,
+    ) -> (Admitted<TcpStream>, SocketAddr) {
+        // Waiting (in the queue, parked, or answered) is not idleness.
         permit.touch();
         self.shared.admitted.fetch_add(1, Ordering::Relaxed);
         let mut conn = Admitted::new(stream, permit, peer).with_guards(
@@ -775,6 +865,7 @@ impl AdmitListener {
             Some(ReleaseSignal {
                 shared: self.shared.clone(),
             }),
+            reserved,
         );
         if let Some(timeout) = self.idle_timeout {
             conn = conn.with_idle_timeout(timeout);
@@ -782,7 +873,7 @@ impl AdmitListener {
         if let Some(window) = self.goodbye_window {
             conn = conn.with_goodbye_window(window);
         }
-        Some((conn, peer))
+        (conn, peer)
     }
 
     /// What a refused connection is sent before the close, by policy:
@@ -795,11 +886,27 @@ impl AdmitListener {
         }
     }
 
-    /// Closes a refused connection without waiting: with `message`, written
-    /// with one non-blocking send, then a FIN; without, a FIN (or a RST when
-    /// `reset_rejected` is set).
-    fn refuse(&self, socket: Socket, message: Option<&[u8]>) {
+    /// Refuses a connection (already counted by reason in the limiter's
+    /// health). With an answer set, hands it to the answer on a task of its
+    /// own; otherwise, or when too many answers are in progress, closes it
+    /// without waiting and without registering it with the reactor: with
+    /// `message`, written with one non-blocking send, then a FIN; without, a
+    /// FIN (or a RST when `reset_rejected` is set).
+    fn refuse(&self, conn: Accepted, reason: Rejected, message: Option<&[u8]>) {
         self.shared.refused.fetch_add(1, Ordering::Relaxed);
+        let Accepted {
+            socket,
+            peer,
+            per_ip,
+        } = conn;
+        let (socket, message) = match &self.answer {
+            None => (socket, message),
+            Some(answer) => match self.answer_refusal(answer, socket, peer, reason, per_ip) {
+                None => return,
+                // Too many answers in progress: close unanswered.
+                Some(socket) => (socket, None),
+            },
+        };
         let sock = &socket;
         match message {
             Some(message) => {
@@ -829,52 +936,74 @@ impl AdmitListener {
     }
 }
 
+impl AdmitListener {
+    /// Starts `answer` on the refused connection. Gives the socket back if
+    /// the answers in progress are at their bound; `None` when the
+    /// connection was handed over (or could not be registered, and so is
+    /// closed).
+    fn answer_refusal(
+        &self,
+        answer: &Answering,
+        socket: Socket,
+        peer: SocketAddr,
+        reason: Rejected,
+        per_ip: Option<PerIpGuard>,
+    ) -> Option<Socket> {
+        // Relaxed: a bound, not a synchronisation point; being off by a few
+        // under a race is harmless.
+        if self.shared.answering.load(Ordering::Relaxed) >= answer.max {
+            return Some(socket);
+        }
+        let stream = match TcpStream::from_std(socket.into()) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "could not register a refused connection; closed");
+                return None;
+            }
+        };
+        let refused = Refused {
+            stream,
+            peer,
+            reason,
+            per_ip,
+            limiter: self.limiter.clone(),
+            readmit: self.readmit_tx.clone(),
+        };
+        // Only the accept loop starts answers, so the check above holds.
+        answer.spawn(&self.shared, refused);
+        None
+    }
+}
+
+/// Sets `TCP_NODELAY` and keepalive on an admitted connection; failures are
+/// logged and otherwise ignored.
+fn set_options(sock: &SockRef<'_>, peer: SocketAddr, nodelay: bool, keepalive: Option<Keepalive>) {
+    if nodelay {
+        if let Err(e) = sock.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
+        }
+    }
+    if let Some(k) = keepalive {
+        if let Err(e) = sock.set_tcp_keepalive(&tcp_keepalive(k)) {
+            tracing::debug!(%peer, error = %e, "could not set TCP keepalive");
+        }
+    }
+}
+
 /// Flags for the busy message's `send`: no SIGPIPE where the platform
 /// supports asking.
-#[cfg(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "freebsd",
-    target_os = "netbsd",
-    target_os = "openbsd",
-    target_os = "dragonfly",
-    target_os = "illumos",
-))]
+#[cfg(admit_accept4)]
 const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "freebsd",
-    target_os = "netbsd",
-    target_os = "openbsd",
-    target_os = "dragonfly",
-    target_os = "illumos",
-)))]
+#[cfg(not(admit_accept4))]
 const SEND_FLAGS: libc::c_int = 0;
 
 /// One non-blocking accept: the new socket is non-blocking and close-on-exec
 /// from the start (`accept4`), so no further call is needed before use.
 fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<(Socket, SocketAddr)> {
     let listener = SockRef::from(listener);
-    #[cfg(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "netbsd",
-        target_os = "openbsd",
-        target_os = "dragonfly",
-        target_os = "illumos",
-    ))]
+    #[cfg(admit_accept4)]
     let (socket, addr) = listener.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
-    #[cfg(not(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "netbsd",
-        target_os = "openbsd",
-        target_os = "dragonfly",
-        target_os = "illumos",
-    )))]
+    #[cfg(not(admit_accept4))]
     let (socket, addr) = {
         let (socket, addr) = listener.accept()?;
         socket.set_nonblocking(true)?;
@@ -891,24 +1020,9 @@ fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<(Socket, S
 
 fn tcp_keepalive(k: Keepalive) -> socket2::TcpKeepalive {
     let ka = socket2::TcpKeepalive::new().with_time(k.idle);
-    #[cfg(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "macos",
-        target_os = "ios",
-        target_os = "netbsd",
-        target_os = "windows",
-    ))]
+    #[cfg(admit_keepalive_interval)]
     let ka = ka.with_interval(k.interval);
-    #[cfg(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "macos",
-        target_os = "ios",
-        target_os = "netbsd",
-    ))]
+    #[cfg(admit_keepalive_retries)]
     let ka = ka.with_retries(k.retries);
     ka
 }

@@ -43,6 +43,7 @@
 //! address could then exceed its cap by one per listener until those
 //! connections close.
 
+use crate::refuse::DEFAULT_MAX_REFUSALS;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -155,6 +156,33 @@ impl PerIpLimit {
     /// ```
     pub fn for_connections(max_per_ip: u32, max_connections: usize) -> PerIpLimit {
         PerIpLimit::with_slots(max_per_ip, max_connections.saturating_mul(2))
+    }
+
+    /// A cap sized for the connections that can hold a share at once
+    /// through listeners of `limiter`: its permits (`max_capacity`), its
+    /// wait queue (`queue_limit`), and up to [`DEFAULT_MAX_REFUSALS`]
+    /// refused connections being answered. This is the size
+    /// [`Builder::per_ip`](crate::Builder::per_ip) uses; build one table with
+    /// it to share a per-address budget between listeners of one limiter.
+    ///
+    /// ```
+    /// let limiter = admit::Limiter::builder().capacity(1000).queue_limit(24).build().unwrap();
+    /// let limit = admit_tcp::PerIpLimit::for_limiter(8, &limiter);
+    /// assert_eq!(limit.slots(), 4096); // 2 x (1000 + 24 + 1024), rounded up
+    /// ```
+    pub fn for_limiter(max_per_ip: u32, limiter: &admit::Limiter) -> PerIpLimit {
+        PerIpLimit::for_limiter_with(max_per_ip, limiter, DEFAULT_MAX_REFUSALS)
+    }
+
+    /// [`for_limiter`](Self::for_limiter) with room for `answering`
+    /// refusals in progress instead of the default.
+    pub(crate) fn for_limiter_with(
+        max_per_ip: u32,
+        limiter: &admit::Limiter,
+        answering: usize,
+    ) -> PerIpLimit {
+        let most = limiter.max_capacity() as usize + limiter.queue_limit() as usize + answering;
+        PerIpLimit::for_connections(max_per_ip, most)
     }
 
     /// A cap with a table of `slots` slots (rounded up to a power of two, at

@@ -1,7 +1,6 @@
 //! A connection waiting in the limiter's queue for a permit, up to a
 //! deadline: what [`Policy::Wait`](crate::Policy::Wait) does with each
-//! connection it holds, and what other listeners built on this crate can
-//! reuse.
+//! connection it holds.
 
 use admit::{Acquire, Limiter, Permit, Rejected};
 use std::future::Future;
@@ -17,22 +16,8 @@ use tokio::time::Sleep;
 /// already counted by the limiter.
 ///
 /// Needs a tokio runtime with the time driver.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// use std::time::Duration;
-///
-/// let limiter = admit::Limiter::builder().capacity(1).queue_limit(4).build().unwrap();
-/// let held = limiter.try_acquire().unwrap();
-/// let (conn, result) = admit_tcp::Queued::new(&limiter, "conn", Duration::from_millis(10)).await;
-/// assert_eq!(conn, "conn");
-/// assert_eq!(result.unwrap_err(), admit::Rejected::Timeout);
-/// drop(held);
-/// # }
-/// ```
 #[must_use = "futures do nothing unless polled"]
-pub struct Queued<C> {
+pub(crate) struct Queued<C> {
     acquire: Acquire,
     deadline: Pin<Box<Sleep>>,
     conn: Option<C>,
@@ -40,14 +25,10 @@ pub struct Queued<C> {
 }
 
 impl<C> Queued<C> {
-    /// Queues `conn` for a permit from `limiter` for at most `timeout`.
-    pub fn new(limiter: &Limiter, conn: C, timeout: Duration) -> Queued<C> {
-        Queued::with_acquire(limiter, limiter.acquire(), conn, timeout)
-    }
-
-    /// Like [`new`](Self::new), continuing an `acquire` that was already
-    /// polled (and so may already hold its place in the queue).
-    pub fn with_acquire(
+    /// Queues `conn` for a permit from `limiter` for at most `timeout`,
+    /// continuing an `acquire` that was already polled (and so may already
+    /// hold its place in the queue).
+    pub(crate) fn with_acquire(
         limiter: &Limiter,
         acquire: Acquire,
         conn: C,
@@ -91,5 +72,31 @@ impl<C> Future for Queued<C> {
         };
         let conn = this.conn.take().expect("Queued polled after it finished");
         Poll::Ready((conn, result))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_wait_that_runs_out_is_counted_as_a_timeout() {
+        let limiter = Limiter::builder()
+            .capacity(1)
+            .queue_limit(4)
+            .build()
+            .unwrap();
+        let held = limiter.try_acquire().unwrap();
+        let queued = Queued::with_acquire(
+            &limiter,
+            limiter.acquire(),
+            "conn",
+            Duration::from_millis(10),
+        );
+        let (conn, result) = queued.await;
+        assert_eq!(conn, "conn");
+        assert_eq!(result.unwrap_err(), Rejected::Timeout);
+        assert_eq!(limiter.health().snapshot().rejected_total["timeout"], 1);
+        drop(held);
     }
 }

@@ -489,12 +489,9 @@ impl Server {
 
         let (http, tcp, status) = self.listeners;
         // One per-address budget for HTTP/WebSocket and TCP alike, sized for
-        // every connection that can hold a share at once: those admitted and
-        // those waiting in the queue.
-        let per_ip = admit_tcp::PerIpLimit::for_connections(
-            self.per_ip,
-            app.chat_limiter.max_capacity() as usize + app.chat_limiter.queue_limit() as usize + 1,
-        );
+        // every connection that can hold a share at once: those admitted,
+        // those waiting in the queue and refusals being answered.
+        let per_ip = admit_tcp::PerIpLimit::for_limiter(self.per_ip, &app.chat_limiter);
 
         // The HTTP/WebSocket listener is admit-hyper's: a connection takes
         // its per-address share and a chat permit (waiting in the limiter's
@@ -511,7 +508,9 @@ impl Server {
         if self.queue {
             http_listener = http_listener.queue_timeout(QUEUE_WAIT);
         }
-        let http_listener = http_listener.from_tokio(http);
+        let http_listener = http_listener
+            .from_tokio(http)
+            .map_err(|e| StartError::Admission(format!("http listener: {e}")))?;
         let mut http_server = admit_hyper::Server::new()
             .http1_only()
             .header_timeout(api::HEADER_TIMEOUT)
@@ -558,7 +557,8 @@ impl Server {
             .reserve_for(|path| {
                 path == "/health" || path == "/metrics" || path.starts_with("/admin/")
             })
-            .from_tokio(status);
+            .from_tokio(status)
+            .map_err(|e| StartError::Admission(format!("status listener: {e}")))?;
         let status_task = tokio::spawn(
             admit_hyper::Server::new()
                 .http1_only()
