@@ -310,3 +310,74 @@ async fn admitting_sheds_over_the_limit_and_classifies_by_status() {
     drop(held);
     assert_eq!(limiter.in_use(), 0);
 }
+
+/// The hook for listeners: a controller attached to an admit-tcp listener's
+/// limiter, fed by `AdaptiveLayer::observe` around the requests served on
+/// its connections. Every answer is a 500, so the connection limit must
+/// fall from 8 to the floor, with no change to the listener's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listeners_limit_follows_the_requests_served_on_its_connections() {
+    let limiter = Limiter::builder()
+        .capacity(8)
+        .max_capacity(64)
+        .name("listener")
+        .build()
+        .unwrap();
+    let attached = attach(
+        limiter.clone(),
+        QueueDelay::default(),
+        Config::default().initial(8),
+    )
+    .unwrap();
+    assert_eq!(limiter.capacity(), 8);
+    let mut listener = admit_tcp::AdmitListener::bind("127.0.0.1:0", limiter.clone())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let layer = AdaptiveLayer::observe(attached.sampler());
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let svc = layer.clone().layer(tower::service_fn(
+                |_req: Request<hyper::body::Incoming>| async {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    let mut resp = Response::new(Full::new(Bytes::from_static(b"down")));
+                    *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    Ok::<_, Infallible>(resp)
+                },
+            ));
+            let svc = ShedAs503(svc);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(
+                        TokioIo::new(conn),
+                        hyper_util::service::TowerToHyperService::new(svc),
+                    )
+                    .await;
+            });
+        }
+    });
+    let uri: hyper::Uri = format!("http://{addr}/").parse().unwrap();
+    let client: Client =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Four keep-alive connections, busy until the limit reaches the floor.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, uri, limiter) = (client.clone(), uri.clone(), limiter.clone());
+            tokio::spawn(async move {
+                while limiter.capacity() > 1 && Instant::now() < deadline {
+                    let (status, _) = get(&client, &uri).await;
+                    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(limiter.capacity(), 1, "the limit never reached the floor");
+    let view = limiter.health().snapshot().adaptive.unwrap();
+    assert_eq!(view.last_decision, admit::adaptive::Reason::Loss);
+    drop(attached);
+    assert_eq!(limiter.health().snapshot().adaptive, None);
+}
