@@ -64,6 +64,8 @@
 #![forbid(unsafe_code)]
 
 mod admitted;
+#[cfg(feature = "axum")]
+mod axum_serve;
 mod backoff;
 mod ending;
 mod listener;
@@ -73,6 +75,8 @@ mod queued;
 mod refuse;
 
 pub use admitted::Admitted;
+#[cfg(feature = "axum")]
+pub use axum_serve::ConnectInfoListener;
 pub use ending::{Ended, Ending, WaitEnded};
 pub use listener::{AdmitListener, Builder, Keepalive, ListenerStats};
 pub use per_ip::{PerIpError, PerIpGuard, PerIpLimit, PROBE_WINDOW};
