@@ -15,6 +15,9 @@
 //!   a stream of changes.
 //! * [`Watchdog`] — runs on its own thread, finds stalls, leaks and count
 //!   drift, and repairs them.
+//! * [`adaptive`] — controllers (AIMD, gradient, queue delay) that set the
+//!   capacity from the latency and outcome of the work admitted, with time
+//!   passed in, and a seeded simulator to prove them in virtual time.
 //!
 //! ```
 //! use admit::{Limiter, Rejected, Watchdog, WatchdogConfig};

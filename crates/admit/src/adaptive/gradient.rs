@@ -26,7 +26,9 @@ use super::window::Window;
 ///   does not follow load-induced latency upward.
 ///
 /// Each window: `gradient = tolerance × noload / mean latency`, clamped to
-/// `[0.5, 2]`; the limit moves `gain` of the way to `limit × gradient`.
+/// `[0.5, 2]` (one window, however slow, takes off at most a quarter of the
+/// limit at the default gain, so a single outlier window cannot collapse
+/// it); the limit moves `gain` of the way to `limit × gradient`.
 /// While the latency shows no queueing at all (within 10 % of the no-load
 /// latency) and the limit is in use, it doubles instead (slow start), so a
 /// knee of 1,000 is found in about a second from the initial limit of 1.

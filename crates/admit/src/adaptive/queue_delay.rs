@@ -13,8 +13,10 @@ use std::time::Duration;
 ///
 /// Each window: `delay = mean latency − noload`; the limit is multiplied by
 /// `(target / delay) ^ gain`, clamped to `[0.5, 2]`. Far below the target
-/// that doubles the limit (slow start); near it the step is proportional
-/// to the error; far above it halves. Loss and idle limits are handled as
+/// (a sixteenth of it or less) that doubles the limit, slow start's pace;
+/// near it the step is proportional to the error; far above it halves,
+/// the most one window may take, so one outlier window cannot collapse
+/// the limit. Loss and idle limits are handled as
 /// in [`Gradient`](super::Gradient), and the no-load latency is the same
 /// non-drifting [`NoLoad`] estimate.
 ///
