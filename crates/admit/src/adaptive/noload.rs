@@ -28,8 +28,10 @@ const PAIR_HORIZON: Duration = Duration::from_secs(10);
 ///   does not raise latency, nothing queues, and the latency there is the
 ///   no-load latency, even if it is higher than before: the service itself
 ///   has become slower. A window at the floor (`min` in flight, the limit at
-///   `min`) counts too. Under steady load the concurrency does not change
-///   twofold, so steady load cannot move the estimate up.
+///   `min`) counts too. It takes two such windows in a row, agreeing within
+///   10 %, so one reading spoilt by a stalled scheduler cannot lift the
+///   target past the knee. Under steady load the concurrency does not
+///   change twofold, so steady load cannot move the estimate up.
 ///
 /// It never sheds a request to measure. (Envoy's adaptive concurrency pins
 /// the limit to a small floor every interval to re-measure, and sheds the
@@ -52,9 +54,12 @@ const PAIR_HORIZON: Duration = Duration::from_secs(10);
 /// noload.observe(&window(100, 10, 4), 4.0, bounds);
 /// noload.observe(&window(200, 25, 80), 80.0, bounds); // busy: not a no-load reading
 /// assert_eq!(noload.get(), Some(ms(10)));
-/// // The service got slower: 20 ms at 80 in flight and at 30 alike.
+/// // The service got slower: 20 ms at 80 in flight and at 30 alike, in
+/// // two windows in a row.
 /// noload.observe(&window(300, 20, 80), 80.0, bounds);
 /// noload.observe(&window(400, 20, 30), 30.0, bounds);
+/// assert_eq!(noload.get(), Some(ms(10)));
+/// noload.observe(&window(500, 21, 28), 28.0, bounds);
 /// assert_eq!(noload.get(), Some(ms(20)));
 /// ```
 #[derive(Debug, Clone, Default)]
@@ -63,6 +68,8 @@ pub struct NoLoad {
     /// The latest reading per power-of-two band of concurrency:
     /// `(when, in flight, mean latency)`.
     bands: [Option<(Duration, u32, Duration)>; 21],
+    /// The last window's mean, when it gave evidence for a rise.
+    rising: Option<Duration>,
 }
 
 impl NoLoad {
@@ -84,10 +91,23 @@ impl NoLoad {
                 && c2 >= c.saturating_mul(2)
                 && mean2.as_secs_f64() <= mean.as_secs_f64() * 1.1
         });
+        let rise = matches!(self.estimate, Some(e) if mean > e) && (at_floor || flat);
         match self.estimate {
-            Some(e) if mean >= e && !at_floor && !flat => {}
-            _ => self.estimate = Some(mean),
+            None => self.estimate = Some(mean),
+            Some(e) if mean < e => self.estimate = Some(mean),
+            // A rise is evidence from two windows, either of which a
+            // stalled scheduler or a noisy neighbour may have slowed: it
+            // takes two windows in a row that agree within 10 %, and then
+            // the lower of the two.
+            Some(_) if rise => match self.rising {
+                Some(first) if (mean.as_secs_f64() / first.as_secs_f64() - 1.0).abs() <= 0.1 => {
+                    self.estimate = Some(first.min(mean));
+                }
+                _ => {}
+            },
+            Some(_) => {}
         }
+        self.rising = rise.then_some(mean);
         let band = (31 - c.leading_zeros()).min(20) as usize;
         self.bands[band] = Some((window.end, c, mean));
         self.estimate
