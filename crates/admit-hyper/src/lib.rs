@@ -68,6 +68,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Features
+//!
+//! None: HTTP/1.1 and HTTP/2 are always built, and chosen per [`Server`].
+//! The core crate is re-exported as [`admit`]. For `axum::serve` itself
+//! over an admitted listener, see admit-tcp's `axum` feature
+//! ([`HttpListener::into_inner`] gives the engine underneath).
+//!
 //! ## An axum app with WebSockets
 //!
 //! Upgrades need nothing special: [`Server`] serves every connection with
@@ -140,6 +147,10 @@
     rust_2018_idioms
 )]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The core crate, re-exported so one dependency line gets you started.
+pub use admit;
 
 mod busy;
 mod conn;

@@ -55,6 +55,18 @@
 //! # drop(conn); server.abort();
 //! # Ok(()) }
 //! ```
+//!
+//! ## Features
+//!
+//! * `axum` — `axum::serve(listener, app)` over an [`AdmitListener`] (it
+//!   implements axum's `Listener`, each connection keeping its permit for
+//!   its whole life), and `AdmitListener::with_connect_info` for apps that
+//!   extract `ConnectInfo<SocketAddr>`. Off by default.
+//!
+//! Refusals that must hear the client first (HTTP's `503`, say) are
+//! answered on tasks of their own by an [`Answer`]
+//! ([`Builder::answer_refusals`]); admit-hyper's `HttpListener` is this
+//! listener with an answer that speaks HTTP.
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -62,6 +74,10 @@
     rust_2018_idioms
 )]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The core crate, re-exported so one dependency line gets you started.
+pub use admit;
 
 mod admitted;
 #[cfg(feature = "axum")]

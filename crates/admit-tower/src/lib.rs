@@ -64,6 +64,11 @@
 //! # let _ = app;
 //! ```
 //!
+//! ## Features
+//!
+//! None: everything above is always built. The core crate is re-exported
+//! as [`admit`].
+//!
 //! [tower]: https://docs.rs/tower
 #![warn(
     missing_docs,
@@ -72,6 +77,10 @@
     rust_2018_idioms
 )]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The core crate, re-exported so one dependency line gets you started.
+pub use admit;
 
 pub mod adaptive;
 mod admission;
