@@ -378,6 +378,16 @@ impl<A: Algorithm> Controller<A> {
         }
         let limit = self.rounded();
         self.apply(limit);
+        if limit != previous {
+            tracing::debug!(
+                limiter = self.limiter.name(),
+                algorithm = self.algorithm.kind().as_str(),
+                from = previous,
+                to = limit,
+                reason = step.reason.as_str(),
+                "adaptive limit changed"
+            );
+        }
         let decision = Decision {
             at: now,
             previous,
