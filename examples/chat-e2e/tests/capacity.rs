@@ -172,6 +172,6 @@ async fn scenario(server: &ChatServer, chat: &Browser, status: &Browser) -> Resu
         "the chart",
     )
     .await?;
-    save_screenshot(s, "status-page.png").await?;
+    save_screenshot(s, "status-page-saturated.png").await?;
     Ok(())
 }

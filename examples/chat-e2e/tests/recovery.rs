@@ -1,6 +1,7 @@
 //! Recovery as people see it: a connection the server revokes (close code
 //! 1013, "try again later") comes back by itself, and the status page shows a
-//! leaked-permit outage and the watchdog's repair as they happen; while the
+//! leaked-permit outage and the watchdog's repair as they happen, and keeps
+//! both a leak and a stall in its incident list afterwards; while the
 //! server is full, the page waits at least as long as its `Retry-After` says.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -188,6 +189,110 @@ async fn status_page_shows_a_leak_and_its_repair() -> Result<(), Error> {
         )
         .await?;
         assert_eq!(eval(s, "window.__loadedOnce === true").await?, true);
+        Ok::<_, Error>(())
+    }
+    .await;
+    let _ = browser.close().await;
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_lists_a_leak_and_a_stall_as_incidents() -> Result<(), Error> {
+    let server = admin_server(
+        &["--fault-injection", "--idle-timeout", "2", "--queue", "4"],
+        2,
+    )?;
+    let browser = Browser::start().await?;
+    let result = async {
+        let s = browser.client();
+        let addrs = server.addrs();
+        s.goto(&server.status_url()).await?;
+        s.execute("window.__loadedOnce = true;", vec![]).await?;
+        wait_js(
+            s,
+            "document.querySelectorAll('#uptime-bars > span').length === 90 && \
+             document.querySelector('#incidents .empty') !== null",
+            T,
+            "status page: 90 uptime bars and no incidents yet",
+        )
+        .await?;
+
+        // A leak: both permits taken and forgotten; reclaimed after the
+        // idle timeout and the grace.
+        let res = http_request(
+            addrs.status,
+            "POST",
+            "/admin/faults",
+            Some(&json!({"kind": "leak", "permits": 2})),
+            Some(ADMIN),
+        )
+        .await?;
+        assert_eq!(res.status, 200, "leak: {}", res.json);
+        wait_js(
+            s,
+            "document.querySelector('#incidents li[data-cause=leaking][data-repaired-by=watchdog_reclaim]') !== null && \
+             document.getElementById('open-incident').hidden",
+            T,
+            "status page: the leak, repaired by the watchdog, in the list",
+        )
+        .await?;
+
+        // A stall: the next wake-ups are lost while a connection waits.
+        let first = LineClient::connect(addrs.tcp).await?;
+        let second = LineClient::connect(addrs.tcp).await?;
+        assert!(first.admitted() && second.admitted());
+        let res = http_request(
+            addrs.status,
+            "POST",
+            "/admin/faults",
+            Some(&json!({"kind": "stall"})),
+            Some(ADMIN),
+        )
+        .await?;
+        assert_eq!(res.status, 200, "stall: {}", res.json);
+        let waiter = tokio::spawn(LineClient::connect(addrs.tcp));
+        wait_for(Duration::from_secs(10), "a waiter in the queue", || async {
+            let h = health(addrs.status).await.ok()?;
+            (h.pointer("/limiters/chat/waiting")?.as_u64()? == 1).then_some(())
+        })
+        .await?;
+        drop(first);
+        wait_js(
+            s,
+            "document.querySelector('#incidents li[data-cause=stalled][data-repaired-by=stall_redrive]') !== null",
+            T,
+            "status page: the stall, re-driven, in the list",
+        )
+        .await?;
+        let _admitted = waiter.await.map_err(|e| e.to_string())??;
+        drop(second);
+
+        // Newest first, each with a sentence people can read; today's bar
+        // shows the trouble.
+        let texts = eval(
+            s,
+            "Array.from(document.querySelectorAll('#incidents li')).map((li) => li.dataset.cause + ': ' + li.querySelector('.what').textContent)",
+        )
+        .await?;
+        let texts: Vec<String> = serde_json::from_value(texts).map_err(|e| e.to_string())?;
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert!(texts[0].starts_with("stalled: New connections waited"), "{texts:?}");
+        assert!(texts[1].starts_with("leaking: New connections were refused"), "{texts:?}");
+        assert!(texts[1].contains("the safeguard reclaimed them"), "{texts:?}");
+        let today = eval(s, "document.querySelector('#uptime-bars > span:last-child').className").await?;
+        assert_ne!(today, json!("day-none"));
+        assert_eq!(eval(s, "window.__loadedOnce === true").await?, true);
+
+        // The page with its two incidents, for the README.
+        wait_js(
+            s,
+            "document.getElementById('overall').textContent === 'healthy'",
+            T,
+            "status page: healthy again",
+        )
+        .await?;
+        s.set_window_size(1280, 1500).await?;
+        chat_e2e::save_screenshot(s, "status-page.png").await?;
         Ok::<_, Error>(())
     }
     .await;

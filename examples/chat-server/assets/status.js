@@ -184,6 +184,8 @@
   const LIMITER_TEXT = {
     chat: ["Chat connections", "Web and TCP chat connections share this budget."],
     status: ["Status service", "Serves this page and the health checks, with its own small budget."],
+    hashing: ["Password checks", "Sign-ups and logins are checked a few at a time, so a flood of them cannot exhaust the server's memory."],
+    events: ["Live updates", "Live streams like the one feeding this page; at most a few dozen at once."],
   };
 
   function renderLimiters(limiters) {

@@ -39,11 +39,10 @@
 //! newest `max_rows` ([`MAX_ROWS`] by default) are deleted whenever one is
 //! opened.
 
-use crate::store::{Store, StoreError};
+use crate::store::{IncidentRow, Store, StoreError};
 use crate::{App, Phase};
 use admit::{Cause, HealthState, Snapshot};
 use futures::StreamExt;
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -116,11 +115,13 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// A duration as people say it: "0.5 s", "6 s", "3 min", "2 h 5 min".
+/// A duration as people say it: "under 0.1 s", "0.5 s", "6 s", "3 min",
+/// "2 h 5 min".
 pub fn spoken(d: Duration) -> String {
     let ms = d.as_millis();
     match ms {
-        0..=9_949 => format!("{:.1} s", ms as f64 / 1000.0).replace(".0 s", " s"),
+        0..=99 => "under 0.1 s".to_owned(),
+        100..=9_949 => format!("{:.1} s", ms as f64 / 1000.0).replace(".0 s", " s"),
         9_950..=119_999 => format!("{} s", (ms + 500) / 1000),
         120_000..=7_199_999 => format!("{} min", (ms + 30_000) / 60_000),
         _ => {
@@ -399,44 +400,38 @@ impl Incidents {
     /// them (a crash, `kill -9`): they ended with the restart.
     pub async fn close_left_open(&self) -> Result<i64, StoreError> {
         let now = unix_ms();
-        self.store
-            .write(move |tx| {
-                let open: Vec<(i64, String, String, i64)> = tx
-                    .prepare("SELECT id, limiter, cause, started_ms FROM incidents WHERE ended_ms IS NULL")?
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
-                for (id, limiter, cause, started_ms) in &open {
-                    let lasted = Duration::from_millis(now.saturating_sub(*started_ms).max(0) as u64);
-                    let text = summary(limiter, cause, lasted, Some(&Repair::Restart), None);
-                    tx.execute(
-                        "UPDATE incidents SET ended_ms = ?1, repaired_by = ?2, summary = ?3 WHERE id = ?4",
-                        params![now, Repair::Restart.code(), text, id],
-                    )?;
-                }
-                Ok(open.len() as i64)
-            })
-            .await
+        let open = self.store.open_incidents().await?;
+        for row in &open {
+            let lasted = Duration::from_millis(now.saturating_sub(row.started_ms).max(0) as u64);
+            let text = summary(
+                &row.limiter,
+                &row.cause,
+                lasted,
+                Some(&Repair::Restart),
+                None,
+            );
+            self.store
+                .end_incident(row.id, now, Repair::Restart.code().to_owned(), text)
+                .await?;
+        }
+        Ok(open.len() as i64)
     }
 
     /// Writes a newly opened incident (and prunes the table).
     async fn write_open(&self, open: &Open) -> Result<i64, StoreError> {
         let inc = open.incident(None, None);
-        let (limiter, cause, started_ms, max_rows) =
-            (inc.limiter, inc.cause, open.started_ms, self.max_rows);
         let keep_from = unix_ms() - KEEP.as_millis() as i64;
+        let row = IncidentRow {
+            id: 0,
+            limiter: inc.limiter,
+            cause: inc.cause,
+            started_ms: open.started_ms,
+            ended_ms: None,
+            repaired_by: None,
+            summary: inc.summary,
+        };
         self.store
-            .write(move |tx| {
-                tx.execute(
-                    "INSERT INTO incidents (limiter, cause, started_ms, summary) VALUES (?1, ?2, ?3, ?4)",
-                    params![limiter, cause, started_ms, inc.summary],
-                )?;
-                let id = tx.last_insert_rowid();
-                tx.execute(
-                    "DELETE FROM incidents WHERE started_ms < ?1 OR id <= ?2",
-                    params![keep_from, id - max_rows],
-                )?;
-                Ok(id)
-            })
+            .insert_incident(row, keep_from, self.max_rows)
             .await
     }
 
@@ -445,98 +440,32 @@ impl Incidents {
     async fn write_closed(&self, open: &Open, repair: &Repair) -> Result<i64, StoreError> {
         let ended_ms = unix_ms();
         let inc = open.incident(Some(repair), Some(ended_ms));
-        let (id, limiter, cause, started_ms) = (open.id, inc.limiter, inc.cause, open.started_ms);
-        let code = repair.code();
-        self.store
-            .write(move |tx| match id {
-                Some(id) => {
-                    tx.execute(
-                        "UPDATE incidents SET ended_ms = ?1, repaired_by = ?2, summary = ?3 WHERE id = ?4",
-                        params![ended_ms, code, inc.summary, id],
-                    )?;
-                    Ok(id)
-                }
-                None => {
-                    tx.execute(
-                        "INSERT INTO incidents (limiter, cause, started_ms, ended_ms, repaired_by, summary)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        params![limiter, cause, started_ms, ended_ms, code, inc.summary],
-                    )?;
-                    Ok(tx.last_insert_rowid())
-                }
-            })
-            .await
-    }
-
-    /// Starts watching an episode of `open.cause` on `open.limiter` (it is
-    /// written once its notice period has passed), unless one is open
-    /// there already.
-    async fn open(&self, open: Open) {
-        let limiter = open.limiter;
-        if self.open_map().contains_key(limiter) {
-            return;
-        }
-        self.open_map().insert(limiter, open);
-        self.write_noticed().await;
-    }
-
-    /// Writes the open episodes whose notice period has passed and that
-    /// are not written yet; returns when the next one will be due.
-    async fn write_noticed(&self) -> Option<Instant> {
-        let due: Vec<Open> = self
-            .open_map()
-            .values()
-            .filter(|o| o.id.is_none() && o.noticed() && o.cause != "store")
-            .cloned()
-            .collect();
-        for open in due {
-            tracing::warn!(
-                limiter = open.limiter,
-                cause = open.cause,
-                "incident opened"
-            );
-            match self.write_open(&open).await {
-                Ok(id) => {
-                    if let Some(o) = self.open_map().get_mut(open.limiter) {
-                        o.id = Some(id);
-                    }
-                }
-                Err(e) => tracing::warn!("cannot record the incident: {e}"),
+        let code = repair.code().to_owned();
+        match open.id {
+            Some(id) => {
+                self.store
+                    .end_incident(id, ended_ms, code, inc.summary)
+                    .await?;
+                Ok(id)
+            }
+            None => {
+                let row = IncidentRow {
+                    id: 0,
+                    limiter: inc.limiter,
+                    cause: inc.cause,
+                    started_ms: open.started_ms,
+                    ended_ms: Some(ended_ms),
+                    repaired_by: Some(code),
+                    summary: inc.summary,
+                };
+                let keep_from = ended_ms - KEEP.as_millis() as i64;
+                self.store
+                    .insert_incident(row, keep_from, self.max_rows)
+                    .await
             }
         }
-        self.open_map()
-            .values()
-            .filter(|o| o.id.is_none() && !o.noticed())
-            .map(|o| o.started + o.notice.after)
-            .min()
     }
 
-    /// Closes `limiter`'s open episode, if any: an incident if it lasted
-    /// its notice period (or its notice lets a reclaim count), forgotten
-    /// otherwise.
-    async fn close(&self, limiter: &str, repair: impl FnOnce(&Open) -> Repair) {
-        let Some(open) = self.open_map().remove(limiter) else {
-            return;
-        };
-        let repair = repair(&open);
-        let counts = open.noticed()
-            || (open.notice.unless_reclaimed && matches!(repair, Repair::Reclaimed(_)));
-        if !counts {
-            return;
-        }
-        tracing::info!(
-            limiter = open.limiter,
-            cause = open.cause,
-            repaired_by = repair.code(),
-            lasted_ms = open.started.elapsed().as_millis() as u64,
-            "incident closed"
-        );
-        if let Err(e) = self.write_closed(&open, &repair).await {
-            tracing::warn!("cannot record the end of the incident: {e}");
-        }
-    }
-
-    /// The cause of `limiter`'s open episode.
     fn open_cause(&self, limiter: &str) -> Option<&'static str> {
         self.open_map().get(limiter).map(|o| o.cause)
     }
@@ -551,8 +480,8 @@ impl Incidents {
             .filter(|o| o.id.is_none() && o.noticed())
             .map(|o| o.incident(None, None))
             .collect();
-        let rows = self.store.read(move |c| recent_rows(c, limit, now)).await?;
-        list.extend(rows);
+        let rows = self.store.recent_incidents(limit).await?;
+        list.extend(rows.into_iter().map(|r| from_row(r, now)));
         list.truncate(limit as usize);
         Ok(list)
     }
@@ -567,32 +496,28 @@ impl Incidents {
             .filter(|o| o.id.is_none() && o.noticed())
             .map(|o| (o.started_ms, None, o.cause != "saturated"))
             .collect();
-        self.store
-            .read(move |c| uptime_days(c, days, now, &unsaved))
-            .await
+        let today = now.div_euclid(DAY_MS) * DAY_MS;
+        let first = today - i64::from(days.max(1) - 1) * DAY_MS;
+        let (created, rows) = self.store.incident_spans(first).await?;
+        Ok(uptime_days(created, &rows, days, now, &unsaved))
     }
 }
 
-fn recent_rows(c: &Connection, limit: u32, now: i64) -> rusqlite::Result<Vec<Incident>> {
-    c.prepare_cached(
-        "SELECT id, limiter, cause, started_ms, ended_ms, repaired_by, summary
-         FROM incidents ORDER BY id DESC LIMIT ?1",
-    )?
-    .query_map([limit], |r| {
-        let started_ms: i64 = r.get(3)?;
-        let ended_ms: Option<i64> = r.get(4)?;
-        Ok(Incident {
-            id: r.get(0)?,
-            limiter: r.get(1)?,
-            cause: r.get(2)?,
-            started: rfc3339(started_ms),
-            ended: ended_ms.map(rfc3339),
-            repaired_by: r.get(5)?,
-            summary: r.get(6)?,
-            duration_ms: ended_ms.unwrap_or(now).saturating_sub(started_ms).max(0) as u64,
-        })
-    })?
-    .collect()
+fn from_row(r: IncidentRow, now: i64) -> Incident {
+    Incident {
+        id: r.id,
+        limiter: r.limiter,
+        cause: r.cause,
+        started: rfc3339(r.started_ms),
+        ended: r.ended_ms.map(rfc3339),
+        repaired_by: r.repaired_by,
+        summary: r.summary,
+        duration_ms: r
+            .ended_ms
+            .unwrap_or(now)
+            .saturating_sub(r.started_ms)
+            .max(0) as u64,
+    }
 }
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -600,29 +525,25 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 /// Uptime per UTC day; `extra` are incidents not in the table yet
 /// (start, end, whether they count as down).
 fn uptime_days(
-    c: &Connection,
+    created: Option<i64>,
+    rows: &[IncidentRow],
     days: u32,
     now: i64,
     extra: &[(i64, Option<i64>, bool)],
-) -> rusqlite::Result<Vec<UptimeDay>> {
-    let created: i64 = c
-        .query_row("SELECT value FROM meta WHERE key = 'created_ms'", [], |r| {
-            r.get(0)
-        })
-        .optional()?
-        .unwrap_or(now);
+) -> Vec<UptimeDay> {
+    let created = created.unwrap_or(now);
     let today = now.div_euclid(DAY_MS) * DAY_MS;
     let first = today - i64::from(days.max(1) - 1) * DAY_MS;
-    let mut spans: Vec<(i64, i64, bool)> = c
-        .prepare_cached(
-            "SELECT started_ms, ended_ms, cause != 'saturated' FROM incidents
-             WHERE ended_ms IS NULL OR ended_ms >= ?1",
-        )?
-        .query_map([first], |r| {
-            let end: Option<i64> = r.get(1)?;
-            Ok((r.get(0)?, end.unwrap_or(now), r.get(2)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    let mut spans: Vec<(i64, i64, bool)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.started_ms,
+                r.ended_ms.unwrap_or(now),
+                r.cause != "saturated",
+            )
+        })
+        .collect();
     spans.extend(
         extra
             .iter()
@@ -669,7 +590,7 @@ fn uptime_days(
             incidents,
         });
     }
-    Ok(out)
+    out
 }
 
 /// The recorder: follows the limiters' transitions and the store's health
@@ -824,6 +745,7 @@ mod tests {
 
     #[test]
     fn durations_as_people_say_them() {
+        assert_eq!(spoken(Duration::from_millis(20)), "under 0.1 s");
         assert_eq!(spoken(Duration::from_millis(500)), "0.5 s");
         assert_eq!(spoken(Duration::from_millis(6000)), "6 s");
         assert_eq!(spoken(Duration::from_secs(95)), "95 s");
