@@ -1,20 +1,17 @@
 //! The `drained()` future: resolves once the limiter is closed and the last
 //! permit is gone.
 
-use crate::limiter::Limiter;
-use crate::places::WakerPlaces;
+use crate::inner::Inner;
+use crate::loom::Arc;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-
-/// How many `drained()` futures can park at once.
-pub(crate) type DrainWakers = WakerPlaces<8>;
 
 /// Future returned by [`Limiter::drained`]: completes when the limiter is
 /// closed and no permit is held.
 #[must_use = "futures do nothing unless polled"]
 pub struct Drained {
-    limiter: Limiter,
+    inner: Arc<Inner>,
     place: Option<usize>,
 }
 
@@ -27,11 +24,8 @@ impl std::fmt::Debug for Drained {
 }
 
 impl Drained {
-    pub(crate) fn new(limiter: Limiter) -> Drained {
-        Drained {
-            limiter,
-            place: None,
-        }
+    pub(crate) fn new(inner: Arc<Inner>) -> Drained {
+        Drained { inner, place: None }
     }
 }
 
@@ -39,14 +33,14 @@ impl Future for Drained {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.limiter.is_drained() {
+        let this = &mut *self;
+        if this.inner.is_drained() {
             return Poll::Ready(());
         }
-        let inner = self.limiter.inner.clone();
-        inner.drain.register(&mut self.place, cx);
+        this.inner.register_drain(&mut this.place, cx);
         // Re-check after registering so a drain between the first check
         // and the registration is not missed.
-        if self.limiter.is_drained() {
+        if this.inner.is_drained() {
             return Poll::Ready(());
         }
         Poll::Pending
@@ -55,6 +49,6 @@ impl Future for Drained {
 
 impl Drop for Drained {
     fn drop(&mut self) {
-        self.limiter.inner.drain.release(self.place);
+        self.inner.release_drain(self.place);
     }
 }

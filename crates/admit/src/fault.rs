@@ -2,8 +2,6 @@
 //! ways limiters fail in the field, to prove the watchdog repairs it.
 
 use crate::limiter::Limiter;
-use crate::loom::Ordering;
-use crate::state::State;
 
 /// Handle for injecting faults; see [`Limiter::faults`].
 #[derive(Debug, Clone)]
@@ -39,29 +37,17 @@ impl Faults {
     /// Loses the next `k` hand-offs: a released permit goes back to the
     /// pool without waking the queued waiter it was meant for.
     pub fn stall(&self, k: u32) {
-        self.limiter.inner.stalls.fetch_add(k, Ordering::AcqRel);
+        self.limiter.inner.inject_stalls(k);
     }
 
     /// Adds `n` to the in-use count with no lease behind it, as a limiter
     /// whose counter leaked would. Returns how many were added.
     pub fn drift(&self, n: u32) -> u32 {
-        let inner = &self.limiter.inner;
-        let mut cur = inner.load();
-        loop {
-            let add = n.min(inner.max_capacity.saturating_sub(cur.in_use()));
-            let next = cur.with_in_use(cur.in_use() + add);
-            match inner
-                .state
-                .compare_exchange(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return add,
-                Err(actual) => cur = State(actual),
-            }
-        }
+        self.limiter.inner.inject_drift(n)
     }
 
     /// Moves the limiter's lease clock forward without waiting.
     pub fn advance_clock(&self, ms: u64) {
-        self.limiter.inner.clock.skip(ms);
+        self.limiter.inner.skip_clock(ms);
     }
 }

@@ -80,12 +80,14 @@ mod error;
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod health;
+mod inner;
+mod lease;
 mod limiter;
 mod loom;
 mod permit;
 mod places;
 mod queue;
-mod slots;
+mod snapshot;
 mod state;
 mod watchdog;
 
@@ -94,9 +96,10 @@ pub use drain::Drained;
 pub use error::{BuildError, CapacityError, Rejected};
 #[cfg(feature = "fault-injection")]
 pub use fault::Faults;
-pub use health::{Cause, Changes, Health, HealthState, Snapshot, Transition, WatchdogView};
+pub use health::{Changes, Health};
 pub use limiter::{Builder, Limiter, MAX_QUEUE};
 pub use permit::{LeaseId, Permit, Revoked};
+pub use snapshot::{Cause, HealthState, Snapshot, Transition, WatchdogView};
 pub use watchdog::{TickReport, Watchdog, WatchdogConfig, WatchdogGuard};
 
 /// The largest capacity a limiter supports.

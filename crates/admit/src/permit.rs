@@ -1,8 +1,7 @@
 //! Permits: RAII leases on one unit of the limiter's capacity.
 
-use crate::limiter::Inner;
-use crate::loom::{Arc, Ordering};
-use crate::slots::{gen_of, pack, status, status_of};
+use crate::inner::{Inner, Lease, UNTRACKED};
+use crate::loom::Arc;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -48,9 +47,6 @@ pub struct Permit {
     gen: u64,
 }
 
-/// Slot index of a permit from a limiter built with `track_leases(false)`.
-const UNTRACKED: u32 = u32::MAX;
-
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permit")
@@ -61,30 +57,19 @@ impl std::fmt::Debug for Permit {
 }
 
 impl Permit {
-    pub(crate) fn new(inner: Arc<Inner>, slot: u32, gen: u64) -> Permit {
+    pub(crate) fn new(inner: Arc<Inner>, (slot, gen): Lease) -> Permit {
         Permit { inner, slot, gen }
-    }
-
-    pub(crate) fn untracked(inner: Arc<Inner>) -> Permit {
-        Permit {
-            inner,
-            slot: UNTRACKED,
-            gen: 0,
-        }
     }
 
     /// Counts this permit as admitted (for grants that reached the caller
     /// by an unusual path).
     pub(crate) fn count_admission(&self) {
-        match self.slot() {
-            Some(_) => self.inner.slots.count_grant(self.slot),
-            None => self.inner.untracked_grants.add_one(),
-        }
+        self.inner.count_admission((self.slot, self.gen));
     }
 
     #[inline]
-    fn slot(&self) -> Option<&crate::slots::Slot> {
-        (self.slot != UNTRACKED).then(|| self.inner.slots.get(self.slot))
+    fn tracked(&self) -> bool {
+        self.slot != UNTRACKED
     }
 
     /// This lease's id, for [`Limiter::revoke`](crate::Limiter::revoke) and logs.
@@ -100,39 +85,28 @@ impl Permit {
     /// into the caller: a call would cost more than the work.)
     #[inline]
     pub fn touch(&self) {
-        let Some(slot) = self.slot() else { return };
-        // A permit whose slot was reclaimed (and perhaps reused) must not
-        // make someone else's lease look active.
-        if gen_of(slot.state.load(Ordering::Relaxed)) != self.gen {
-            return;
-        }
-        let now = self.inner.clock.now();
-        if slot.last_active.load(Ordering::Relaxed) != now {
-            slot.last_active.store(now, Ordering::Relaxed);
+        if self.tracked() {
+            self.inner.touch(self.slot, self.gen);
         }
     }
 
     /// Whether the lease was revoked (or already reclaimed). Always false
     /// on a limiter built without leases.
     pub fn is_revoked(&self) -> bool {
-        let Some(slot) = self.slot() else {
-            return false;
-        };
-        let word = slot.state.load(Ordering::Acquire);
-        gen_of(word) != self.gen || status_of(word) != status::HELD
+        self.tracked() && self.inner.is_revoked(self.slot, self.gen)
     }
 
     /// Polls for revocation: `Ready` once the lease is revoked. Adapters
     /// call this from their own `poll_*` methods.
     pub fn poll_revoked(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(slot) = self.slot() else {
+        if !self.tracked() {
             // Without leases nothing can revoke this permit.
             return Poll::Pending;
-        };
+        }
         if self.is_revoked() {
             return Poll::Ready(());
         }
-        slot.revoke_waker.register(cx.waker());
+        self.inner.register_revoked(self.slot, cx.waker());
         // Re-check: a revocation between the check and the registration
         // woke no one.
         if self.is_revoked() {
@@ -150,20 +124,18 @@ impl Permit {
 
     /// How long ago the lease began (to the coarse clock's resolution).
     pub fn age(&self) -> Duration {
-        let Some(slot) = self.slot() else {
+        if !self.tracked() {
             return Duration::ZERO;
-        };
-        let now = self.inner.clock.now();
-        Duration::from_millis(now.saturating_sub(slot.started.load(Ordering::Relaxed)))
+        }
+        Duration::from_millis(self.inner.lease_age_idle(self.slot).0)
     }
 
     /// How long since the lease was last touched (coarse).
     pub fn idle(&self) -> Duration {
-        let Some(slot) = self.slot() else {
+        if !self.tracked() {
             return Duration::ZERO;
-        };
-        let now = self.inner.clock.now();
-        Duration::from_millis(now.saturating_sub(slot.last_active.load(Ordering::Relaxed)))
+        }
+        Duration::from_millis(self.inner.lease_age_idle(self.slot).1)
     }
 
     /// The limiter this permit belongs to.
@@ -176,29 +148,9 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let Some(slot) = self.slot() else {
-            self.inner.release_count();
-            return;
-        };
-        let mut word = slot.state.load(Ordering::Acquire);
-        loop {
-            let live = matches!(status_of(word), status::HELD | status::REVOKED);
-            if gen_of(word) != self.gen || !live {
-                // Reclaimed by the watchdog: the count was already released.
-                return;
-            }
-            match slot.state.compare_exchange_weak(
-                word,
-                pack(self.gen, status::FREE),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(actual) => word = actual,
-            }
-        }
-        self.inner.slots.release(self.slot);
-        self.inner.release_count();
+        // A lease reclaimed by the watchdog gave its count back already;
+        // `release` then does nothing.
+        self.inner.release((self.slot, self.gen));
     }
 }
 

@@ -11,7 +11,7 @@
 //!
 //! * A mailbox is one `AtomicU64` holding one of: `EMPTY`, `EARLY` (the grant
 //!   arrived before the waiter got there), `CANCELLED` (the waiter left), or
-//!   `PARKED(slot, generation)` (the waiter waits in that slot of the slot
+//!   `PARKED(slot, generation)` (the waiter waits in that slot of the lease
 //!   table). Whoever arrives second finishes the exchange with one CAS, so
 //!   neither side ever waits for the other: a grant for a waiter that has not
 //!   parked yet is left as `EARLY`, and a waiter that finds `EARLY` takes it.
@@ -32,8 +32,8 @@
 //!   `len / 2` later tickets are issued and granted does the next user of its
 //!   mailbox find it still occupied; it then yields until it is free.
 
+use crate::lease::LeaseTable;
 use crate::loom::{yield_now, AtomicU64, Ordering};
-use crate::slots::{gen_of, pack, status, status_of, Slots};
 
 const KIND_MASK: u64 = 0b11;
 const EMPTY: u64 = 0;
@@ -45,7 +45,7 @@ const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
 const GEN_SHIFT: u32 = 2 + SLOT_BITS;
 const GEN_MASK: u64 = (1 << (64 - GEN_SHIFT)) - 1;
 
-/// The largest slot table a mailbox can address.
+/// The largest lease table a mailbox can address.
 pub(crate) const MAX_SLOTS: usize = 1 << SLOT_BITS;
 
 fn parked(slot: u32, gen: u64) -> u64 {
@@ -157,7 +157,7 @@ impl Queue {
 
     /// A releaser that claimed `ticket` (and counted a permit for it) hands
     /// the permit over.
-    pub(crate) fn deliver(&self, ticket: u32, slots: &Slots) -> Deliver {
+    pub(crate) fn deliver(&self, ticket: u32, leases: &LeaseTable) -> Deliver {
         let mailbox = self.mailbox(ticket);
         loop {
             let cur = mailbox.load(Ordering::Acquire);
@@ -187,26 +187,12 @@ impl Queue {
                         continue;
                     }
                     let index = ((cur >> 2) & SLOT_MASK) as u32;
-                    let gen_low = cur >> GEN_SHIFT;
-                    let slot = slots.get(index);
-                    let word = slot.state.load(Ordering::Acquire);
-                    if status_of(word) != status::WAITING || gen_of(word) & GEN_MASK != gen_low {
-                        return Deliver::Abandoned;
-                    }
-                    let granted = pack(gen_of(word), status::GRANTED);
-                    // AcqRel: the waiter's Acquire load of GRANTED sees the
-                    // count this releaser made before delivering.
-                    return match slot.state.compare_exchange(
-                        word,
-                        granted,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => {
-                            slot.wait_waker.wake();
-                            Deliver::Delivered
-                        }
-                        Err(_) => Deliver::Abandoned,
+                    // The slot CAS (WAITING -> GRANTED) wakes the waiter; it
+                    // fails if the waiter withdrew first.
+                    return if leases.grant(index, cur >> GEN_SHIFT, GEN_MASK) {
+                        Deliver::Delivered
+                    } else {
+                        Deliver::Abandoned
                     };
                 }
                 // EARLY from one lap earlier, not yet taken (see notes).
@@ -229,14 +215,14 @@ impl Queue {
     }
 
     /// Wakes every parked waiter with a ticket in `[head, tail)`.
-    pub(crate) fn wake_all(&self, head: u32, tail: u32, slots: &Slots) {
+    pub(crate) fn wake_all(&self, head: u32, tail: u32, leases: &LeaseTable) {
         let mut t = head;
         let mask = crate::state::TICKET_SPACE - 1;
         while t != tail {
             let cur = self.mailbox(t).load(Ordering::Acquire);
             if cur & KIND_MASK == PARKED {
                 let index = ((cur >> 2) & SLOT_MASK) as u32;
-                slots.get(index).wait_waker.wake();
+                leases.wake_waiter(index);
             }
             t = (t + 1) & mask;
         }

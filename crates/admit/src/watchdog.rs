@@ -20,10 +20,8 @@
 //! It runs on a plain thread, not on the async runtime it guards: a wedged
 //! runtime must not silence the thing that reports it.
 
+use crate::lease::Kind;
 use crate::limiter::Limiter;
-use crate::loom::Ordering;
-use crate::slots::{gen_of, status, status_of};
-use crate::state::State;
 use std::sync::atomic::{AtomicU8, Ordering as StdOrdering};
 use std::sync::Arc as StdArc;
 use std::time::Duration;
@@ -131,10 +129,10 @@ impl Watchdog {
     /// A watchdog for `limiter`, ticked by hand.
     pub fn new(limiter: Limiter, config: WatchdogConfig) -> Watchdog {
         let interval = config.interval.as_millis().max(1) as u64;
-        let h = &limiter.inner.health;
-        h.watchdog_interval.store(interval, Ordering::Release);
-        h.watchdog_tick
-            .store(limiter.inner.clock.advance(), Ordering::Release);
+        let inner = &limiter.inner;
+        inner
+            .health
+            .attach_watchdog(interval, inner.advance_clock());
         Watchdog {
             limiter,
             config,
@@ -149,9 +147,8 @@ impl Watchdog {
     pub fn tick(&mut self) -> TickReport {
         let inner = &self.limiter.inner;
         let h = &inner.health;
-        let now = inner.clock.advance();
-        h.watchdog_tick.store(now, Ordering::Release);
-        h.watchdog_ticks.fetch_add(1, Ordering::Relaxed);
+        let now = inner.advance_clock();
+        h.beat(now);
         let mut report = TickReport::default();
 
         // Leases: revoke the idle, reclaim the revoked past their grace.
@@ -161,35 +158,29 @@ impl Watchdog {
         let mut live = 0u32;
         let mut revoked_pending = 0u32;
         let mut granted = Vec::new();
-        for (i, slot) in inner.slots.slots.iter().enumerate() {
-            let word = slot.state.load(Ordering::Acquire);
-            match status_of(word) {
-                status::HELD => {
-                    live += 1;
-                    let idle = now.saturating_sub(slot.last_active.load(Ordering::Relaxed));
+        for lease in inner.scan() {
+            live += 1;
+            match lease.kind {
+                Kind::Held => {
+                    let idle = now.saturating_sub(lease.last_active);
                     if max_idle.is_some_and(|m| idle >= m) {
-                        h.leaking.store(true, Ordering::Release);
-                        if inner.revoke_slot(i as u32, word, now) {
+                        h.set_leaking(true);
+                        if inner.revoke(lease.slot, lease.gen, now) {
                             report.revoked += 1;
                             revoked_pending += 1;
                         }
                     }
                 }
-                status::REVOKED => {
-                    live += 1;
-                    let since = now.saturating_sub(slot.revoked_at.load(Ordering::Relaxed));
-                    if since >= grace && inner.reclaim_slot(i as u32, word) {
+                Kind::Revoked => {
+                    let since = now.saturating_sub(lease.revoked_at);
+                    if since >= grace && inner.reclaim(lease.slot, lease.gen) {
                         report.reclaimed += 1;
                         live -= 1;
                     } else {
                         revoked_pending += 1;
                     }
                 }
-                status::GRANTED => {
-                    live += 1;
-                    granted.push((i as u32, gen_of(word)));
-                }
-                _ => {}
+                Kind::Granted => granted.push((lease.slot, lease.gen)),
             }
         }
         let after = inner.load();
@@ -207,12 +198,12 @@ impl Watchdog {
             );
         }
         let leaking = max_idle.is_some() && (report.revoked > 0 || revoked_pending > 0);
-        h.leaking.store(leaking, Ordering::Release);
+        h.set_leaking(leaking);
 
         // Lost grant wake-ups: a grant nobody picked up across two ticks.
         for &(i, gen) in &granted {
             if self.granted_prev.contains(&(i, gen)) {
-                inner.slots.get(i).wait_waker.wake();
+                inner.wake_waiter(i);
             }
         }
         self.granted_prev = granted;
@@ -223,19 +214,16 @@ impl Watchdog {
         if room && inner.live_waiting(s) > 0 {
             let since = *self.stall_since.get_or_insert(now);
             if now.saturating_sub(since) >= self.config.stall_after.as_millis() as u64 {
-                h.stalled.store(true, Ordering::Release);
-                h.note_change(&self.limiter);
+                h.set_stalled(true);
+                inner.note_change();
                 tracing::warn!(
                     limiter = %h.name, waiting = inner.live_waiting(s),
                     in_use = s.in_use(), capacity = s.capacity(),
                     stalled_ms = now.saturating_sub(since),
                     "watchdog found waiters beside free permits; re-driving the hand-off"
                 );
-                inner.grant_waiting();
-                let s = inner.load();
-                inner.queue.wake_all(s.head(), s.tail(), &inner.slots);
-                inner.repaired.fetch_add(1, Ordering::Relaxed);
-                h.stalled.store(false, Ordering::Release);
+                inner.redrive();
+                h.set_stalled(false);
                 report.stall_repaired = true;
                 self.stall_since = None;
             }
@@ -243,12 +231,12 @@ impl Watchdog {
             self.stall_since = None;
             if room && s.tickets() > 0 {
                 // Only cancelled tickets are left: clear them.
-                inner.grant_waiting();
+                inner.clear_ghosts();
             }
         }
 
         // Drift: count above the lease table while nothing moved.
-        if !inner.track_leases {
+        if !inner.track_leases() {
             // No lease table to compare the count with.
         } else if before == after && after.in_use() > live {
             let excess = after.in_use() - live;
@@ -266,7 +254,7 @@ impl Watchdog {
             self.drift_seen = 0;
         }
 
-        let snap = h.note_change(&self.limiter);
+        let snap = inner.note_change();
         report.adaptive = snap.adaptive;
         #[cfg(feature = "metrics")]
         self.limiter.health().publish_metrics(&snap);
@@ -277,29 +265,14 @@ impl Watchdog {
 
     fn repair_drift(&self, excess: u32) -> u32 {
         let inner = &self.limiter.inner;
-        let mut cur = inner.load();
-        loop {
-            let fix = excess.min(cur.in_use());
-            if fix == 0 {
-                return 0;
-            }
-            let next = cur.with_in_use(cur.in_use() - fix);
-            match inner
-                .state
-                .compare_exchange(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    inner.repaired.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        limiter = %inner.health.name, removed = fix,
-                        "watchdog corrected the permit count: it held permits no lease accounts for"
-                    );
-                    inner.grant_waiting();
-                    return fix;
-                }
-                Err(actual) => cur = State(actual),
-            }
+        let fixed = inner.repair_drift(excess);
+        if fixed > 0 {
+            tracing::warn!(
+                limiter = %inner.name(), removed = fixed,
+                "watchdog corrected the permit count: it held permits no lease accounts for"
+            );
         }
+        fixed
     }
 
     /// Starts the watchdog on its own thread. Dropping the guard stops it.
@@ -326,11 +299,7 @@ impl Watchdog {
                     // Dies without a word: the heartbeat goes stale.
                     DIE => return,
                     _ => {
-                        dog.limiter
-                            .inner
-                            .health
-                            .watchdog_interval
-                            .store(0, Ordering::Release);
+                        dog.limiter.inner.health.detach_watchdog();
                         return;
                     }
                 }

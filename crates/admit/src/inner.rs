@@ -1,0 +1,767 @@
+//! The limiter's shared core: the state word, the lease table, the wait
+//! queue and the counters, and every operation that changes them.
+//!
+//! The public handles (`Limiter`, `Permit`, `Acquire`, `Drained`, `Health`,
+//! `Watchdog`) hold an `Arc<Inner>` and call the methods here; none of them
+//! reads a field of `Inner`, and this module builds none of them. It hands
+//! back leases as `(slot, generation)` pairs and figures as a `Snapshot`.
+//! See `crates/admit/DESIGN.md` for the protocol as a whole.
+//!
+//! # Implementation notes
+//!
+//! * Admission is one CAS on the state word (`state.rs`): it checks closed,
+//!   room and "is anyone queued" together, so a caller can never slip past a
+//!   waiter, and a waiter can never queue behind a permit that was just freed.
+//! * Release is one RMW on the same word. Only when the word it returns shows
+//!   outstanding tickets does the releaser run the hand-off
+//!   (`grant_waiting`), which claims the oldest ticket and counts the permit
+//!   for it in a single CAS, then delivers through the ticket's mailbox
+//!   (`queue.rs`). Because the count and the ticket move together, a released
+//!   permit is either back in the pool or owned by exactly one ticket: no
+//!   wake-up can be lost between the two.
+//! * Every tracked permit holds a slot of the lease table (`lease.rs`);
+//!   releasing and reclaiming both CAS the slot out of HELD/REVOKED, so
+//!   whichever comes first frees the count and the other does nothing (I2).
+
+use crate::clock::Clock;
+use crate::counter::Counter;
+use crate::error::{CapacityError, Rejected};
+use crate::lease::{Kind, LeaseTable, LeaseView};
+use crate::loom::{AtomicU32, AtomicU64, Ordering};
+use crate::places::WakerPlaces;
+use crate::queue::{Cancel, Deliver, Park, Queue, MAX_SLOTS};
+use crate::snapshot::{Cause, HealthShared, HealthState, Snapshot};
+use crate::state::{State, ONE_IN_USE, TICKET_SPACE};
+use std::task::{Context, Waker};
+
+/// Slot index of a permit from a limiter built with `track_leases(false)`.
+pub(crate) const UNTRACKED: u32 = u32::MAX;
+
+/// A lease as the core hands it out: `(slot, generation)`, or
+/// `(UNTRACKED, 0)` for a permit without a lease.
+pub(crate) type Lease = (u32, u64);
+
+/// What a limiter is built from (validated by the builder).
+pub(crate) struct Params {
+    pub(crate) capacity: u32,
+    pub(crate) max_capacity: u32,
+    pub(crate) queue_limit: u32,
+    pub(crate) reserve: u32,
+    pub(crate) track_leases: bool,
+    pub(crate) name: String,
+}
+
+/// What a waiter's first poll decided.
+pub(crate) enum Entry {
+    /// Counted at once: a permit.
+    Counted(Lease),
+    /// Must wait: holds this ticket.
+    Ticket(u32),
+}
+
+/// What a waiter found when it went to park.
+pub(crate) enum Parking {
+    /// A grant was already waiting.
+    Granted(Lease),
+    /// Parked in this slot.
+    Parked(u32, u64),
+}
+
+// `repr(C)` keeps the state word first, next to the `Arc`'s own counts,
+// which every owned permit also writes: under contention fewer cache lines
+// move between cores.
+#[repr(C)]
+pub(crate) struct Inner {
+    state: AtomicU64,
+    leases: LeaseTable,
+    queue: Queue,
+    /// Cancelled tickets not yet claimed by a releaser.
+    ghosts: AtomicU32,
+    /// Hard bound on outstanding tickets (live waiters and ghosts).
+    window: u32,
+    queue_limit: u32,
+    reserve: u32,
+    track_leases: bool,
+    /// Grants of untracked permits (tracked ones count in their slot).
+    untracked_grants: Counter,
+    max_capacity: u32,
+    clock: Clock,
+    rejected: [AtomicU64; 5],
+    revoked: AtomicU64,
+    reclaimed: AtomicU64,
+    repaired: AtomicU64,
+    /// `drained()` futures.
+    drain: WakerPlaces<8>,
+    /// The health record. The one field other modules reach: the adaptive
+    /// controllers report their decisions through `health.adaptive`.
+    pub(crate) health: HealthShared,
+    /// Fault injection: hand-offs still to be skipped.
+    #[cfg(feature = "fault-injection")]
+    stalls: AtomicU32,
+}
+
+impl Inner {
+    pub(crate) fn new(p: Params) -> Inner {
+        // Mailboxes: a power of two at least four times the queue limit (so
+        // ghosts of cancelled waiters leave room), at most the ticket space.
+        // Outstanding tickets never exceed half of it, which keeps each
+        // mailbox's laps far apart.
+        let boxes = ((p.queue_limit as usize) * 4)
+            .next_power_of_two()
+            .clamp(2, TICKET_SPACE as usize);
+        let window = (boxes / 2) as u32;
+        let slots = p.max_capacity as usize + window as usize;
+        assert!(slots < MAX_SLOTS);
+        Inner {
+            state: AtomicU64::new(State::new(p.capacity).0),
+            leases: LeaseTable::new(slots),
+            queue: Queue::new(boxes),
+            ghosts: AtomicU32::new(0),
+            window,
+            queue_limit: p.queue_limit,
+            reserve: p.reserve,
+            track_leases: p.track_leases,
+            untracked_grants: Counter::new(),
+            max_capacity: p.max_capacity,
+            clock: Clock::new(),
+            rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+            revoked: AtomicU64::new(0),
+            reclaimed: AtomicU64::new(0),
+            repaired: AtomicU64::new(0),
+            drain: WakerPlaces::new(),
+            health: HealthShared::new(p.name),
+            #[cfg(feature = "fault-injection")]
+            stalls: AtomicU32::new(0),
+        }
+    }
+
+    // ----- settings and figures ------------------------------------------
+
+    pub(crate) fn load(&self) -> State {
+        State(self.state.load(Ordering::Acquire))
+    }
+    pub(crate) fn max_capacity(&self) -> u32 {
+        self.max_capacity
+    }
+    pub(crate) fn reserve(&self) -> u32 {
+        self.reserve
+    }
+    pub(crate) fn queue_limit(&self) -> u32 {
+        self.queue_limit
+    }
+    pub(crate) fn track_leases(&self) -> bool {
+        self.track_leases
+    }
+    pub(crate) fn name(&self) -> &str {
+        &self.health.name
+    }
+
+    /// The count ordinary acquires may reach.
+    pub(crate) fn limit(&self, s: State) -> u32 {
+        s.capacity().saturating_sub(self.reserve)
+    }
+
+    /// Live waiters: outstanding tickets less cancelled ones.
+    pub(crate) fn live_waiting(&self, s: State) -> u32 {
+        s.tickets()
+            .saturating_sub(self.ghosts.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn count_rejection(&self, reason: Rejected) {
+        self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Permits granted since the limiter was built.
+    fn admitted_total(&self) -> u64 {
+        self.leases.total_grants() + self.untracked_grants.sum()
+    }
+
+    // ----- admission ------------------------------------------------------
+
+    /// Takes a permit if there is room; counts a rejection if not.
+    /// `critical` may use the reserve and does not yield to waiters.
+    pub(crate) fn try_acquire(&self, critical: bool) -> Result<Lease, Rejected> {
+        match self.try_count(critical) {
+            Ok(()) => Ok(self.new_lease()),
+            Err(r) => {
+                self.count_rejection(r);
+                Err(r)
+            }
+        }
+    }
+
+    /// Counts one permit if there is room.
+    fn try_count(&self, critical: bool) -> Result<(), Rejected> {
+        let mut cur = State(self.state.load(Ordering::Relaxed));
+        loop {
+            if cur.closed() {
+                return Err(Rejected::Closed);
+            }
+            let limit = if critical {
+                cur.capacity()
+            } else {
+                self.limit(cur)
+            };
+            if cur.in_use() >= limit || (!critical && cur.tickets() != 0) {
+                return Err(Rejected::Full);
+            }
+            // AcqRel on success: acquiring synchronises with the release of
+            // the permit we take over; Relaxed on failure, we only retry.
+            match self.state.compare_exchange_weak(
+                cur.0,
+                cur.0 + ONE_IN_USE,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(actual) => cur = State(actual),
+            }
+        }
+    }
+
+    /// A lease for a permit already counted in use.
+    fn new_lease(&self) -> Lease {
+        if !self.track_leases {
+            self.untracked_grants.add_one();
+            return (UNTRACKED, 0);
+        }
+        let (slot, gen) = self
+            .leases
+            .claim_held(self.clock.now())
+            .expect("the lease table holds max_capacity leases plus the queue window");
+        self.leases.count_grant(slot);
+        (slot, gen)
+    }
+
+    /// Counts a grant that reached its caller by an unusual path (a waiter
+    /// granted just before a close).
+    pub(crate) fn count_admission(&self, lease: Lease) {
+        if lease.0 == UNTRACKED {
+            self.untracked_grants.add_one();
+        } else {
+            self.leases.count_grant(lease.0);
+        }
+    }
+
+    // ----- the wait queue -------------------------------------------------
+
+    /// A waiter's first step, one CAS: take a permit, take a ticket, or
+    /// refuse.
+    pub(crate) fn enter(&self) -> Result<Entry, Rejected> {
+        let mut cur = State(self.state.load(Ordering::Relaxed));
+        loop {
+            if cur.closed() {
+                return Err(Rejected::Closed);
+            }
+            let (next, ticket) = if cur.tickets() == 0 && cur.in_use() < self.limit(cur) {
+                (State(cur.0 + ONE_IN_USE), None)
+            } else if self.queue_limit == 0 {
+                return Err(Rejected::Full);
+            } else if cur.tickets() >= self.window || self.live_waiting(cur) >= self.queue_limit {
+                return Err(Rejected::QueueFull);
+            } else {
+                let (next, ticket) = cur.push_ticket();
+                (next, Some(ticket))
+            };
+            match self.state.compare_exchange_weak(
+                cur.0,
+                next.0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Ok(match ticket {
+                        None => Entry::Counted(self.new_lease()),
+                        Some(t) => Entry::Ticket(t),
+                    })
+                }
+                Err(actual) => cur = State(actual),
+            }
+        }
+    }
+
+    /// Parks the holder of `ticket`. `Err(QueueFull)` if no slot was free
+    /// (unreachable by the table's sizing; the ticket is then left as a
+    /// ghost rather than panicking).
+    pub(crate) fn park(&self, ticket: u32, waker: &Waker) -> Result<Parking, Rejected> {
+        let Some((slot, gen)) = self.leases.claim_waiting(self.clock.now()) else {
+            self.ghosts.fetch_add(1, Ordering::AcqRel);
+            if self.queue.abandon_unparked(ticket) {
+                self.ghosts.fetch_sub(1, Ordering::AcqRel);
+                self.release_count();
+            }
+            return Err(Rejected::QueueFull);
+        };
+        self.leases.register_waiter(slot, waker);
+        Ok(match self.queue.park(ticket, slot, gen) {
+            Park::Granted => Parking::Granted(self.take_grant(slot, gen, true)),
+            Park::Parked => Parking::Parked(slot, gen),
+        })
+    }
+
+    pub(crate) fn register_waiter(&self, slot: u32, waker: &Waker) {
+        self.leases.register_waiter(slot, waker);
+    }
+
+    /// Whether the waiter parked in `slot` was granted.
+    pub(crate) fn is_granted(&self, slot: u32, gen: u64) -> bool {
+        self.leases.is_granted(slot, gen)
+    }
+
+    /// Turns the granted slot a waiter owns into its permit's lease.
+    /// `admitted`: the permit goes to the caller (and is counted as an
+    /// admission), rather than being passed straight on by a cancellation.
+    pub(crate) fn take_grant(&self, slot: u32, gen: u64, admitted: bool) -> Lease {
+        if !self.track_leases {
+            // The slot only parked the waiter; the permit is untracked.
+            self.leases.give_back(slot, gen);
+            if admitted {
+                self.untracked_grants.add_one();
+            }
+            return (UNTRACKED, 0);
+        }
+        self.leases.hold(slot, gen, self.clock.now());
+        if admitted {
+            self.leases.count_grant(slot);
+        }
+        (slot, gen)
+    }
+
+    /// A parked waiter leaves. Returns the lease of a permit granted to it
+    /// meanwhile, which the caller now owns (and usually drops at once,
+    /// passing it on).
+    pub(crate) fn cancel(&self, ticket: u32, slot: u32, gen: u64) -> Option<Lease> {
+        // Count the ghost before it can be seen, so the count never dips
+        // below zero when a releaser removes it at once.
+        self.ghosts.fetch_add(1, Ordering::AcqRel);
+        match self.queue.cancel(ticket, slot, gen) {
+            Cancel::Cancelled => {
+                self.leases.give_back(slot, gen);
+                // With room free, the ghost we left should be cleared now
+                // rather than held against the queue limit.
+                self.grant_waiting();
+                None
+            }
+            Cancel::Claimed => {
+                self.ghosts.fetch_sub(1, Ordering::AcqRel);
+                // Withdrawn first: the deliverer's slot CAS now fails and it
+                // takes its permit back. Granted first: we own a permit.
+                let granted = !self.leases.withdraw(slot, gen);
+                granted.then(|| self.take_grant(slot, gen, false))
+            }
+        }
+    }
+
+    // ----- release and hand-off -------------------------------------------
+
+    /// A permit's drop: ends its lease and gives the count back, unless the
+    /// lease was reclaimed first (then the reclaimer gave it back).
+    pub(crate) fn release(&self, lease: Lease) {
+        let (slot, gen) = lease;
+        if slot == UNTRACKED || self.leases.release(slot, gen) {
+            self.release_count();
+        }
+    }
+
+    /// Gives one counted permit back and runs the hand-off if anyone waits.
+    fn release_count(&self) {
+        let Some(prev) = self.sub_one() else {
+            return;
+        };
+        if prev.closed() {
+            if prev.in_use() == 1 {
+                self.drain.wake_all();
+            }
+            return;
+        }
+        if prev.tickets() != 0 {
+            #[cfg(feature = "fault-injection")]
+            if self
+                .stalls
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return;
+            }
+            self.grant_waiting();
+        }
+    }
+
+    /// Hands free room to waiters, oldest first, for as long as there is
+    /// both room and an outstanding ticket.
+    fn grant_waiting(&self) {
+        let mut cur = self.load();
+        loop {
+            if cur.closed() || cur.tickets() == 0 || cur.in_use() >= self.limit(cur) {
+                return;
+            }
+            let (next, ticket) = cur.pop_ticket();
+            let next = next.with_in_use(cur.in_use() + 1);
+            match self.state.compare_exchange_weak(
+                cur.0,
+                next.0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    match self.queue.deliver(ticket, &self.leases) {
+                        Deliver::Delivered => {}
+                        Deliver::Abandoned => self.uncount(),
+                        Deliver::Ghost => {
+                            self.ghosts.fetch_sub(1, Ordering::AcqRel);
+                            self.uncount();
+                        }
+                    }
+                    cur = self.load();
+                }
+                Err(actual) => cur = State(actual),
+            }
+        }
+    }
+
+    /// Takes back a permit counted for a waiter that had left. The caller
+    /// loops over the queue itself, so this does not start a hand-off.
+    fn uncount(&self) {
+        if let Some(prev) = self.sub_one() {
+            if prev.closed() && prev.in_use() == 1 {
+                self.drain.wake_all();
+            }
+        }
+    }
+
+    /// Takes one off `in_use`, never below zero. Returns the state before.
+    ///
+    /// The count cannot reach zero here unless something outside this crate's
+    /// bookkeeping moved it (a drift repair that raced a release); refusing
+    /// to wrap keeps the other fields of the word intact, and the refusal is
+    /// counted as a repair.
+    fn sub_one(&self) -> Option<State> {
+        // AcqRel: Release publishes the holder's work to the next acquirer;
+        // Acquire lets a hand-off see the tickets it reads.
+        let mut cur = State(self.state.load(Ordering::Relaxed));
+        loop {
+            if cur.in_use() == 0 {
+                self.repaired.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            match self.state.compare_exchange_weak(
+                cur.0,
+                cur.0 - ONE_IN_USE,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(cur),
+                Err(actual) => cur = State(actual),
+            }
+        }
+    }
+
+    // ----- capacity, close, drain ----------------------------------------
+
+    pub(crate) fn set_capacity(&self, capacity: u32) -> Result<(), CapacityError> {
+        if capacity > self.max_capacity {
+            return Err(CapacityError {
+                requested: capacity,
+                max: self.max_capacity,
+            });
+        }
+        let mut cur = self.load();
+        loop {
+            let next = cur.with_capacity(capacity);
+            match self.state.compare_exchange_weak(
+                cur.0,
+                next.0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => cur = State(actual),
+            }
+        }
+        self.grant_waiting();
+        Ok(())
+    }
+
+    /// Closes the limiter and wakes its waiters. False if it was closed
+    /// already.
+    pub(crate) fn close(&self) -> bool {
+        let prev = State(
+            self.state
+                .fetch_or(State(0).with_closed().0, Ordering::AcqRel),
+        );
+        if prev.closed() {
+            return false;
+        }
+        self.queue.wake_all(prev.head(), prev.tail(), &self.leases);
+        if prev.in_use() == 0 {
+            self.drain.wake_all();
+        }
+        true
+    }
+
+    pub(crate) fn is_drained(&self) -> bool {
+        let s = self.load();
+        s.closed() && s.in_use() == 0
+    }
+
+    pub(crate) fn register_drain(&self, place: &mut Option<usize>, cx: &mut Context<'_>) {
+        self.drain.register(place, cx);
+    }
+
+    pub(crate) fn release_drain(&self, place: Option<usize>) {
+        self.drain.release(place);
+    }
+
+    // ----- leases ---------------------------------------------------------
+
+    /// Every live slot of the lease table (see `LeaseTable::scan`).
+    pub(crate) fn scan(&self) -> impl Iterator<Item = LeaseView> + '_ {
+        self.leases.scan()
+    }
+
+    /// Advances the coarse clock from the real one and returns it.
+    pub(crate) fn advance_clock(&self) -> u64 {
+        self.clock.advance()
+    }
+
+    /// HELD -> REVOKED, counted. False if no longer held.
+    pub(crate) fn revoke(&self, slot: u32, gen: u64, now: u64) -> bool {
+        let ok = self.leases.revoke(slot, gen, now);
+        if ok {
+            self.revoked.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// REVOKED -> FREE by force, counted, and the count given back.
+    pub(crate) fn reclaim(&self, slot: u32, gen: u64) -> bool {
+        if !self.leases.reclaim(slot, gen) {
+            return false;
+        }
+        self.reclaimed.fetch_add(1, Ordering::Relaxed);
+        self.release_count();
+        true
+    }
+
+    /// Revokes every held lease idle for at least `min_ms`.
+    pub(crate) fn revoke_idle(&self, min_ms: u64) -> usize {
+        let now = self.clock.advance();
+        self.scan()
+            .filter(|v| v.kind == Kind::Held && now.saturating_sub(v.last_active) >= min_ms)
+            .filter(|v| self.revoke(v.slot, v.gen, now))
+            .count()
+    }
+
+    /// Revokes the `n` held leases that started first.
+    pub(crate) fn revoke_oldest(&self, n: usize) -> usize {
+        let now = self.clock.advance();
+        let mut held: Vec<(u64, u32, u64)> = self
+            .scan()
+            .filter(|v| v.kind == Kind::Held)
+            .map(|v| (v.started, v.slot, v.gen))
+            .collect();
+        held.sort_unstable();
+        held.iter()
+            .take(n)
+            .filter(|&&(_, slot, gen)| self.revoke(slot, gen, now))
+            .count()
+    }
+
+    /// Revokes one lease by id.
+    pub(crate) fn revoke_one(&self, slot: u32, gen: u64) -> bool {
+        let now = self.clock.advance();
+        self.revoke(slot, gen, now)
+    }
+
+    /// Reclaims every lease revoked at least `grace_ms` ago.
+    pub(crate) fn reclaim_revoked(&self, grace_ms: u64) -> usize {
+        let now = self.clock.advance();
+        self.scan()
+            .filter(|v| v.kind == Kind::Revoked && now.saturating_sub(v.revoked_at) >= grace_ms)
+            .filter(|v| self.reclaim(v.slot, v.gen))
+            .count()
+    }
+
+    pub(crate) fn touch(&self, slot: u32, gen: u64) {
+        self.leases.touch(slot, gen, self.clock.now());
+    }
+    pub(crate) fn is_revoked(&self, slot: u32, gen: u64) -> bool {
+        self.leases.is_revoked(slot, gen)
+    }
+    pub(crate) fn register_revoked(&self, slot: u32, waker: &Waker) {
+        self.leases.register_revoked(slot, waker);
+    }
+    /// Milliseconds since the lease in `slot` started, and since its last
+    /// activity.
+    pub(crate) fn lease_age_idle(&self, slot: u32) -> (u64, u64) {
+        let now = self.clock.now();
+        let (started, active) = self.leases.times(slot);
+        (now.saturating_sub(started), now.saturating_sub(active))
+    }
+
+    // ----- health -------------------------------------------------------
+
+    /// Reads every figure and derives the state.
+    pub(crate) fn snapshot(&self, advance_clock: bool) -> Snapshot {
+        let now = if advance_clock {
+            self.clock.advance()
+        } else {
+            self.clock.now()
+        };
+        let s = self.load();
+        let waiting = self.live_waiting(s);
+        let limit = self.limit(s);
+
+        let mut oldest = u64::MAX;
+        let mut revoked_pending = 0u32;
+        for v in self.scan() {
+            match v.kind {
+                Kind::Held => oldest = oldest.min(v.started),
+                Kind::Revoked => {
+                    revoked_pending += 1;
+                    oldest = oldest.min(v.started);
+                }
+                Kind::Granted => {}
+            }
+        }
+        let oldest_lease_ms = if oldest == u64::MAX {
+            0
+        } else {
+            now.saturating_sub(oldest)
+        };
+
+        let h = &self.health;
+        let watchdog = h.watchdog_view(now);
+        let silent = watchdog.attached && !watchdog.alive;
+        let state = if s.closed() {
+            if s.in_use() > 0 {
+                HealthState::Draining
+            } else {
+                HealthState::Closed
+            }
+        } else if silent {
+            HealthState::Degraded(Cause::WatchdogSilent)
+        } else if h.stalled() {
+            HealthState::Degraded(Cause::Stalled)
+        } else if h.leaking() {
+            HealthState::Degraded(Cause::Leaking)
+        } else if waiting > 0 || s.in_use() >= limit {
+            HealthState::Saturated
+        } else {
+            HealthState::Healthy
+        };
+
+        let rejected_total = Rejected::ALL
+            .iter()
+            .map(|r| (r.as_str(), self.rejected[r.index()].load(Ordering::Relaxed)))
+            .collect();
+        Snapshot {
+            name: h.name.clone(),
+            state,
+            cause: state.cause(),
+            capacity: s.capacity(),
+            max_capacity: self.max_capacity,
+            in_use: s.in_use(),
+            waiting,
+            reserved: self.reserve,
+            queue_limit: self.queue_limit,
+            pressure: if s.capacity() == 0 {
+                1.0
+            } else {
+                s.in_use() as f64 / s.capacity() as f64
+            },
+            admitted_total: self.admitted_total(),
+            rejected_total,
+            revoked_total: self.revoked.load(Ordering::Relaxed),
+            reclaimed_total: self.reclaimed.load(Ordering::Relaxed),
+            repaired_total: self.repaired.load(Ordering::Relaxed),
+            oldest_lease_ms,
+            revoked_pending,
+            watchdog,
+            adaptive: h.adaptive.view(),
+        }
+    }
+
+    /// Evaluates the state, reports it if it changed, and returns the
+    /// snapshot it was derived from.
+    pub(crate) fn note_change(&self) -> Snapshot {
+        let snap = self.snapshot(false);
+        self.health.report(&snap);
+        snap
+    }
+
+    // ----- watchdog repairs ------------------------------------------------
+
+    /// Wakes the waiter parked in `slot` (a grant nobody picked up).
+    pub(crate) fn wake_waiter(&self, slot: u32) {
+        self.leases.wake_waiter(slot);
+    }
+
+    /// A stall's repair: re-drives the hand-off and wakes every waiter.
+    pub(crate) fn redrive(&self) {
+        self.grant_waiting();
+        let s = self.load();
+        self.queue.wake_all(s.head(), s.tail(), &self.leases);
+        self.repaired.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Clears tickets left by cancelled waiters while there is room.
+    pub(crate) fn clear_ghosts(&self) {
+        self.grant_waiting();
+    }
+
+    /// Removes up to `excess` permits no lease accounts for. Returns how
+    /// many were removed.
+    pub(crate) fn repair_drift(&self, excess: u32) -> u32 {
+        let mut cur = self.load();
+        loop {
+            let fix = excess.min(cur.in_use());
+            if fix == 0 {
+                return 0;
+            }
+            let next = cur.with_in_use(cur.in_use() - fix);
+            match self
+                .state
+                .compare_exchange(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    self.repaired.fetch_add(1, Ordering::Relaxed);
+                    self.grant_waiting();
+                    return fix;
+                }
+                Err(actual) => cur = State(actual),
+            }
+        }
+    }
+
+    // ----- fault injection ------------------------------------------------
+
+    /// Loses the next `k` hand-offs.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn inject_stalls(&self, k: u32) {
+        self.stalls.fetch_add(k, Ordering::AcqRel);
+    }
+
+    /// Adds up to `n` to the count with no lease behind it.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn inject_drift(&self, n: u32) -> u32 {
+        let mut cur = self.load();
+        loop {
+            let add = n.min(self.max_capacity.saturating_sub(cur.in_use()));
+            let next = cur.with_in_use(cur.in_use() + add);
+            match self
+                .state
+                .compare_exchange(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return add,
+                Err(actual) => cur = State(actual),
+            }
+        }
+    }
+
+    /// Moves the lease clock forward without waiting.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn skip_clock(&self, ms: u64) {
+        self.clock.skip(ms);
+    }
+}

@@ -1,0 +1,448 @@
+//! The lease table: one slot per permit that can exist at once, plus one per
+//! queued waiter. A slot is where a waiter parks its waker, where a granted
+//! permit keeps its lease (start, last activity, revocation), and what the
+//! watchdog scans to see every held permit.
+//!
+//! This module is the only code that reads or writes a slot's state word.
+//! Every transition is a named method below; everything else in the crate
+//! names slots by `(index, generation)` and asks.
+//!
+//! # Slot states
+//!
+//! ```text
+//!            claim_waiting            grant              hold
+//!   FREE ─────────────────▶ WAITING ───────▶ GRANTED ──────────▶ HELD
+//!    ▲ ▲ ▲                     │ withdraw        │ give_back        │ │
+//!    │ │ └─────────────────────┘                 │                  │ │ revoke
+//!    │ └─────────────────────────────────────────┘                  │ ▼
+//!    │        claim_held (FREE ─▶ HELD directly)           release  │ REVOKED
+//!    └──────────────────────────────────────────────────────────────┘ │
+//!    └────────────────────────────── release / reclaim ───────────────┘
+//! ```
+//!
+//! * FREE — on the free list.
+//! * WAITING — a queued waiter parked here; the deliverer of its ticket moves
+//!   it on (`grant`), or the waiter takes it back when it leaves (`withdraw`).
+//! * GRANTED — the deliverer counted a permit for the waiter, which has not
+//!   been polled yet. Only the waiter moves it on (`hold`, `give_back`).
+//! * HELD — a live lease. Its holder's drop (`release`) and the reclaimer
+//!   (`revoke` then `reclaim`) race to move it to FREE; each is one CAS from
+//!   the state word it read, so exactly one of them wins and releases the
+//!   count (I2).
+//! * REVOKED — a live lease whose holder was told to let go.
+//!
+//! # Implementation notes
+//!
+//! * A slot's state word is `generation << 8 | status`. The generation grows
+//!   each time the slot leaves the free list, and every transition compares
+//!   it, so a stale holder (a permit whose slot was reclaimed and reused, a
+//!   deliverer that lost a race) fails its CAS instead of touching someone
+//!   else's lease. The generation has 56 bits: at a billion leases a second
+//!   through one slot it would wrap after two years, and a stale holder would
+//!   have to sleep through exactly that many reuses to be confused.
+//! * Slots are never deallocated, so a stale index can always be read.
+//! * Free slots form a Treiber stack threaded through `next_free`. The stack
+//!   head carries a 32-bit tag that changes on every push and pop, so the
+//!   classic ABA problem (pop reads `next` of a slot that is popped and pushed
+//!   again before its CAS) makes the CAS fail rather than corrupt the list.
+//! * The table is sized so a slot is always free when one is needed: at most
+//!   `max_capacity` permits exist (the state word's cap), and at most
+//!   `queue window` waiters hold a slot before their grant counts in `in_use`.
+//! * Orderings: a transition into a state publishes (Release) the fields the
+//!   next owner reads (timestamps on HELD, `revoked_at` on REVOKED); every
+//!   load that decides on a state is Acquire. The free list's push is Release
+//!   and its pop Acquire, so a claimer sees the slot as its last user left it.
+
+use crate::loom::{AtomicU32, AtomicU64, AtomicWaker, Ordering};
+use std::task::Waker;
+
+/// Slot status, in the low byte of a slot's state word.
+mod status {
+    pub(super) const FREE: u8 = 0;
+    pub(super) const WAITING: u8 = 1;
+    pub(super) const GRANTED: u8 = 2;
+    pub(super) const HELD: u8 = 3;
+    pub(super) const REVOKED: u8 = 4;
+}
+
+fn pack(gen: u64, status: u8) -> u64 {
+    (gen << 8) | status as u64
+}
+#[inline]
+fn gen_of(word: u64) -> u64 {
+    word >> 8
+}
+#[inline]
+fn status_of(word: u64) -> u8 {
+    (word & 0xff) as u8
+}
+
+const NIL: u32 = u32::MAX;
+
+struct Slot {
+    /// `generation << 8 | status`.
+    state: AtomicU64,
+    /// Coarse-clock millisecond when the permit was granted.
+    started: AtomicU64,
+    /// Coarse-clock millisecond of the last `touch()`.
+    last_active: AtomicU64,
+    /// Coarse-clock millisecond when the lease was revoked.
+    revoked_at: AtomicU64,
+    /// Grants made through this slot; summed for `admitted_total`. Only the
+    /// slot's current owner writes it, so a load and a store suffice: this
+    /// keeps a shared counter's cache line out of the hot path.
+    grants: AtomicU64,
+    next_free: AtomicU32,
+    /// The parked waiter's waker.
+    wait_waker: AtomicWaker,
+    /// Wakes `Permit::revoked()` futures.
+    revoke_waker: AtomicWaker,
+}
+
+impl Slot {
+    fn new(next: u32) -> Slot {
+        Slot {
+            state: AtomicU64::new(pack(0, status::FREE)),
+            started: AtomicU64::new(0),
+            last_active: AtomicU64::new(0),
+            revoked_at: AtomicU64::new(0),
+            grants: AtomicU64::new(0),
+            next_free: AtomicU32::new(next),
+            wait_waker: AtomicWaker::new(),
+            revoke_waker: AtomicWaker::new(),
+        }
+    }
+
+    fn word(&self) -> u64 {
+        self.state.load(Ordering::Acquire)
+    }
+}
+
+/// What a live slot holds, as a scan sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Granted to a waiter that has not been polled yet (counted in use).
+    Granted,
+    /// A live lease.
+    Held,
+    /// A live lease that was revoked and not yet returned.
+    Revoked,
+}
+
+/// One live slot, read by [`LeaseTable::scan`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LeaseView {
+    pub(crate) slot: u32,
+    pub(crate) gen: u64,
+    pub(crate) kind: Kind,
+    pub(crate) started: u64,
+    pub(crate) last_active: u64,
+    pub(crate) revoked_at: u64,
+}
+
+pub(crate) struct LeaseTable {
+    /// `tag << 32 | index` of the first free slot.
+    free: AtomicU64,
+    slots: Box<[Slot]>,
+}
+
+impl LeaseTable {
+    pub(crate) fn new(n: usize) -> LeaseTable {
+        assert!(n < NIL as usize);
+        let slots: Box<[Slot]> = (0..n)
+            .map(|i| Slot::new(if i + 1 < n { i as u32 + 1 } else { NIL }))
+            .collect();
+        let first = if n == 0 { NIL } else { 0 };
+        LeaseTable {
+            slots,
+            free: AtomicU64::new(first as u64),
+        }
+    }
+
+    #[inline]
+    fn get(&self, index: u32) -> &Slot {
+        &self.slots[index as usize]
+    }
+
+    /// FREE -> HELD: a new lease for a permit already counted in use.
+    pub(crate) fn claim_held(&self, now: u64) -> Option<(u32, u64)> {
+        self.claim(status::HELD, now)
+    }
+
+    /// FREE -> WAITING: a place for a queued waiter to park.
+    pub(crate) fn claim_waiting(&self, now: u64) -> Option<(u32, u64)> {
+        self.claim(status::WAITING, now)
+    }
+
+    /// Pops a free slot and moves it to `status` with a new generation.
+    fn claim(&self, status: u8, now: u64) -> Option<(u32, u64)> {
+        // Acquire: the `next_free` we read, and the slot's previous contents,
+        // were published by the Release push that put this slot on the list.
+        let mut head = self.free.load(Ordering::Acquire);
+        loop {
+            let index = head as u32;
+            if index == NIL {
+                return None;
+            }
+            let next = self.get(index).next_free.load(Ordering::Relaxed);
+            let tag = (head >> 32).wrapping_add(1);
+            let new = (tag << 32) | next as u64;
+            match self
+                .free
+                .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    let slot = self.get(index);
+                    let gen = gen_of(slot.state.load(Ordering::Relaxed)) + 1;
+                    slot.started.store(now, Ordering::Relaxed);
+                    slot.last_active.store(now, Ordering::Relaxed);
+                    // Release: a watchdog or deliverer that sees the new
+                    // generation also sees the timestamps above.
+                    slot.state.store(pack(gen, status), Ordering::Release);
+                    return Some((index, gen));
+                }
+                Err(actual) => head = actual,
+            }
+        }
+    }
+
+    /// Pushes a slot (already moved to FREE by the caller) on the free list.
+    fn push_free(&self, index: u32) {
+        let slot = self.get(index);
+        let mut head = self.free.load(Ordering::Relaxed);
+        loop {
+            slot.next_free.store(head as u32, Ordering::Relaxed);
+            let tag = (head >> 32).wrapping_add(1);
+            let new = (tag << 32) | index as u64;
+            // Release: publishes `next_free` and the slot's FREE state to the
+            // next claimer's Acquire.
+            match self
+                .free
+                .compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => head = actual,
+            }
+        }
+    }
+
+    /// Registers the waker of the waiter parked in `index`.
+    pub(crate) fn register_waiter(&self, index: u32, waker: &Waker) {
+        self.get(index).wait_waker.register(waker);
+    }
+
+    /// Wakes whoever waits in `index` (a lost wake-up's repair, `close`).
+    pub(crate) fn wake_waiter(&self, index: u32) {
+        self.get(index).wait_waker.wake();
+    }
+
+    /// WAITING -> GRANTED by the deliverer of the waiter's ticket, which has
+    /// already counted the permit. The mailbox keeps only the low bits of the
+    /// generation (`gen_mask`). Wakes the waiter. False if the waiter left.
+    pub(crate) fn grant(&self, index: u32, gen_low: u64, gen_mask: u64) -> bool {
+        let slot = self.get(index);
+        let word = slot.word();
+        if status_of(word) != status::WAITING || gen_of(word) & gen_mask != gen_low {
+            return false;
+        }
+        let granted = pack(gen_of(word), status::GRANTED);
+        // AcqRel: the waiter's Acquire load of GRANTED sees the count this
+        // deliverer made before delivering.
+        if slot
+            .state
+            .compare_exchange(word, granted, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        slot.wait_waker.wake();
+        true
+    }
+
+    /// Whether the waiter's slot was granted.
+    pub(crate) fn is_granted(&self, index: u32, gen: u64) -> bool {
+        self.get(index).word() == pack(gen, status::GRANTED)
+    }
+
+    /// WAITING -> FREE by a leaving waiter. False if a deliverer granted the
+    /// slot first: the waiter then owns a counted permit.
+    pub(crate) fn withdraw(&self, index: u32, gen: u64) -> bool {
+        let ok = self
+            .get(index)
+            .state
+            .compare_exchange(
+                pack(gen, status::WAITING),
+                pack(gen, status::FREE),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if ok {
+            self.push_free(index);
+        }
+        ok
+    }
+
+    /// WAITING or GRANTED -> FREE by the slot's owner, which no deliverer
+    /// can touch any more (its ticket was settled): a waiter leaving a slot
+    /// it no longer needs, or a grant taken as an untracked permit.
+    pub(crate) fn give_back(&self, index: u32, gen: u64) {
+        // Only the owner moves the slot now, so a store is enough.
+        self.get(index)
+            .state
+            .store(pack(gen, status::FREE), Ordering::Release);
+        self.push_free(index);
+    }
+
+    /// GRANTED -> HELD by the waiter that was granted: the lease starts now.
+    pub(crate) fn hold(&self, index: u32, gen: u64, now: u64) {
+        let slot = self.get(index);
+        slot.last_active.store(now, Ordering::Relaxed);
+        slot.started.store(now, Ordering::Relaxed);
+        // Only the owner moves a GRANTED slot on, so a store is enough.
+        slot.state.store(pack(gen, status::HELD), Ordering::Release);
+    }
+
+    /// HELD or REVOKED -> FREE by the holder's drop. False if the lease was
+    /// reclaimed first: the count was released by the reclaimer.
+    pub(crate) fn release(&self, index: u32, gen: u64) -> bool {
+        let slot = self.get(index);
+        let mut word = slot.word();
+        loop {
+            let live = matches!(status_of(word), status::HELD | status::REVOKED);
+            if gen_of(word) != gen || !live {
+                return false;
+            }
+            match slot.state.compare_exchange_weak(
+                word,
+                pack(gen, status::FREE),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => word = actual,
+            }
+        }
+        self.push_free(index);
+        true
+    }
+
+    /// HELD -> REVOKED, then tells the holder. False if the lease is no
+    /// longer held (dropped, already revoked, or a stale id).
+    pub(crate) fn revoke(&self, index: u32, gen: u64, now: u64) -> bool {
+        let Some(slot) = self.slots.get(index as usize) else {
+            return false;
+        };
+        if slot.word() != pack(gen, status::HELD) {
+            return false;
+        }
+        slot.revoked_at.store(now, Ordering::Relaxed);
+        // Release: the reclaimer that reads REVOKED sees `revoked_at`.
+        if slot
+            .state
+            .compare_exchange(
+                pack(gen, status::HELD),
+                pack(gen, status::REVOKED),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        slot.revoke_waker.wake();
+        true
+    }
+
+    /// REVOKED -> FREE by force: the holder's later drop finds another state
+    /// and does nothing. True if this call took the lease, and with it the
+    /// duty to release its count.
+    pub(crate) fn reclaim(&self, index: u32, gen: u64) -> bool {
+        let ok = self
+            .get(index)
+            .state
+            .compare_exchange(
+                pack(gen, status::REVOKED),
+                pack(gen, status::FREE),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if ok {
+            self.push_free(index);
+        }
+        ok
+    }
+
+    /// Marks the lease active at `now`, unless the slot has moved on to
+    /// another lease. Three relaxed loads and, at most once per clock tick,
+    /// a relaxed store.
+    #[inline]
+    pub(crate) fn touch(&self, index: u32, gen: u64, now: u64) {
+        let slot = self.get(index);
+        // A permit whose slot was reclaimed (and perhaps reused) must not
+        // make someone else's lease look active.
+        if gen_of(slot.state.load(Ordering::Relaxed)) != gen {
+            return;
+        }
+        if slot.last_active.load(Ordering::Relaxed) != now {
+            slot.last_active.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the lease was revoked or is gone.
+    pub(crate) fn is_revoked(&self, index: u32, gen: u64) -> bool {
+        self.get(index).word() != pack(gen, status::HELD)
+    }
+
+    /// Registers the waker of the holder waiting for revocation.
+    pub(crate) fn register_revoked(&self, index: u32, waker: &Waker) {
+        self.get(index).revoke_waker.register(waker);
+    }
+
+    /// When the lease in `index` started and was last active.
+    pub(crate) fn times(&self, index: u32) -> (u64, u64) {
+        let slot = self.get(index);
+        (
+            slot.started.load(Ordering::Relaxed),
+            slot.last_active.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Counts one grant through a slot the caller owns.
+    pub(crate) fn count_grant(&self, index: u32) {
+        let g = &self.get(index).grants;
+        g.store(g.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Sum of grants over all slots.
+    pub(crate) fn total_grants(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| s.grants.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Every live slot (GRANTED, HELD or REVOKED), in table order. Each is
+    /// read at its own moment; a view is a hint for a later transition,
+    /// which compares the generation and state again.
+    pub(crate) fn scan(&self) -> impl Iterator<Item = LeaseView> + '_ {
+        self.slots.iter().enumerate().filter_map(|(i, slot)| {
+            let word = slot.word();
+            let kind = match status_of(word) {
+                status::GRANTED => Kind::Granted,
+                status::HELD => Kind::Held,
+                status::REVOKED => Kind::Revoked,
+                _ => return None,
+            };
+            Some(LeaseView {
+                slot: i as u32,
+                gen: gen_of(word),
+                kind,
+                started: slot.started.load(Ordering::Relaxed),
+                last_active: slot.last_active.load(Ordering::Relaxed),
+                revoked_at: slot.revoked_at.load(Ordering::Relaxed),
+            })
+        })
+    }
+}
