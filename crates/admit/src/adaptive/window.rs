@@ -167,7 +167,8 @@ struct Cells {
     dropped: AtomicU64,
     timeouts: AtomicU64,
     ok_ns: AtomicU64,
-    all_ns: AtomicU64,
+    /// Latency of dropped and timed-out requests.
+    lost_ns: AtomicU64,
     /// `u64::MAX` when no answered request was recorded.
     min_ns: AtomicU64,
     max_in_flight: AtomicU64,
@@ -180,7 +181,7 @@ impl Default for Cells {
             dropped: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             ok_ns: AtomicU64::new(0),
-            all_ns: AtomicU64::new(0),
+            lost_ns: AtomicU64::new(0),
             min_ns: AtomicU64::new(u64::MAX),
             max_in_flight: AtomicU64::new(0),
         }
@@ -195,6 +196,10 @@ impl Recorder {
 
     /// Records one completed request. The sample's `when` is not kept: the
     /// window it lands in is the one open when the owner next drains.
+    ///
+    /// An answered request costs two relaxed additions and two relaxed
+    /// loads; the minimum and maximum are only written (a compare-and-swap
+    /// loop on most targets) when the sample actually moves them.
     pub fn record(&self, s: Sample) {
         let c = &*self.cells;
         // Saturate rather than wrap: 584 years of latency fit in a u64 of ns.
@@ -203,30 +208,37 @@ impl Recorder {
             Outcome::Ok => {
                 c.ok.fetch_add(1, Ordering::Relaxed);
                 c.ok_ns.fetch_add(ns, Ordering::Relaxed);
-                c.min_ns.fetch_min(ns, Ordering::Relaxed);
+                if ns < c.min_ns.load(Ordering::Relaxed) {
+                    c.min_ns.fetch_min(ns, Ordering::Relaxed);
+                }
             }
             Outcome::Dropped => {
                 c.dropped.fetch_add(1, Ordering::Relaxed);
+                c.lost_ns.fetch_add(ns, Ordering::Relaxed);
             }
             Outcome::Timeout => {
                 c.timeouts.fetch_add(1, Ordering::Relaxed);
+                c.lost_ns.fetch_add(ns, Ordering::Relaxed);
             }
         }
-        c.all_ns.fetch_add(ns, Ordering::Relaxed);
-        c.max_in_flight
-            .fetch_max(u64::from(s.in_flight), Ordering::Relaxed);
+        let in_flight = u64::from(s.in_flight);
+        if in_flight > c.max_in_flight.load(Ordering::Relaxed) {
+            c.max_in_flight.fetch_max(in_flight, Ordering::Relaxed);
+        }
     }
 
     /// Moves everything recorded so far into `window` and starts afresh.
     pub(crate) fn drain_into(&self, window: &mut Window) {
         let c = &*self.cells;
         let min = c.min_ns.swap(u64::MAX, Ordering::Relaxed);
+        let ok_ns = c.ok_ns.swap(0, Ordering::Relaxed);
+        let lost_ns = c.lost_ns.swap(0, Ordering::Relaxed);
         let part = Window {
             ok: c.ok.swap(0, Ordering::Relaxed),
             dropped: c.dropped.swap(0, Ordering::Relaxed),
             timeouts: c.timeouts.swap(0, Ordering::Relaxed),
-            ok_latency_sum: Duration::from_nanos(c.ok_ns.swap(0, Ordering::Relaxed)),
-            all_latency_sum: Duration::from_nanos(c.all_ns.swap(0, Ordering::Relaxed)),
+            ok_latency_sum: Duration::from_nanos(ok_ns),
+            all_latency_sum: Duration::from_nanos(ok_ns.saturating_add(lost_ns)),
             min_latency: (min != u64::MAX).then(|| Duration::from_nanos(min)),
             max_in_flight: c.max_in_flight.swap(0, Ordering::Relaxed) as u32,
             ..Window::default()
