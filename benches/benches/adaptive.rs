@@ -410,6 +410,8 @@ fn main() {
         );
     }
 
+    per_request_cost();
+
     println!();
     print!("| scenario |");
     for a in ALGOS {
@@ -420,6 +422,67 @@ fn main() {
     for (name, cells) in rows {
         println!("| {name} | {} |", cells.join(" | "));
     }
+}
+
+/// What the adaptive layer adds to a request in-process, beside the plain
+/// admission layer: two clock reads, a read of the in-flight count and the
+/// recorder's relaxed atomic additions. Interleaved rounds of wall time on
+/// a current-thread runtime; the service answers at once.
+fn per_request_cost() {
+    use admit_tower::adaptive::AdaptiveLayer;
+    use admit_tower::AdmitLayer;
+    use tower::{Layer, Service, ServiceExt};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let base = tower::service_fn(|_: ()| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    });
+    let limiter = admit::Limiter::builder()
+        .capacity(1 << 16)
+        .max_capacity(1 << 16)
+        .track_leases(false)
+        .build()
+        .unwrap();
+    let admit = AdmitLayer::new(limiter.clone()).layer(base);
+    let attached = admit::adaptive::attach(
+        limiter.clone(),
+        QueueDelay::default(),
+        Config::default().initial(1 << 16),
+    )
+    .unwrap();
+    let adaptive = AdaptiveLayer::new(attached.sampler()).layer(base);
+    let mut times = [Duration::ZERO; 2];
+    admit_benches::interleaved(
+        "per request, in-process",
+        &["AdmitLayer", "AdaptiveLayer"],
+        9,
+        200_000,
+        |i, n| {
+            let start = std::time::Instant::now();
+            rt.block_on(async {
+                for _ in 0..n {
+                    if i == 0 {
+                        let mut svc = admit.clone();
+                        svc.ready().await.unwrap().call(()).await.unwrap();
+                    } else {
+                        let mut svc = adaptive.clone();
+                        svc.ready().await.unwrap().call(()).await.unwrap();
+                    }
+                }
+            });
+            let t = start.elapsed();
+            times[i] += t;
+            t
+        },
+    );
+    let per_call = |t: Duration| t.as_nanos() as f64 / (9.0 * 200_000.0);
+    println!(
+        "per request, in-process: AdmitLayer {:.0} ns, AdaptiveLayer {:.0} ns (mean over all rounds)",
+        per_call(times[0]),
+        per_call(times[1])
+    );
 }
 
 /// The targets' scenarios for admit's two latency controllers over seeds
