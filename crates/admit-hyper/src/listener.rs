@@ -521,20 +521,33 @@ async fn request_path(stream: &TcpStream) -> Option<String> {
         if n == 0 {
             return None;
         }
-        if let Some(end) = buf[..n].windows(2).position(|w| w == b"\r\n") {
-            let line = std::str::from_utf8(&buf[..end]).ok()?;
-            let mut parts = line.split(' ');
-            let (_method, target) = (parts.next()?, parts.next()?);
-            let path = target.split('?').next()?;
-            return path.starts_with('/').then(|| path.to_owned());
+        match request_line_path(&buf[..n]) {
+            Some(path) => return path.map(str::to_owned),
+            None if n == buf.len() => return None,
+            // Part of a line: peeked bytes stay readable, so wait a moment
+            // for the rest rather than spin (the refusal timeout bounds it).
+            None => tokio::time::sleep(Duration::from_millis(5)).await,
         }
-        if n == buf.len() {
-            return None;
-        }
-        // Part of a line: peeked bytes stay readable, so wait a moment for
-        // the rest rather than spin (the refusal timeout bounds it all).
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// The path (without its query) of the request line at the start of
+/// `bytes`: `None` while the line is incomplete, `Some(None)` if it is not
+/// a request line for a path.
+fn request_line_path(bytes: &[u8]) -> Option<Option<&str>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    let parsed = request.parse(bytes);
+    // The method, path and version are filled in as soon as the request
+    // line is parsed, whether or not the headers are complete (or too many).
+    let line_done = request.version.is_some();
+    match parsed {
+        Ok(_) | Err(httparse::Error::TooManyHeaders) if line_done => {}
+        Ok(_) => return None,
+        Err(_) => return Some(None),
+    }
+    let path = request.path?.split('?').next()?;
+    Some(path.starts_with('/').then_some(path))
 }
 
 impl Accept for HttpListener {
@@ -553,27 +566,64 @@ impl Accept for HttpListener {
 
 /// Reads the request head, answers, closes cleanly.
 async fn answer_refused(mut stream: TcpStream, response: &[u8]) -> io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 2048];
-    let mut total = 0;
-    // The last three bytes of the previous read, so a "\r\n\r\n" split
-    // across reads is still found.
-    let mut tail: Vec<u8> = Vec::with_capacity(buf.len() + 3);
     loop {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
             // The client gave up before finishing its request.
             return Ok(());
         }
-        total += n;
-        tail.extend_from_slice(&buf[..n]);
-        if tail.windows(4).any(|w| w == b"\r\n\r\n") || total >= MAX_REFUSED_HEAD {
+        head.extend_from_slice(&buf[..n]);
+        if head_ended(&head) || head.len() >= MAX_REFUSED_HEAD {
             break;
         }
-        let keep = tail.len().min(3);
-        tail.drain(..tail.len() - keep);
     }
+    drop(head);
     stream.write_all(response).await?;
     stream.shutdown().await?;
     while stream.read(&mut buf).await? > 0 {}
     Ok(())
+}
+
+/// Whether `bytes` hold a whole request head, or something that will never
+/// become one (there is no point waiting for more of it).
+fn head_ended(bytes: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    !matches!(
+        httparse::Request::new(&mut headers).parse(bytes),
+        Ok(httparse::Status::Partial)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_lines() {
+        assert_eq!(
+            request_line_path(b"GET /health?x=1 HTTP/1.1\r\n"),
+            Some(Some("/health"))
+        );
+        assert_eq!(
+            request_line_path(b"GET /admin/drain HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Some(Some("/admin/drain"))
+        );
+        assert_eq!(
+            request_line_path(b"GET /heal"),
+            None,
+            "not a whole line yet"
+        );
+        assert_eq!(request_line_path(b"GET * HTTP/1.1\r\n"), Some(None));
+        assert_eq!(request_line_path(b"\x16\x03\x01 tls"), Some(None));
+    }
+
+    #[test]
+    fn heads() {
+        assert!(!head_ended(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        assert!(!head_ended(b"GET / HTTP/1.1\r\nHost: a\r\n\r"));
+        assert!(head_ended(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(head_ended(b"\x16\x03\x01 not http"));
+    }
 }
