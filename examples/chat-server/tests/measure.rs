@@ -205,7 +205,13 @@ async fn login_load(args: &[&str], secs: u64) -> (f64, u64, u64) {
     let srv = Proc::start(&data, args);
     let http = srv.addrs.http;
     for i in 0..100 {
-        let r = post_json(http, "/api/register", None, json!({"name": format!("user{i}"), "password": "correct horse"})).await;
+        let r = post_json(
+            http,
+            "/api/register",
+            None,
+            json!({"name": format!("user{i}"), "password": "correct horse"}),
+        )
+        .await;
         assert_eq!(r.status, 201);
     }
     let start = Instant::now();
@@ -222,7 +228,10 @@ async fn login_load(args: &[&str], secs: u64) -> (f64, u64, u64) {
                         200 => ok += 1,
                         503 | 429 => {
                             refused += 1;
-                            let wait: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).unwrap_or(1);
+                            let wait: u64 = r
+                                .header("retry-after")
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(1);
                             tokio::time::sleep(Duration::from_secs(wait)).await;
                         }
                         other => panic!("login: {other}"),
@@ -255,6 +264,10 @@ async fn logins_with_and_without_the_hashing_limiter() {
     println!("logins: hashing limiter at 2 x cores: {limited:.1} logins/s, {refused} refused (busy), peak RSS {} MiB", limited_peak / 1024);
     let (open, open_refused, open_peak) = login_load(&["--max-hashes", "100"], 10).await;
     println!("logins: hashing limiter at 100 (all at once): {open:.1} logins/s, {open_refused} refused, peak RSS {} MiB", open_peak / 1024);
-    println!("logins: limited / all at once = {:.2}x throughput, {:.2}x peak memory", limited / open, limited_peak as f64 / open_peak as f64);
+    println!(
+        "logins: limited / all at once = {:.2}x throughput, {:.2}x peak memory",
+        limited / open,
+        limited_peak as f64 / open_peak as f64
+    );
     assert!(limited_peak <= 400 * 1024, "peak {limited_peak} KiB");
 }
