@@ -1,10 +1,9 @@
 //! [`Admitted`]: a connection that carries its permit.
 
-use crate::ending::{Ended, Ending};
+use crate::ending::{EndWatch, Ended, Ending, State};
 use crate::per_ip::PerIpGuard;
 use admit::Permit;
 use pin_project::pin_project;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -13,7 +12,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
 
 /// Wakes a paused or backing-off listener when one of its connections
 /// closes. Dropped last, after the socket and the permit.
@@ -29,12 +27,6 @@ impl Drop for ReleaseSignal {
         self.shared.releases.fetch_add(1, Ordering::Release);
         self.shared.release_waker.wake();
     }
-}
-
-struct Idle {
-    timeout: Duration,
-    last: Instant,
-    timer: Pin<Box<Sleep>>,
 }
 
 /// A connection admitted by the limiter: an `AsyncRead + AsyncWrite` that
@@ -93,28 +85,12 @@ pub struct Admitted<S> {
     per_ip: Option<PerIpGuard>,
     signal: Option<ReleaseSignal>,
     peer: SocketAddr,
-    idle: Option<Idle>,
-    ended: Option<Ended>,
-    /// Fired when `ended` is first set.
-    ending: Ending,
-    /// The goodbye window's length, if one was asked for.
-    goodbye: Option<Duration>,
-    /// While the goodbye window is open: the timer that closes it.
-    closing: Option<Pin<Box<Sleep>>>,
+    /// Revocation, the idle timer, the goodbye window and the end signal.
+    end: EndWatch,
     shut_down: bool,
     /// Admitted on a reserved permit by a refusal's answer (see
     /// [`Refused::admit`](crate::Refused::admit)).
     reserved: bool,
-}
-
-/// Where an [`Admitted`] connection is in its life.
-enum State {
-    /// Serving normally.
-    Open,
-    /// Ended from outside, inside the goodbye window: writes work, reads wait.
-    Closing,
-    /// Ended: reads see end-of-file, writes fail with this reason's error.
-    Ended(Ended),
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Admitted<S> {
@@ -123,8 +99,8 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Admitted<S> {
             .field("io", &self.io)
             .field("peer", &self.peer)
             .field("lease", &self.permit.lease_id())
-            .field("ended", &self.ended)
-            .field("goodbye_window", &self.goodbye)
+            .field("ended", &self.end.ended())
+            .field("goodbye_window", &self.end.goodbye_window())
             .field("reserved", &self.reserved)
             .finish()
     }
@@ -139,11 +115,7 @@ impl<S> Admitted<S> {
             per_ip: None,
             signal: None,
             peer,
-            idle: None,
-            ended: None,
-            ending: Ending::new(),
-            goodbye: None,
-            closing: None,
+            end: EndWatch::default(),
             shut_down: false,
             reserved: false,
         }
@@ -189,12 +161,7 @@ impl<S> Admitted<S> {
     /// written (as if its lease were revoked). Needs a tokio runtime with
     /// the time driver.
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Admitted<S> {
-        let now = Instant::now();
-        self.idle = Some(Idle {
-            timeout,
-            last: now,
-            timer: Box::pin(tokio::time::sleep_until(now + timeout)),
-        });
+        self.end.set_idle_timeout(timeout);
         self
     }
 
@@ -236,20 +203,20 @@ impl<S> Admitted<S> {
     /// # }
     /// ```
     pub fn with_goodbye_window(mut self, window: Duration) -> Admitted<S> {
-        self.goodbye = Some(window);
+        self.end.set_goodbye_window(window);
         self
     }
 
     /// The goodbye window, if one is set.
     pub fn goodbye_window(&self) -> Option<Duration> {
-        self.goodbye
+        self.end.goodbye_window()
     }
 
     /// The connection's end signal: fires when the connection is ended from
     /// outside (see [`Ending`]). Hand a clone to the code that serves the
     /// connection, so it can say goodbye inside the goodbye window.
     pub fn ending(&self) -> Ending {
-        self.ending.clone()
+        self.end.ending()
     }
 
     /// The permit this connection holds.
@@ -270,7 +237,7 @@ impl<S> Admitted<S> {
 
     /// The idle timeout, if one is set.
     pub fn idle_timeout(&self) -> Option<Duration> {
-        self.idle.as_ref().map(|i| i.timeout)
+        self.end.idle_timeout()
     }
 
     /// Whether the lease was revoked. Reads see end-of-file from then on.
@@ -280,7 +247,7 @@ impl<S> Admitted<S> {
 
     /// Why the connection was ended from outside, once it was.
     pub fn ended(&self) -> Option<Ended> {
-        self.ended
+        self.end.ended()
     }
 
     /// The wrapped stream.
@@ -301,69 +268,30 @@ impl<S> Admitted<S> {
 }
 
 impl<S: AsyncWrite> Admitted<S> {
-    /// Checks revocation, the idle timer and the goodbye window,
-    /// registering for whichever can change the state next. Fires the end
-    /// signal when the connection is first ended, and shuts the write side
-    /// down once it has ended for good.
+    /// Where the connection is in its life (see [`EndWatch::poll`]); once
+    /// it has ended for good, also shuts its write side down.
     fn poll_state(self: Pin<&mut Self>, cx: &mut Context<'_>) -> State {
         let this = self.project();
-        let ended = match *this.ended {
-            Some(ended) => ended,
-            None => {
-                let why = if this.permit.poll_revoked(cx).is_ready() {
-                    Some(Ended::Revoked)
-                } else if let Some(idle) = this.idle.as_mut() {
-                    let mut why = None;
-                    while idle.timer.as_mut().poll(cx).is_ready() {
-                        let deadline = idle.last + idle.timeout;
-                        if Instant::now() >= deadline {
-                            why = Some(Ended::IdleTimeout);
-                            break;
-                        }
-                        // Bytes moved since the timer was set: re-arm it
-                        // for the real deadline (and poll again to register).
-                        idle.timer.as_mut().reset(deadline);
+        let state = this.end.poll(this.permit, cx);
+        if let State::Ended(_) = state {
+            if !*this.shut_down {
+                // Best effort: a TCP stream shuts down at once; a stream
+                // whose shutdown is pending is closed when it is dropped.
+                if let Poll::Ready(res) = this.io.poll_shutdown(cx) {
+                    *this.shut_down = true;
+                    if let Err(e) = res {
+                        tracing::debug!(peer = %this.peer, error = %e, "shutdown of an ended connection failed");
                     }
-                    why
-                } else {
-                    None
-                };
-                let Some(why) = why else {
-                    return State::Open;
-                };
-                *this.ended = Some(why);
-                if let Some(window) = *this.goodbye {
-                    *this.closing = Some(Box::pin(tokio::time::sleep(window)));
-                }
-                this.ending.fire(why);
-                why
-            }
-        };
-        if let Some(closing) = this.closing.as_mut() {
-            if closing.as_mut().poll(cx).is_pending() {
-                return State::Closing;
-            }
-            *this.closing = None;
-        }
-        if !*this.shut_down {
-            // Best effort: a TCP stream shuts down at once; a stream whose
-            // shutdown is pending is closed when it is dropped.
-            if let Poll::Ready(res) = this.io.poll_shutdown(cx) {
-                *this.shut_down = true;
-                if let Err(e) = res {
-                    tracing::debug!(peer = %this.peer, error = %e, "shutdown of an ended connection failed");
                 }
             }
         }
-        State::Ended(ended)
+        state
     }
 
     fn note_io(self: Pin<&mut Self>) {
         let this = self.project();
         this.permit.touch();
-        if let Some(idle) = this.idle.as_mut() {
-            idle.last = Instant::now();
-        }
+        this.end.note_io();
     }
 }
 

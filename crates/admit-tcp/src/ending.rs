@@ -7,6 +7,7 @@
 //! admit-hyper hands the same signal to handlers in its `ConnInfo`, so
 //! every layer hears of an end through this one module.
 
+use admit::Permit;
 use pin_project::pin_project;
 use std::future::Future;
 use std::io;
@@ -14,8 +15,10 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
 
 /// Why an [`Admitted`](crate::Admitted) connection was ended from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +108,7 @@ impl Eq for Ending {}
 
 impl Ending {
     /// A signal that has not fired.
+    #[cfg(test)]
     pub(crate) fn new() -> Ending {
         Ending::default()
     }
@@ -189,6 +193,123 @@ impl Future for WaitEnded<'_> {
             },
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// An [`Admitted`](crate::Admitted) connection's end: watches its
+/// permit's revocation and its idle timer, fires its [`Ending`] when either
+/// ends it, and keeps the goodbye window that follows.
+#[derive(Debug, Default)]
+pub(crate) struct EndWatch {
+    idle: Option<Idle>,
+    ended: Option<Ended>,
+    /// Fired when `ended` is first set.
+    ending: Ending,
+    /// The goodbye window's length, if one was asked for.
+    goodbye: Option<Duration>,
+    /// While the goodbye window is open: the timer that closes it.
+    closing: Option<Pin<Box<Sleep>>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    timeout: Duration,
+    last: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+/// Where an [`Admitted`](crate::Admitted) connection is in its life.
+pub(crate) enum State {
+    /// Serving normally.
+    Open,
+    /// Ended from outside, inside the goodbye window: writes work, reads wait.
+    Closing,
+    /// Ended: reads see end-of-file, writes fail with this reason's error.
+    Ended(Ended),
+}
+
+impl EndWatch {
+    /// Ends the connection after `timeout` without traffic.
+    pub(crate) fn set_idle_timeout(&mut self, timeout: Duration) {
+        let now = Instant::now();
+        self.idle = Some(Idle {
+            timeout,
+            last: now,
+            timer: Box::pin(tokio::time::sleep_until(now + timeout)),
+        });
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        self.idle.as_ref().map(|i| i.timeout)
+    }
+
+    pub(crate) fn set_goodbye_window(&mut self, window: Duration) {
+        self.goodbye = Some(window);
+    }
+
+    pub(crate) fn goodbye_window(&self) -> Option<Duration> {
+        self.goodbye
+    }
+
+    pub(crate) fn ending(&self) -> Ending {
+        self.ending.clone()
+    }
+
+    pub(crate) fn ended(&self) -> Option<Ended> {
+        self.ended
+    }
+
+    /// Bytes moved: the idle timer starts over (lazily: the timer is only
+    /// re-armed when it fires).
+    pub(crate) fn note_io(&mut self) {
+        if let Some(idle) = self.idle.as_mut() {
+            idle.last = Instant::now();
+        }
+    }
+
+    /// Checks revocation, the idle timer and the goodbye window,
+    /// registering for whichever can change the state next. Fires the end
+    /// signal when the connection is first ended.
+    pub(crate) fn poll(&mut self, permit: &Permit, cx: &mut Context<'_>) -> State {
+        let ended = match self.ended {
+            Some(ended) => ended,
+            None => {
+                let why = if permit.poll_revoked(cx).is_ready() {
+                    Some(Ended::Revoked)
+                } else if let Some(idle) = self.idle.as_mut() {
+                    let mut why = None;
+                    while idle.timer.as_mut().poll(cx).is_ready() {
+                        let deadline = idle.last + idle.timeout;
+                        if Instant::now() >= deadline {
+                            why = Some(Ended::IdleTimeout);
+                            break;
+                        }
+                        // Bytes moved since the timer was set: re-arm it
+                        // for the real deadline (and poll again to register).
+                        idle.timer.as_mut().reset(deadline);
+                    }
+                    why
+                } else {
+                    None
+                };
+                let Some(why) = why else {
+                    return State::Open;
+                };
+                self.ended = Some(why);
+                if let Some(window) = self.goodbye {
+                    self.closing = Some(Box::pin(tokio::time::sleep(window)));
+                }
+                self.ending.fire(why);
+                why
+            }
+        };
+        if let Some(closing) = self.closing.as_mut() {
+            if closing.as_mut().poll(cx).is_pending() {
+                return State::Closing;
+            }
+            self.closing = None;
+        }
+        State::Ended(ended)
     }
 }
 
