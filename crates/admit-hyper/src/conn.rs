@@ -143,6 +143,12 @@ where
         // connection future (which made this call) was polled.
         self.entry.seen_request.store(true, Ordering::Relaxed);
         req.extensions_mut().insert(self.info.clone());
+        // What axum's `ConnectInfo<SocketAddr>` extractor looks for, so an
+        // app written for `into_make_service_with_connect_info` runs here
+        // unchanged.
+        #[cfg(feature = "axum")]
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.info.remote_addr));
         self.inner.call(req)
     }
 }

@@ -70,9 +70,15 @@
 //!
 //! ## Features
 //!
-//! None: HTTP/1.1 and HTTP/2 are always built, and chosen per [`Server`].
-//! The core crate is re-exported as [`admit`]. For `axum::serve` itself
-//! over an admitted listener, see admit-tcp's `axum` feature
+//! * `axum` — every request also carries axum's `ConnectInfo<SocketAddr>`
+//!   (the peer's address), so an axum app whose handlers extract it, written
+//!   for `into_make_service_with_connect_info`, is served by [`Server`]
+//!   unchanged. Off by default; [`ConnInfo`] carries the same address (and
+//!   more) either way.
+//!
+//! HTTP/1.1 and HTTP/2 are always built, and chosen per [`Server`]. The
+//! core crate is re-exported as [`admit`]. For `axum::serve` itself over an
+//! admitted listener, see admit-tcp's `axum` feature
 //! ([`HttpListener::into_inner`] gives the engine underneath).
 //!
 //! ## An axum app with WebSockets
