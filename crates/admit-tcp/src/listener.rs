@@ -579,16 +579,20 @@ impl AdmitListener {
                     (conn, Err(why)) => self.refuse(conn, why, Some(&self.busy)),
                 }
             }
-            // Refused connections that their answer admitted after all.
-            if let Poll::Ready(Some(back)) = self.readmit_rx.poll_recv(cx) {
-                let Readmitted {
-                    stream,
-                    peer,
-                    per_ip,
-                    permit,
-                } = back;
-                set_options(&SockRef::from(&stream), peer, self.nodelay, self.keepalive);
-                return Poll::Ready(Ok(self.wrap(stream, peer, per_ip, permit, true)));
+            // Refused connections that their answer admitted after all
+            // (only answers send them: without one, the channel is not
+            // polled, so it costs the accept loop nothing).
+            if self.answer.is_some() {
+                if let Poll::Ready(Some(back)) = self.readmit_rx.poll_recv(cx) {
+                    let Readmitted {
+                        stream,
+                        peer,
+                        per_ip,
+                        permit,
+                    } = back;
+                    set_options(&SockRef::from(&stream), peer, self.nodelay, self.keepalive);
+                    return Poll::Ready(Ok(self.wrap(stream, peer, per_ip, permit, true)));
+                }
             }
 
             // 2. Policy::Pause: nothing more is accepted until the parked
