@@ -24,6 +24,7 @@
 //! Failed logins are counted per account and per address
 //! ([`crate::throttle`]) and checked before any hashing.
 
+use crate::cluster::Cluster;
 use crate::hub::{Event, Hub, Outbox, Push};
 use crate::protocol::ws::Msg;
 use crate::protocol::ProtoError;
@@ -82,6 +83,8 @@ pub struct Chat {
     dummy_hash: OnceLock<String>,
     /// Messages committed since start.
     pub messages_total: AtomicU64,
+    /// The cluster link, in cluster mode.
+    pub cluster: OnceLock<Arc<Cluster>>,
 }
 
 /// One hashing thread's argon2id: the parameters new hashes use, and the
@@ -340,9 +343,9 @@ fn unix_now() -> i64 {
 
 impl Chat {
     /// A chat service over an open store; loads the rooms into the hub.
-    pub fn new(store: Arc<Store>, options: ChatOptions) -> Result<Chat, StoreError> {
+    pub async fn new(store: Arc<Store>, options: ChatOptions) -> Result<Chat, StoreError> {
         let hub = Hub::default();
-        for r in store.load_rooms()? {
+        for r in store.load_rooms().await? {
             hub.add_room(r.id, &r.name, r.private, r.owner.as_deref(), &r.members);
         }
         let max_hashes = options.max_hashes.clamp(1, admit::MAX_CAPACITY);
@@ -366,6 +369,7 @@ impl Chat {
             token_ttl: options.token_ttl,
             dummy_hash: OnceLock::new(),
             messages_total: AtomicU64::new(0),
+            cluster: OnceLock::new(),
         })
     }
 
@@ -443,7 +447,7 @@ impl Chat {
         let lookup = name.clone();
         let found = self
             .store
-            .read(move |c| store::credentials(c, &lookup))
+            .credentials(lookup)
             .await
             .map_err(internal)?;
         // Unknown names are checked against a dummy hash so that the answer
@@ -492,7 +496,7 @@ impl Chat {
         let key = hash.clone();
         match self
             .store
-            .read(move |c| store::user_by_token(c, &key, now))
+            .user_by_token(key.to_string(), now)
             .await
         {
             Ok(Some((user_id, name))) => Ok(User {
@@ -524,7 +528,28 @@ impl Chat {
         // After the delete: a connection authenticating now either sees the
         // token gone or is already watching it.
         self.live.revoke(&user.token_hash);
+        if let Some(c) = self.cluster.get() {
+            c.revoked(&user.token_hash);
+        }
         Ok(())
+    }
+
+    /// Ends this node's connections that use a token logged out on another
+    /// node.
+    pub fn revoke_here(&self, token_hash: &str) {
+        self.live.revoke(token_hash);
+    }
+
+    /// Reads a room again after another node changed it.
+    pub async fn reload_room(&self, name: String) {
+        match self.store.load_room(name).await {
+            Ok(Some(r)) => {
+                self.hub
+                    .refresh_room(r.id, &r.name, r.private, r.owner.as_deref(), &r.members)
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cannot read a room changed elsewhere: {e}"),
+        }
     }
 
     /// Deletes expired tokens.
@@ -547,6 +572,9 @@ impl Chat {
             Ok(id) => {
                 self.hub
                     .add_room(id, &name, private, Some(&who.name), &[who.user_id]);
+                if let Some(c) = self.cluster.get() {
+                    c.room_changed(&name);
+                }
                 Ok(())
             }
             Err(StoreError::Exists) => {
@@ -577,7 +605,7 @@ impl Chat {
         }
         let user_id = self
             .store
-            .read(move |c| store::user_id(c, &user))
+            .user_id(user)
             .await
             .map_err(internal)?
             .ok_or_else(|| ProtoError::new("not_found", "no such user"))?;
@@ -586,6 +614,9 @@ impl Chat {
             .await
             .map_err(internal)?;
         self.hub.add_member(room, user_id);
+        if let Some(c) = self.cluster.get() {
+            c.room_changed(room);
+        }
         Ok(())
     }
 
@@ -622,13 +653,19 @@ impl Chat {
                     });
                     if !p.duplicate {
                         me.messages_total.fetch_add(1, Ordering::Relaxed);
-                        me.hub.broadcast(Arc::new(Event {
+                        let event = Arc::new(Event {
                             room,
                             id: p.id,
                             from,
                             text,
                             ts: p.ts,
-                        }));
+                        });
+                        // In a cluster, delivery waits for the room's
+                        // earlier ids from other nodes.
+                        match me.cluster.get() {
+                            Some(c) => c.committed(room_id, event),
+                            None => me.hub.broadcast(event),
+                        }
                     }
                 }
                 Err(_) => outbox.push(Push::Failed { client_id }),
@@ -648,7 +685,7 @@ impl Chat {
         let room_id = self.hub.access(room, who.user_id)?;
         let room = room.to_owned();
         self.store
-            .read(move |c| store::history(c, room_id, &room, before, limit))
+            .history(room_id, room, before, limit)
             .await
             .map_err(internal)
     }

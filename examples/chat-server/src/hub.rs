@@ -192,6 +192,34 @@ impl Hub {
         );
     }
 
+    /// A room's name by id.
+    pub fn room_name(&self, id: i64) -> Option<Arc<str>> {
+        self.lock()
+            .iter()
+            .find(|(_, r)| r.0.id == id)
+            .map(|(name, _)| name.clone())
+    }
+
+    /// Brings a room up to date with the database (a change made on
+    /// another node): adds it if unknown, else refreshes its members and
+    /// keeps its connections.
+    pub fn refresh_room(
+        &self,
+        id: i64,
+        name: &str,
+        private: bool,
+        owner: Option<&str>,
+        members: &[i64],
+    ) {
+        let mut rooms = self.lock();
+        if let Some(r) = rooms.get_mut(name) {
+            r.0.members.extend(members.iter().copied());
+            return;
+        }
+        drop(rooms);
+        self.add_room(id, name, private, owner, members);
+    }
+
     /// Records a new member.
     pub fn add_member(&self, room: &str, user: i64) {
         if let Some(r) = self.lock().get_mut(room) {

@@ -466,6 +466,73 @@ impl Incidents {
         }
     }
 
+    async fn open(&self, open: Open) {
+        let limiter = open.limiter;
+        if self.open_map().contains_key(limiter) {
+            return;
+        }
+        self.open_map().insert(limiter, open);
+        self.write_noticed().await;
+    }
+
+    /// Writes the open episodes whose notice period has passed and that
+    /// are not written yet; returns when the next one will be due.
+    async fn write_noticed(&self) -> Option<Instant> {
+        let due: Vec<Open> = self
+            .open_map()
+            .values()
+            .filter(|o| o.id.is_none() && o.noticed() && o.cause != "store")
+            .cloned()
+            .collect();
+        for open in due {
+            tracing::warn!(
+                limiter = open.limiter,
+                cause = open.cause,
+                "incident opened"
+            );
+            match self.write_open(&open).await {
+                Ok(id) => {
+                    if let Some(o) = self.open_map().get_mut(open.limiter) {
+                        o.id = Some(id);
+                    }
+                }
+                Err(e) => tracing::warn!("cannot record the incident: {e}"),
+            }
+        }
+        self.open_map()
+            .values()
+            .filter(|o| o.id.is_none() && !o.noticed())
+            .map(|o| o.started + o.notice.after)
+            .min()
+    }
+
+    /// Closes `limiter`'s open episode, if any: an incident if it lasted
+    /// its notice period (or its notice lets a reclaim count), forgotten
+    /// otherwise.
+    async fn close(&self, limiter: &str, repair: impl FnOnce(&Open) -> Repair) {
+        let Some(open) = self.open_map().remove(limiter) else {
+            return;
+        };
+        let repair = repair(&open);
+        let counts = open.noticed()
+            || (open.notice.unless_reclaimed && matches!(repair, Repair::Reclaimed(_)));
+        if !counts {
+            return;
+        }
+        tracing::info!(
+            limiter = open.limiter,
+            cause = open.cause,
+            repaired_by = repair.code(),
+            lasted_ms = open.started.elapsed().as_millis() as u64,
+            "incident closed"
+        );
+        if let Err(e) = self.write_closed(&open, &repair).await {
+            tracing::warn!("cannot record the end of the incident: {e}");
+        }
+    }
+
+    /// The cause of `limiter`'s open episode.
+
     fn open_cause(&self, limiter: &str) -> Option<&'static str> {
         self.open_map().get(limiter).map(|o| o.cause)
     }

@@ -63,6 +63,7 @@
 
 pub mod api;
 pub mod chat;
+pub mod cluster;
 pub mod hub;
 pub mod incidents;
 pub mod protocol;
@@ -147,6 +148,16 @@ pub struct Config {
     pub incident_saturated_after: Duration,
     /// Incidents kept at most.
     pub incident_max_rows: i64,
+    /// `postgres://…` or `sqlite://DIR`; none: SQLite in [`Config::data`].
+    pub database: Option<String>,
+    /// `redis://…`: cluster mode (fan-out and the cluster connection
+    /// budget); needs PostgreSQL.
+    pub redis: Option<String>,
+    /// This node's name in the cluster (default: host name and HTTP port).
+    pub node_id: Option<String>,
+    /// Chat connections across all nodes (cluster mode); defaults to
+    /// `max_connections`.
+    pub cluster_max_connections: Option<u32>,
 }
 
 impl Default for Config {
@@ -169,6 +180,10 @@ impl Default for Config {
             token_purge_every: Duration::from_secs(600),
             incident_saturated_after: incidents::SATURATED_AFTER,
             incident_max_rows: incidents::MAX_ROWS,
+            database: None,
+            redis: None,
+            node_id: None,
+            cluster_max_connections: None,
         }
     }
 }
@@ -249,6 +264,10 @@ pub struct App {
     pub events_limiter: Limiter,
     /// The incident log.
     pub incidents: incidents::Incidents,
+    /// This node's name.
+    pub node: String,
+    /// The cluster link, in cluster mode.
+    pub cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl App {
@@ -370,12 +389,12 @@ impl Server {
                 source,
             })?,
         };
-        let data = config.data.clone();
-        let max_batch = config.max_batch;
-        let store = tokio::task::spawn_blocking(move || store::Store::open(&data, max_batch))
-            .await
-            .map_err(|e| StartError::Admission(e.to_string()))??;
-        let store = Arc::new(store);
+        let database = store::Database::parse(config.database.as_deref(), &config.data)?;
+        let node_id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| cluster::default_node_id(addrs.http));
+        let store = store::open(&database, config.max_batch, &node_id).await?;
         let incident_log = incidents::Incidents::new(store.clone(), config.incident_max_rows);
         let chat = Chat::new(
             store,
@@ -384,16 +403,42 @@ impl Server {
                 argon2_m_cost: config.argon2_m_cost,
                 max_hashes: config.max_hashes,
             },
-        )?;
+        )
+        .await?;
         let max = config.max_connections.max(1);
-        let chat_limiter = Limiter::builder()
-            .capacity(max)
-            // Room for an operator to raise the capacity at run time.
-            .max_capacity(max.saturating_mul(2).min(admit::MAX_CAPACITY))
-            .queue_limit(config.queue.min(admit::MAX_QUEUE))
-            .name("chat")
-            .build()
-            .map_err(|e| StartError::Admission(e.to_string()))?;
+        let cluster = match &config.redis {
+            None => None,
+            Some(_) if !matches!(database, store::Database::Postgres(_)) => {
+                return Err(StartError::Config(
+                    "--redis (cluster mode) needs --database postgres://…: the nodes share it"
+                        .into(),
+                ))
+            }
+            Some(url) => Some(
+                cluster::Cluster::start(
+                    url,
+                    node_id.clone(),
+                    config.cluster_max_connections.unwrap_or(max),
+                    max,
+                    config.queue,
+                )
+                .await
+                .map_err(|e| StartError::Admission(format!("cannot join the cluster: {e}")))?,
+            ),
+        };
+        let chat_limiter = match &cluster {
+            // The node admits from its share of the cluster budget, which
+            // never exceeds its own cap.
+            Some(c) => c.limiter().limiter().clone(),
+            None => Limiter::builder()
+                .capacity(max)
+                // Room for an operator to raise the capacity at run time.
+                .max_capacity(max.saturating_mul(2).min(admit::MAX_CAPACITY))
+                .queue_limit(config.queue.min(admit::MAX_QUEUE))
+                .name("chat")
+                .build()
+                .map_err(|e| StartError::Admission(e.to_string()))?,
+        };
         let status_limiter = Limiter::builder()
             .capacity(STATUS_CAPACITY)
             .reserve(STATUS_RESERVE)
@@ -416,7 +461,14 @@ impl Server {
             phase: watch::Sender::new(Phase::Running),
             events_limiter,
             incidents: incident_log,
+            node: node_id,
+            cluster: cluster.clone(),
         });
+        if let Some(c) = &cluster {
+            let heads = app.chat.store.room_heads().await?;
+            let _ = app.chat.cluster.set(c.clone());
+            c.attach(&app.chat, heads);
+        }
         Ok(Server {
             app,
             addrs,

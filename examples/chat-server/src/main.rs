@@ -54,6 +54,21 @@ struct Args {
     /// Enables `POST /admin/faults` (tests and drills only).
     #[arg(long, env = "CHAT_FAULT_INJECTION", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
     fault_injection: bool,
+    /// `postgres://…`: the database every node of a cluster shares;
+    /// `sqlite://DIR` or none: embedded SQLite in `--data`.
+    #[arg(long, env = "CHAT_DATABASE")]
+    database: Option<String>,
+    /// `redis://HOST:PORT`: cluster mode, with fan-out between nodes and
+    /// the cluster-wide connection budget (needs `--database postgres://…`).
+    #[arg(long, env = "CHAT_REDIS")]
+    redis: Option<String>,
+    /// This node's name [default: host name and HTTP port].
+    #[arg(long, env = "CHAT_NODE_ID")]
+    node_id: Option<String>,
+    /// Chat connections across all nodes of the cluster;
+    /// `--max-connections` stays this node's own cap [default: --max-connections].
+    #[arg(long, env = "CHAT_CLUSTER_MAX_CONNECTIONS")]
+    cluster_max_connections: Option<u32>,
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -98,6 +113,10 @@ async fn main() -> std::process::ExitCode {
         max_hashes: args.max_hashes.unwrap_or(defaults.max_hashes),
         admin_token: args.admin_token.filter(|t| !t.is_empty()),
         fault_injection: args.fault_injection,
+        database: args.database.filter(|d| !d.is_empty()),
+        redis: args.redis.filter(|r| !r.is_empty()),
+        node_id: args.node_id.filter(|n| !n.is_empty()),
+        cluster_max_connections: args.cluster_max_connections,
         ..defaults
     };
     match chat_server::run(config, signal()).await {

@@ -51,6 +51,9 @@ pub struct HealthReport {
     /// Why it is degraded, if it is: the chat limiter's cause (`stalled`,
     /// `leaking`, `watchdog_silent`) or `store`.
     pub cause: Option<&'static str>,
+    /// This node and the cluster it belongs to (`mode: single` without
+    /// one).
+    pub cluster: crate::cluster::ClusterReport,
     /// The database's health.
     pub store: StoreReport,
     /// Snapshots of the `chat` and `status` limiters.
@@ -124,10 +127,22 @@ pub fn health_report(app: &App) -> (StatusCode, HealthReport) {
         ok: store.ok(),
         last_error: store.last_error(),
     };
+    let cluster = match &app.cluster {
+        Some(c) => c.report(),
+        None => crate::cluster::single_report(
+            &app.node,
+            chat.in_use,
+            chat.capacity,
+        ),
+    };
+    let cut_off = cluster.mode == "degraded";
     let (label, code) = match chat.state {
         _ if draining => ("draining", StatusCode::SERVICE_UNAVAILABLE),
         // A server that cannot store is not serving, whatever its limiter.
         _ if !store.ok => ("degraded", StatusCode::SERVICE_UNAVAILABLE),
+        // Cut off from the cluster, a node still serves (within its last
+        // fair share): degraded, but still worth sending clients to.
+        _ if cut_off => ("degraded", StatusCode::OK),
         HealthState::Healthy => ("healthy", StatusCode::OK),
         HealthState::Saturated => ("saturated", StatusCode::OK),
         HealthState::Degraded(_) => ("degraded", StatusCode::SERVICE_UNAVAILABLE),
@@ -139,11 +154,13 @@ pub fn health_report(app: &App) -> (StatusCode, HealthReport) {
         _ if draining => None,
         Some(cause) => Some(cause_name(cause)),
         None if !store.ok => Some("store"),
+        None if cut_off => Some("cluster"),
         None => None,
     };
     let report = HealthReport {
         status: label,
         cause,
+        cluster,
         store,
         watchdog: WatchdogReport {
             alive: chat.watchdog.alive,

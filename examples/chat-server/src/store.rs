@@ -1,5 +1,13 @@
-//! Persistence: SQLite in WAL mode, one writer thread with group commit, a
-//! small pool of reader connections.
+//! Persistence behind one interface ([`Engine`]), with two engines:
+//!
+//! * embedded SQLite (the default, described below): one process, one file;
+//! * PostgreSQL ([`postgres`]): the database every node of a cluster shares.
+//!
+//! Both group commit, both answer a write only after its commit, and both
+//! keep a [`StoreHealth`] that `/health` reports.
+//!
+//! ## SQLite: WAL mode, one writer thread with group commit, a small pool
+//! of reader connections
 //!
 //! Every write goes through one dedicated OS thread. It blocks for the
 //! first pending write, then takes every other write already queued (up to
@@ -33,6 +41,7 @@
 //! database written by an older server is brought forward in place.
 
 use crate::protocol::ws::Msg;
+use futures::future::BoxFuture;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -50,6 +59,8 @@ pub const ROOM_QUOTA: i64 = 100;
 /// it opened.
 pub const IDENTITY_CHECK_EVERY: Duration = Duration::from_secs(1);
 const READERS: usize = 2;
+
+pub mod postgres;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +80,10 @@ pub enum StoreError {
     /// The database failed; the operation did not happen.
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
+    /// PostgreSQL failed, or could not be reached; the operation did not
+    /// happen.
+    #[error("database error: {0}")]
+    Pg(String),
     /// The writer has shut down.
     #[error("the store is shut down")]
     Closed,
@@ -106,6 +121,166 @@ pub struct RoomRow {
     pub owner: Option<String>,
     /// Member user ids.
     pub members: Vec<i64>,
+    /// The room's newest message id (0 for none).
+    pub last_id: i64,
+}
+
+/// A row of the incident log (see [`crate::incidents`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentRow {
+    /// Row id (0 before it is written).
+    pub id: i64,
+    /// Which limiter, or `store`.
+    pub limiter: String,
+    /// Why.
+    pub cause: String,
+    /// Start, unix milliseconds.
+    pub started_ms: i64,
+    /// End, unix milliseconds, if it ended.
+    pub ended_ms: Option<i64>,
+    /// What ended it.
+    pub repaired_by: Option<String>,
+    /// One line for people.
+    pub summary: String,
+}
+
+/// What a store future resolves to.
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
+/// The storage interface the chat service uses, whichever engine is behind
+/// it. Every write is acknowledged only after its commit.
+pub trait Engine: Send + Sync + std::fmt::Debug {
+    /// The engine's name: `sqlite` or `postgres`.
+    fn kind(&self) -> &'static str;
+    /// The store's own health.
+    fn health(&self) -> &StoreHealth;
+    /// Creates a user with its first token. `Exists` if the name is taken
+    /// in any case.
+    fn register(
+        &self,
+        name: String,
+        pw_hash: String,
+        token_hash: String,
+        expires: i64,
+    ) -> StoreFuture<'_, i64>;
+    /// Stores a new token hash for a user.
+    fn add_token(&self, user_id: i64, token_hash: String, expires: i64) -> StoreFuture<'_, ()>;
+    /// Creates a room owned (and joined) by `owner`; `Exists`, or `Quota`
+    /// when the owner already owns [`ROOM_QUOTA`] rooms.
+    fn create_room(&self, name: String, private: bool, owner: i64) -> StoreFuture<'_, i64>;
+    /// Adds a member to a room (idempotent).
+    fn add_member(&self, room: i64, user: i64) -> StoreFuture<'_, ()>;
+    /// Deletes a token (logout); deleting an unknown one is not an error.
+    fn delete_token(&self, token_hash: String) -> StoreFuture<'_, ()>;
+    /// Deletes every token that expired at or before `now` (unix seconds).
+    fn purge_tokens(&self, now: i64) -> StoreFuture<'_, ()>;
+    /// Queues a message; `done` runs after the commit, in commit order.
+    /// A resend of a `client_id` the user already used in the room stores
+    /// nothing and answers with the first message's id.
+    fn post(&self, room: i64, user: i64, text: String, client_id: String, done: OnCommit);
+    /// A user's id and password hash, by name in any case.
+    fn credentials(&self, name: String) -> StoreFuture<'_, Option<(i64, String)>>;
+    /// The user behind a token hash that has not expired at `now`.
+    fn user_by_token(&self, hash: String, now: i64) -> StoreFuture<'_, Option<(i64, String)>>;
+    /// A user's id by name in any case.
+    fn user_id(&self, name: String) -> StoreFuture<'_, Option<i64>>;
+    /// Up to `limit` messages of a room before `before`, ascending by id.
+    fn history(
+        &self,
+        room_id: i64,
+        room: String,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<Msg>>;
+    /// Up to `limit` messages of a room after `after`, ascending by id.
+    fn history_after(
+        &self,
+        room_id: i64,
+        room: String,
+        after: i64,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<Msg>>;
+    /// Every room with its members.
+    fn load_rooms(&self) -> StoreFuture<'_, Vec<RoomRow>>;
+    /// Every room that has messages: its id and newest message id.
+    fn room_heads(&self) -> StoreFuture<'_, Vec<(i64, i64)>>;
+    /// One room with its members, by name.
+    fn load_room(&self, name: String) -> StoreFuture<'_, Option<RoomRow>>;
+    /// Incidents this server left open (a crash): their rows.
+    fn open_incidents(&self) -> StoreFuture<'_, Vec<IncidentRow>>;
+    /// Writes an incident and drops those that started before `keep_from`
+    /// (unix ms) or are more than `max_rows` older; answers its id.
+    fn insert_incident(
+        &self,
+        row: IncidentRow,
+        keep_from: i64,
+        max_rows: i64,
+    ) -> StoreFuture<'_, i64>;
+    /// Records the end of an incident.
+    fn end_incident(
+        &self,
+        id: i64,
+        ended_ms: i64,
+        repaired_by: String,
+        summary: String,
+    ) -> StoreFuture<'_, ()>;
+    /// The newest `limit` incidents, newest first.
+    fn recent_incidents(&self, limit: u32) -> StoreFuture<'_, Vec<IncidentRow>>;
+    /// When the database was made (unix ms), and the incidents still open
+    /// or ended at or after `from_ms`.
+    fn incident_spans(&self, from_ms: i64) -> StoreFuture<'_, (Option<i64>, Vec<IncidentRow>)>;
+    /// Commits what is queued and stops writing; later writes fail with
+    /// [`StoreError::Closed`]. Blocks: call it off the async runtime.
+    fn shutdown(&self);
+}
+
+/// The store, whichever engine is behind it.
+pub type Store = dyn Engine;
+
+/// Where the data lives: `--database`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// Embedded SQLite: `chat.db` in this directory.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection string (`postgres://…`).
+    Postgres(String),
+}
+
+impl Database {
+    /// `postgres://…` or `postgresql://…`, `sqlite://DIR`, or none (the
+    /// data directory).
+    pub fn parse(url: Option<&str>, data: &Path) -> Result<Database, StoreError> {
+        match url {
+            None | Some("") => Ok(Database::Sqlite(data.to_owned())),
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                Ok(Database::Postgres(u.to_owned()))
+            }
+            Some(u) => match u.strip_prefix("sqlite://") {
+                Some(dir) if !dir.is_empty() => Ok(Database::Sqlite(dir.into())),
+                _ => Err(StoreError::Io(format!(
+                    "--database must be postgres://… or sqlite://DIR, not {u}"
+                ))),
+            },
+        }
+    }
+}
+
+/// Opens the store: SQLite (on a blocking thread) or PostgreSQL. `node`
+/// names this server in shared tables (its incidents).
+pub async fn open(db: &Database, max_batch: usize, node: &str) -> Result<Arc<Store>, StoreError> {
+    match db {
+        Database::Sqlite(dir) => {
+            let dir = dir.clone();
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, max_batch))
+                .await
+                .map_err(|e| StoreError::Io(e.to_string()))??;
+            Ok(Arc::new(store))
+        }
+        Database::Postgres(url) => {
+            let store = postgres::PgStore::open(url, max_batch, node).await?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 enum Write {
@@ -198,7 +373,7 @@ impl StoreHealth {
         self.changes.subscribe()
     }
 
-    fn fail(&self, what: String) {
+    pub(crate) fn fail(&self, what: String) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(what.clone());
         // Log once per failure episode, not once per write.
         if !self.failed.swap(true, Ordering::AcqRel) {
@@ -207,7 +382,7 @@ impl StoreHealth {
         }
     }
 
-    fn recover(&self) {
+    pub(crate) fn recover(&self) {
         if self.failed.swap(false, Ordering::AcqRel) {
             tracing::warn!("store recovered: a batch committed again");
             self.changes.send_replace(true);
@@ -232,14 +407,20 @@ fn file_id(path: &Path) -> std::io::Result<FileId> {
     })
 }
 
-/// Handle to the database; cheap to share behind an `Arc`.
+/// The SQLite engine; cheap to share behind an `Arc`.
 #[derive(Debug)]
-pub struct Store {
+pub struct SqliteStore {
     writer: Mutex<Option<mpsc::Sender<Write>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    readers: Vec<Mutex<Connection>>,
-    next_reader: AtomicUsize,
+    readers: Arc<Readers>,
     health: Arc<StoreHealth>,
+}
+
+/// The SQLite reader connections, used in turn.
+#[derive(Debug)]
+struct Readers {
+    conns: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
 }
 
 /// Creates the data directory owner-only (0700), or narrows an existing
@@ -289,7 +470,7 @@ fn restrict_files(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn open(path: &Path) -> rusqlite::Result<Connection> {
+fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     // WAL lets readers run beside the writer; FULL makes each commit
     // durable against power loss, which group commit makes affordable.
@@ -425,18 +606,18 @@ fn insert_token(
     .map(|_| ())
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) `dir/chat.db` and starts the writer thread.
     ///
     /// `max_batch` caps the writes committed together (at most
     /// [`MAX_BATCH`]); 1 turns group commit off, for comparison.
-    pub fn open(dir: &Path, max_batch: usize) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path, max_batch: usize) -> Result<SqliteStore, StoreError> {
         let max_batch = max_batch.clamp(1, MAX_BATCH);
         let path = prepare_files(dir)?;
-        let mut conn = open(&path)?;
+        let mut conn = open_conn(&path)?;
         migrate(&mut conn)?;
-        let readers = (0..READERS)
-            .map(|_| open(&path).map(Mutex::new))
+        let conns = (0..READERS)
+            .map(|_| open_conn(&path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
         restrict_files(&path)?;
         let id = file_id(&path)
@@ -454,18 +635,15 @@ impl Store {
             .name("chat-db-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Io(format!("cannot start the writer thread: {e}")))?;
-        Ok(Store {
+        Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
-            readers,
-            next_reader: AtomicUsize::new(0),
+            readers: Arc::new(Readers {
+                conns,
+                next: AtomicUsize::new(0),
+            }),
             health,
         })
-    }
-
-    /// The store's own health.
-    pub fn health(&self) -> &StoreHealth {
-        &self.health
     }
 
     /// Hands a write to the writer thread; after shutdown it is failed
@@ -484,24 +662,63 @@ impl Store {
         Err(StoreError::Closed)
     }
 
-    async fn call<T>(
+    fn call<T: Send + 'static>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write,
-    ) -> Result<T, StoreError> {
+    ) -> StoreFuture<'static, T> {
         let (tx, rx) = oneshot::channel();
         // On failure `send` has already answered through `tx`.
         let _ = self.send(make(tx));
-        rx.await.map_err(|_| StoreError::Closed)?
+        Box::pin(async move { rx.await.map_err(|_| StoreError::Closed)? })
     }
 
-    /// Creates a user with its first token. `Exists` if the name is taken.
-    pub async fn register(
+    /// Runs `apply` on the writer thread in its next batch's transaction
+    /// and answers with its result once that commits: for writes that are
+    /// not on any request's path and not worth a variant of their own.
+    fn write(
+        &self,
+        apply: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<i64> + Send + 'static,
+    ) -> StoreFuture<'static, i64> {
+        self.call(|reply| Write::Other {
+            apply: Box::new(apply),
+            reply,
+        })
+    }
+
+    /// Runs a read on a pooled connection, off the async runtime.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> StoreFuture<'static, T> {
+        let readers = self.readers.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let i = readers.next.fetch_add(1, Ordering::Relaxed) % readers.conns.len();
+                let conn = readers.conns[i].lock().unwrap_or_else(|p| p.into_inner());
+                f(&conn).map_err(StoreError::from)
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?
+        })
+    }
+}
+
+impl Engine for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn health(&self) -> &StoreHealth {
+        &self.health
+    }
+
+    fn register(
         &self,
         name: String,
         pw_hash: String,
         token_hash: String,
         expires: i64,
-    ) -> Result<i64, StoreError> {
+    ) -> StoreFuture<'_, i64> {
         self.call(|reply| Write::Register {
             name,
             pw_hash,
@@ -509,74 +726,39 @@ impl Store {
             expires,
             reply,
         })
-        .await
     }
 
-    /// Stores a new token hash for a user.
-    pub async fn add_token(
-        &self,
-        user_id: i64,
-        token_hash: String,
-        expires: i64,
-    ) -> Result<(), StoreError> {
+    fn add_token(&self, user_id: i64, token_hash: String, expires: i64) -> StoreFuture<'_, ()> {
         self.call(|reply| Write::AddToken {
             user_id,
             token_hash,
             expires,
             reply,
         })
-        .await
     }
 
-    /// Creates a room owned (and joined) by `owner`.
-    pub async fn create_room(
-        &self,
-        name: String,
-        private: bool,
-        owner: i64,
-    ) -> Result<i64, StoreError> {
+    fn create_room(&self, name: String, private: bool, owner: i64) -> StoreFuture<'_, i64> {
         self.call(|reply| Write::CreateRoom {
             name,
             private,
             owner,
             reply,
         })
-        .await
     }
 
-    /// Adds a member to a room (idempotent).
-    pub async fn add_member(&self, room: i64, user: i64) -> Result<(), StoreError> {
+    fn add_member(&self, room: i64, user: i64) -> StoreFuture<'_, ()> {
         self.call(|reply| Write::AddMember { room, user, reply })
-            .await
     }
 
-    /// Deletes a token (logout); deleting an unknown one is not an error.
-    pub async fn delete_token(&self, token_hash: String) -> Result<(), StoreError> {
+    fn delete_token(&self, token_hash: String) -> StoreFuture<'_, ()> {
         self.call(|reply| Write::DeleteToken { token_hash, reply })
-            .await
     }
 
-    /// Deletes every token that expired at or before `now` (unix seconds).
-    pub async fn purge_tokens(&self, now: i64) -> Result<(), StoreError> {
-        self.call(|reply| Write::PurgeTokens { now, reply }).await
+    fn purge_tokens(&self, now: i64) -> StoreFuture<'_, ()> {
+        self.call(|reply| Write::PurgeTokens { now, reply })
     }
 
-    /// Runs `apply` on the writer thread in its next batch's transaction
-    /// and answers with its result once that commits: for writes that are
-    /// not on any request's path and not worth a variant of their own.
-    pub async fn write(
-        &self,
-        apply: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<i64> + Send + 'static,
-    ) -> Result<i64, StoreError> {
-        self.call(|reply| Write::Other {
-            apply: Box::new(apply),
-            reply,
-        })
-        .await
-    }
-
-    /// Queues a message; `done` runs on the writer thread after the commit.
-    pub fn post(&self, room: i64, user: i64, text: String, client_id: String, done: OnCommit) {
+    fn post(&self, room: i64, user: i64, text: String, client_id: String, done: OnCommit) {
         // On failure `send` has already called `done` with the error.
         let _ = self.send(Write::Post {
             room,
@@ -587,9 +769,152 @@ impl Store {
         });
     }
 
-    /// Commits what is queued and stops the writer thread. Later writes fail
-    /// with [`StoreError::Closed`].
-    pub fn shutdown(&self) {
+    fn credentials(&self, name: String) -> StoreFuture<'_, Option<(i64, String)>> {
+        self.read(move |c| credentials(c, &name))
+    }
+
+    fn user_by_token(&self, hash: String, now: i64) -> StoreFuture<'_, Option<(i64, String)>> {
+        self.read(move |c| user_by_token(c, &hash, now))
+    }
+
+    fn user_id(&self, name: String) -> StoreFuture<'_, Option<i64>> {
+        self.read(move |c| user_id(c, &name))
+    }
+
+    fn history(
+        &self,
+        room_id: i64,
+        room: String,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<Msg>> {
+        self.read(move |c| history(c, room_id, &room, before, limit))
+    }
+
+    fn history_after(
+        &self,
+        room_id: i64,
+        room: String,
+        after: i64,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<Msg>> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT m.id, u.name, m.text, m.ts FROM messages m JOIN users u ON u.id = m.user_id
+                 WHERE m.room_id = ?1 AND m.id > ?2 ORDER BY m.id LIMIT ?3",
+            )?
+            .query_map(params![room_id, after, limit], |r| {
+                Ok(Msg {
+                    id: r.get(0)?,
+                    room: room.clone(),
+                    from: r.get(1)?,
+                    text: r.get(2)?,
+                    ts: r.get(3)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn load_rooms(&self) -> StoreFuture<'_, Vec<RoomRow>> {
+        self.read(|c| load_rooms(c, None))
+    }
+
+    fn room_heads(&self) -> StoreFuture<'_, Vec<(i64, i64)>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT room_id, MAX(id) FROM messages GROUP BY room_id")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+    }
+
+    fn load_room(&self, name: String) -> StoreFuture<'_, Option<RoomRow>> {
+        self.read(move |c| Ok(load_rooms(c, Some(&name))?.pop()))
+    }
+
+    fn open_incidents(&self) -> StoreFuture<'_, Vec<IncidentRow>> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "{INCIDENT_COLUMNS} FROM incidents WHERE ended_ms IS NULL ORDER BY id"
+            ))?
+            .query_map([], incident_row)?
+            .collect()
+        })
+    }
+
+    fn insert_incident(
+        &self,
+        row: IncidentRow,
+        keep_from: i64,
+        max_rows: i64,
+    ) -> StoreFuture<'_, i64> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO incidents (limiter, cause, started_ms, ended_ms, repaired_by, summary)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    row.limiter,
+                    row.cause,
+                    row.started_ms,
+                    row.ended_ms,
+                    row.repaired_by,
+                    row.summary
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.execute(
+                "DELETE FROM incidents WHERE started_ms < ?1 OR id <= ?2",
+                params![keep_from, id - max_rows],
+            )?;
+            Ok(id)
+        })
+    }
+
+    fn end_incident(
+        &self,
+        id: i64,
+        ended_ms: i64,
+        repaired_by: String,
+        summary: String,
+    ) -> StoreFuture<'_, ()> {
+        let w = self.write(move |tx| {
+            tx.execute(
+                "UPDATE incidents SET ended_ms = ?1, repaired_by = ?2, summary = ?3 WHERE id = ?4",
+                params![ended_ms, repaired_by, summary, id],
+            )?;
+            Ok(id)
+        });
+        Box::pin(async move { w.await.map(|_| ()) })
+    }
+
+    fn recent_incidents(&self, limit: u32) -> StoreFuture<'_, Vec<IncidentRow>> {
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "{INCIDENT_COLUMNS} FROM incidents ORDER BY id DESC LIMIT ?1"
+            ))?
+            .query_map([limit], incident_row)?
+            .collect()
+        })
+    }
+
+    fn incident_spans(&self, from_ms: i64) -> StoreFuture<'_, (Option<i64>, Vec<IncidentRow>)> {
+        self.read(move |c| {
+            let created: Option<i64> = c
+                .query_row("SELECT value FROM meta WHERE key = 'created_ms'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let rows = c
+                .prepare_cached(&format!(
+                    "{INCIDENT_COLUMNS} FROM incidents WHERE ended_ms IS NULL OR ended_ms >= ?1"
+                ))?
+                .query_map([from_ms], incident_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok((created, rows))
+        })
+    }
+
+    fn shutdown(&self) {
         let tx = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(tx) = tx {
             let _ = tx.send(Write::Shutdown);
@@ -599,51 +924,53 @@ impl Store {
             let _ = t.join();
         }
     }
-
-    /// Runs a read on a pooled connection, off the async runtime.
-    pub async fn read<T: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let i = me.next_reader.fetch_add(1, Ordering::Relaxed) % me.readers.len();
-            let conn = me.readers[i].lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn).map_err(StoreError::from)
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?
-    }
-
-    /// Loads every room with its members (at start-up).
-    pub fn load_rooms(&self) -> Result<Vec<RoomRow>, StoreError> {
-        let conn = self.readers[0].lock().unwrap_or_else(|p| p.into_inner());
-        let mut rooms = conn
-            .prepare(
-                "SELECT r.id, r.name, r.private, u.name FROM rooms r
-                 LEFT JOIN users u ON u.id = r.owner ORDER BY r.id",
-            )?
-            .query_map([], |r| {
-                Ok(RoomRow {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    private: r.get::<_, i64>(2)? != 0,
-                    owner: r.get(3)?,
-                    members: Vec::new(),
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut stmt = conn.prepare("SELECT user_id FROM members WHERE room_id = ?1")?;
-        for room in &mut rooms {
-            room.members = stmt
-                .query_map([room.id], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<i64>>>()?;
-        }
-        Ok(rooms)
-    }
 }
 
-impl Drop for Store {
+const INCIDENT_COLUMNS: &str =
+    "SELECT id, limiter, cause, started_ms, ended_ms, repaired_by, summary";
+
+fn incident_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IncidentRow> {
+    Ok(IncidentRow {
+        id: r.get(0)?,
+        limiter: r.get(1)?,
+        cause: r.get(2)?,
+        started_ms: r.get(3)?,
+        ended_ms: r.get(4)?,
+        repaired_by: r.get(5)?,
+        summary: r.get(6)?,
+    })
+}
+
+/// Every room (or the one named) with its members.
+fn load_rooms(conn: &Connection, only: Option<&str>) -> rusqlite::Result<Vec<RoomRow>> {
+    let mut rooms = conn
+        .prepare_cached(
+            "SELECT r.id, r.name, r.private, u.name,
+                    (SELECT COALESCE(MAX(m.id), 0) FROM messages m WHERE m.room_id = r.id)
+             FROM rooms r LEFT JOIN users u ON u.id = r.owner
+             WHERE ?1 IS NULL OR r.name = ?1 ORDER BY r.id",
+        )?
+        .query_map([only], |r| {
+            Ok(RoomRow {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                private: r.get::<_, i64>(2)? != 0,
+                owner: r.get(3)?,
+                members: Vec::new(),
+                last_id: r.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut stmt = conn.prepare_cached("SELECT user_id FROM members WHERE room_id = ?1")?;
+    for room in &mut rooms {
+        room.members = stmt
+            .query_map([room.id], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<i64>>>()?;
+    }
+    Ok(rooms)
+}
+
+impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.shutdown();
     }
@@ -959,6 +1286,19 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Write>) -> (bool, Result<(
 }
 
 impl Pending {
+    /// Tells the caller: only ever after the commit.
+    fn answer(self) {
+        match self {
+            Pending::Id(reply, r) => {
+                let _ = reply.send(r);
+            }
+            Pending::Unit(reply, r) => {
+                let _ = reply.send(r);
+            }
+            Pending::Post(done, r) => done(r),
+        }
+    }
+
     fn error(&self) -> Option<&StoreError> {
         match self {
             Pending::Id(_, Err(e)) | Pending::Unit(_, Err(e)) | Pending::Post(_, Err(e)) => Some(e),
