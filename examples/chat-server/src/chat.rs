@@ -445,11 +445,7 @@ impl Chat {
             .retry_after(wait)
         })?;
         let lookup = name.clone();
-        let found = self
-            .store
-            .credentials(lookup)
-            .await
-            .map_err(internal)?;
+        let found = self.store.credentials(lookup).await.map_err(internal)?;
         // Unknown names are checked against a dummy hash so that the answer
         // takes as long as for a known name with a wrong password.
         let (user_id, stored) = match found {
@@ -494,11 +490,7 @@ impl Chat {
         let hash: Arc<str> = hash_token(token).into();
         let now = unix_now();
         let key = hash.clone();
-        match self
-            .store
-            .user_by_token(key.to_string(), now)
-            .await
-        {
+        match self.store.user_by_token(key.to_string(), now).await {
             Ok(Some((user_id, name))) => Ok(User {
                 user_id,
                 name: name.into(),

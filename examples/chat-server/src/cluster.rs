@@ -246,11 +246,8 @@ impl Cluster {
     /// The report for `/health`.
     pub fn report(&self) -> ClusterReport {
         let status = self.limiter.status();
-        let (mut nodes, in_use, capacity) = self
-            .view
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let (mut nodes, in_use, capacity) =
+            self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let redis_ok = status.redis_reachable && self.subscribed.load(Ordering::Acquire);
         if nodes.is_empty() || !redis_ok {
             // Redis cannot say: this node speaks for itself.

@@ -129,11 +129,7 @@ pub fn health_report(app: &App) -> (StatusCode, HealthReport) {
     };
     let cluster = match &app.cluster {
         Some(c) => c.report(),
-        None => crate::cluster::single_report(
-            &app.node,
-            chat.in_use,
-            chat.capacity,
-        ),
+        None => crate::cluster::single_report(&app.node, chat.in_use, chat.capacity),
     };
     let cut_off = cluster.mode == "degraded";
     let (label, code) = match chat.state {

@@ -26,7 +26,13 @@ async fn postgres(pg: &services::Postgres, node: &str) -> Arc<Store> {
     store::open(&db, store::MAX_BATCH, node).await.unwrap()
 }
 
-async fn post(store: &Arc<Store>, room: i64, user: i64, text: &str, cid: &str) -> Result<Posted, StoreError> {
+async fn post(
+    store: &Arc<Store>,
+    room: i64,
+    user: i64,
+    text: &str,
+    cid: &str,
+) -> Result<Posted, StoreError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     store.post(
         room,
@@ -53,7 +59,10 @@ async fn exercise(store: Arc<Store>) {
     let taken = store
         .register("aLICE".into(), "h2".into(), "t-x".into(), FAR)
         .await;
-    assert!(matches!(taken, Err(StoreError::Exists)), "{kind}: {taken:?}");
+    assert!(
+        matches!(taken, Err(StoreError::Exists)),
+        "{kind}: {taken:?}"
+    );
     assert_eq!(
         store.credentials("alice".into()).await.unwrap(),
         Some((alice, "h1".to_owned()))
@@ -71,25 +80,50 @@ async fn exercise(store: Arc<Store>) {
         Some((alice, "Alice".to_owned()))
     );
     store.add_token(bob, "t-short".into(), 100).await.unwrap();
-    assert!(store.user_by_token("t-short".into(), 99).await.unwrap().is_some());
-    assert!(store.user_by_token("t-short".into(), 100).await.unwrap().is_none());
+    assert!(store
+        .user_by_token("t-short".into(), 99)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .user_by_token("t-short".into(), 100)
+        .await
+        .unwrap()
+        .is_none());
     store.purge_tokens(100).await.unwrap();
-    assert!(store.user_by_token("t-short".into(), 0).await.unwrap().is_none());
+    assert!(store
+        .user_by_token("t-short".into(), 0)
+        .await
+        .unwrap()
+        .is_none());
     store.delete_token("t-bob".into()).await.unwrap();
-    assert!(store.user_by_token("t-bob".into(), 0).await.unwrap().is_none());
+    assert!(store
+        .user_by_token("t-bob".into(), 0)
+        .await
+        .unwrap()
+        .is_none());
     store.delete_token("never-was".into()).await.unwrap();
 
     // Rooms: unique names, a quota per owner, members.
     let rooms = store.load_rooms().await.unwrap();
     let general = rooms.iter().find(|r| r.name == "general").expect("general");
     assert!(!general.private && general.owner.is_none());
-    let secret = store.create_room("secret".into(), true, alice).await.unwrap();
+    let secret = store
+        .create_room("secret".into(), true, alice)
+        .await
+        .unwrap();
     let again = store.create_room("secret".into(), false, bob).await;
-    assert!(matches!(again, Err(StoreError::Exists)), "{kind}: {again:?}");
+    assert!(
+        matches!(again, Err(StoreError::Exists)),
+        "{kind}: {again:?}"
+    );
     store.add_member(secret, bob).await.unwrap();
     store.add_member(secret, bob).await.unwrap();
     let row = store.load_room("secret".into()).await.unwrap().unwrap();
-    assert_eq!((row.id, row.private, row.owner.as_deref()), (secret, true, Some("Alice")));
+    assert_eq!(
+        (row.id, row.private, row.owner.as_deref()),
+        (secret, true, Some("Alice"))
+    );
     let mut members = row.members.clone();
     members.sort_unstable();
     assert_eq!(members, vec![alice, bob]);
@@ -110,7 +144,10 @@ async fn exercise(store: Arc<Store>) {
     assert!(!first.duplicate && resend.duplicate);
     assert_eq!(resend.id, first.id);
     let other_room = post(&store, secret, alice, "x", "c1").await.unwrap();
-    assert!(!other_room.duplicate, "{kind}: same client_id, another room");
+    assert!(
+        !other_room.duplicate,
+        "{kind}: same client_id, another room"
+    );
     let other_user = post(&store, general.id, bob, "two", "c1").await.unwrap();
     assert!(!other_user.duplicate && other_user.id > first.id);
 
@@ -137,7 +174,10 @@ async fn exercise(store: Arc<Store>) {
         assert_eq!(p.duplicate, i >= 150, "{kind}: message {i}");
         ids.push(p.id);
     }
-    assert!(ids[..150].windows(2).all(|w| w[0] < w[1]), "{kind}: {ids:?}");
+    assert!(
+        ids[..150].windows(2).all(|w| w[0] < w[1]),
+        "{kind}: {ids:?}"
+    );
     assert_eq!(ids[150..], ids[..50]);
 
     let page = store
@@ -173,10 +213,22 @@ async fn exercise(store: Arc<Store>) {
         repaired_by: None,
         summary: format!("{cause} at {started_ms}"),
     };
-    let a = store.insert_incident(row("leaking", 1_000), 0, 100).await.unwrap();
-    let b = store.insert_incident(row("stalled", 2_000), 0, 100).await.unwrap();
+    let a = store
+        .insert_incident(row("leaking", 1_000), 0, 100)
+        .await
+        .unwrap();
+    let b = store
+        .insert_incident(row("stalled", 2_000), 0, 100)
+        .await
+        .unwrap();
     assert!(b > a);
-    let open: Vec<i64> = store.open_incidents().await.unwrap().iter().map(|r| r.id).collect();
+    let open: Vec<i64> = store
+        .open_incidents()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
     assert_eq!(open, vec![a, b]);
     store
         .end_incident(a, 1_500, "watchdog".into(), "done".into())
@@ -190,11 +242,22 @@ async fn exercise(store: Arc<Store>) {
     assert!(created.is_some());
     assert_eq!(spans.iter().map(|r| r.id).collect::<Vec<_>>(), vec![b]);
     // Bounded by rows: one more with room for one drops the rest.
-    let c = store.insert_incident(row("saturated", 3_000), 0, 1).await.unwrap();
-    let left: Vec<i64> = store.recent_incidents(10).await.unwrap().iter().map(|r| r.id).collect();
+    let c = store
+        .insert_incident(row("saturated", 3_000), 0, 1)
+        .await
+        .unwrap();
+    let left: Vec<i64> = store
+        .recent_incidents(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
     assert_eq!(left, vec![c]);
     assert!(store.health().ok());
-    tokio::task::spawn_blocking(move || store.shutdown()).await.unwrap();
+    tokio::task::spawn_blocking(move || store.shutdown())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +316,11 @@ async fn postgres_ids_are_one_sequence_per_room_across_nodes() {
     };
     let (ra, rb) = tokio::join!(send(a.clone(), "a"), send(b.clone(), "b"));
     for (mine, r) in [(&ra, room), (&rb, room), (&ra, other), (&rb, other)] {
-        let ids: Vec<i64> = mine.iter().filter(|(x, _)| *x == r).map(|(_, id)| *id).collect();
+        let ids: Vec<i64> = mine
+            .iter()
+            .filter(|(x, _)| *x == r)
+            .map(|(_, id)| *id)
+            .collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "acks in sending order");
     }
     for (r, n) in [(room, 400), (other, 200)] {
@@ -268,9 +335,15 @@ async fn postgres_ids_are_one_sequence_per_room_across_nodes() {
     }
     // A resend on the other node finds the first copy.
     let (tx, rx) = tokio::sync::oneshot::channel();
-    b.post(room, u, "x".into(), "a1".into(), Box::new(move |p| {
-        let _ = tx.send(p);
-    }));
+    b.post(
+        room,
+        u,
+        "x".into(),
+        "a1".into(),
+        Box::new(move |p| {
+            let _ = tx.send(p);
+        }),
+    );
     let p = rx.await.unwrap().unwrap();
     assert!(p.duplicate);
     assert_eq!(p.id, ra[1].1);

@@ -30,8 +30,8 @@
 //! it answers again.
 
 use super::{
-    now_rfc3339, Engine, IncidentRow, OnCommit, Pending, Posted, RoomRow, StoreError,
-    StoreFuture, StoreHealth, Write, IDENTITY_CHECK_EVERY, MAX_BATCH, ROOM_QUOTA,
+    now_rfc3339, Engine, IncidentRow, OnCommit, Pending, Posted, RoomRow, StoreError, StoreFuture,
+    StoreHealth, Write, IDENTITY_CHECK_EVERY, MAX_BATCH, ROOM_QUOTA,
 };
 use crate::protocol::ws::Msg;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -267,12 +267,9 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     }
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         tx.batch_execute(step).await.map_err(pg)?;
-        tx.execute(
-            "UPDATE schema_version SET version = $1",
-            &[&(i as i32 + 1)],
-        )
-        .await
-        .map_err(pg)?;
+        tx.execute("UPDATE schema_version SET version = $1", &[&(i as i32 + 1)])
+            .await
+            .map_err(pg)?;
         tracing::info!("database migrated to schema version {}", i + 1);
     }
     tx.commit().await.map_err(pg)
@@ -561,7 +558,11 @@ impl Engine for PgStore {
         if let Some(tx) = tx {
             let _ = tx.send(Write::Shutdown);
         }
-        let stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let stopped = self
+            .stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(rx) = stopped {
             // The writer runs on the async runtime; this thread only waits.
             let _ = rx.recv_timeout(TIMEOUT * 2);
@@ -976,7 +977,10 @@ async fn store_posts(
         let rooms = col(&|k| posts[k].1.room);
         let s = col(&|k| seqs[k]);
         let users = col(&|k| posts[k].1.user);
-        let cids: Vec<&str> = fresh.iter().map(|&k| posts[k].1.client_id.as_str()).collect();
+        let cids: Vec<&str> = fresh
+            .iter()
+            .map(|&k| posts[k].1.client_id.as_str())
+            .collect();
         let texts: Vec<&str> = fresh.iter().map(|&k| posts[k].1.text.as_str()).collect();
         let inserted = tx
             .execute(

@@ -103,10 +103,19 @@ impl Postgres {
         let bin = initdb.parent().unwrap().to_owned();
         let dir = temp_dir("pg");
         let mut cmd = Command::new(&initdb);
-        cmd.args(["-D", "data", "-U", "chat", "--auth=trust", "-E", "UTF8", "-N"])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "-D",
+            "data",
+            "-U",
+            "chat",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "-N",
+        ])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         as_postgres(&mut cmd, &dir);
         let out = cmd.output().expect("run initdb");
         assert!(
@@ -161,7 +170,10 @@ impl Postgres {
             if ready {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "postgres did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "postgres did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -199,7 +211,10 @@ impl Redis {
     pub fn start() -> Option<Redis> {
         let bin = require(
             "redis-server",
-            &["/usr/bin/redis-server".into(), "/usr/local/bin/redis-server".into()],
+            &[
+                "/usr/bin/redis-server".into(),
+                "/usr/local/bin/redis-server".into(),
+            ],
         )?;
         let mut r = Redis {
             bin,
