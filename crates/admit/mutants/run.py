@@ -36,7 +36,7 @@ MUTANTS = [
      "",
      "loom_limiter", "close_wakes_everyone_and_leaks_nothing"),
     ("set_capacity_blind_store", "inner.rs",
-     """            match self.state.compare_exchange_weak(
+     """            match self.state.0.compare_exchange_weak(
                 cur.0,
                 next.0,
                 Ordering::AcqRel,
@@ -46,7 +46,7 @@ MUTANTS = [
                 Err(actual) => cur = State(actual),
             }""",
      """            let _ = &mut cur;
-            self.state.store(next.0, Ordering::Release);
+            self.state.0.store(next.0, Ordering::Release);
             break;""",
      "loom_limiter", "set_capacity_races_keep_the_cap"),
     ("drop_ignores_reclaim", "lease.rs",
@@ -61,6 +61,10 @@ MUTANTS = [
      "        slot.revoke_waker.wake();\n",
      "",
      "loom_lease", "revocation_wakes_the_holder"),
+    ("cache_pop_keeps_slot", "lease.rs",
+     "        cache.len.store(len - 1, Ordering::Relaxed);\n",
+     "",
+     "loom_lease", "a_cached_slot_is_handed_over_at_thread_exit"),
 ]
 
 

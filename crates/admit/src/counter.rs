@@ -2,15 +2,12 @@
 //!
 //! Counting every admission with `fetch_add` would add one locked
 //! instruction to a path that is only four of them long. Instead each
-//! thread that touches any limiter borrows one of `SHARDS` shards, which
-//! only it writes (a load and a store), and gives it back when it exits, so
-//! that programs whose threads come and go (a blocking pool, a test
-//! harness) keep finding free shards. While all shards are borrowed, further
-//! threads share one `fetch_add` counter. Reading sums the shards.
+//! thread writes the entry of its own shard (`shard.rs`) with a load and a
+//! store; threads without a shard share one `fetch_add` counter. Reading
+//! sums the shards.
 
 use crate::loom::{AtomicU64, Ordering};
-
-const SHARDS: usize = 64;
+use crate::shard::{thread_index, SHARDS};
 
 /// Pads a shard to its own cache line so threads do not share one.
 #[repr(align(64))]
@@ -19,63 +16,6 @@ struct Shard(AtomicU64);
 pub(crate) struct Counter {
     shards: Box<[Shard]>,
     shared: AtomicU64,
-}
-
-/// The shard this thread writes, or `usize::MAX` for the shared counter.
-#[cfg(not(admit_loom))]
-fn thread_index() -> usize {
-    use std::sync::atomic::AtomicU64;
-
-    /// Bit `i` set: shard `i` is borrowed by a live thread.
-    static BORROWED: AtomicU64 = AtomicU64::new(0);
-
-    /// A borrowed shard index, given back when its thread exits.
-    struct Borrowed(usize);
-
-    impl Borrowed {
-        fn take() -> Borrowed {
-            let mut cur = BORROWED.load(Ordering::Relaxed);
-            loop {
-                if cur == u64::MAX {
-                    return Borrowed(usize::MAX);
-                }
-                let i = (!cur).trailing_zeros() as usize;
-                // Acquire: pairs with the Release of the thread that gave
-                // this shard back, so its last store to the shard is what
-                // this thread's first load sees.
-                match BORROWED.compare_exchange_weak(
-                    cur,
-                    cur | 1 << i,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => return Borrowed(i),
-                    Err(actual) => cur = actual,
-                }
-            }
-        }
-    }
-
-    impl Drop for Borrowed {
-        fn drop(&mut self) {
-            if self.0 < SHARDS {
-                BORROWED.fetch_and(!(1 << self.0), Ordering::Release);
-            }
-        }
-    }
-
-    thread_local! {
-        static INDEX: Borrowed = Borrowed::take();
-    }
-    // While the thread is being torn down its index may already be gone:
-    // count on the shared counter then.
-    INDEX.try_with(|b| b.0).unwrap_or(usize::MAX)
-}
-
-#[cfg(admit_loom)]
-fn thread_index() -> usize {
-    // Under loom every thread takes the shared path, which loom can check.
-    usize::MAX
 }
 
 impl Counter {

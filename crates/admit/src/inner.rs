@@ -67,12 +67,16 @@ pub(crate) enum Parking {
     Parked(u32, u64),
 }
 
-// `repr(C)` keeps the state word first, next to the `Arc`'s own counts,
-// which every owned permit also writes: under contention fewer cache lines
-// move between cores.
-#[repr(C)]
+/// Keeps a field alone on its cache line.
+#[repr(align(64))]
+struct Padded<T>(T);
+
 pub(crate) struct Inner {
-    state: AtomicU64,
+    /// The state word, alone on its cache line: under contention, the
+    /// line every admission and release writes carries nothing else (not
+    /// the `Arc`'s counts, not the free-list head), so other threads'
+    /// writes to those never invalidate it.
+    state: Padded<AtomicU64>,
     leases: LeaseTable,
     queue: Queue,
     /// Cancelled tickets not yet claimed by a releaser.
@@ -110,10 +114,10 @@ impl Inner {
             .next_power_of_two()
             .clamp(2, TICKET_SPACE as usize);
         let window = (boxes / 2) as u32;
-        let slots = p.max_capacity as usize + window as usize;
+        let slots = p.max_capacity as usize + window as usize + LeaseTable::extra();
         assert!(slots < MAX_SLOTS);
         Inner {
-            state: AtomicU64::new(State::new(p.capacity).0),
+            state: Padded(AtomicU64::new(State::new(p.capacity).0)),
             leases: LeaseTable::new(slots),
             queue: Queue::new(boxes),
             ghosts: AtomicU32::new(0),
@@ -138,7 +142,7 @@ impl Inner {
     // ----- settings and figures ------------------------------------------
 
     pub(crate) fn load(&self) -> State {
-        State(self.state.load(Ordering::Acquire))
+        State(self.state.0.load(Ordering::Acquire))
     }
     pub(crate) fn max_capacity(&self) -> u32 {
         self.max_capacity
@@ -192,7 +196,7 @@ impl Inner {
 
     /// Counts one permit if there is room.
     fn try_count(&self, critical: bool) -> Result<(), Rejected> {
-        let mut cur = State(self.state.load(Ordering::Relaxed));
+        let mut cur = State(self.state.0.load(Ordering::Relaxed));
         loop {
             if cur.closed() {
                 return Err(Rejected::Closed);
@@ -207,7 +211,7 @@ impl Inner {
             }
             // AcqRel on success: acquiring synchronises with the release of
             // the permit we take over; Relaxed on failure, we only retry.
-            match self.state.compare_exchange_weak(
+            match self.state.0.compare_exchange_weak(
                 cur.0,
                 cur.0 + ONE_IN_USE,
                 Ordering::AcqRel,
@@ -248,7 +252,7 @@ impl Inner {
     /// A waiter's first step, one CAS: take a permit, take a ticket, or
     /// refuse.
     pub(crate) fn enter(&self) -> Result<Entry, Rejected> {
-        let mut cur = State(self.state.load(Ordering::Relaxed));
+        let mut cur = State(self.state.0.load(Ordering::Relaxed));
         loop {
             if cur.closed() {
                 return Err(Rejected::Closed);
@@ -263,7 +267,7 @@ impl Inner {
                 let (next, ticket) = cur.push_ticket();
                 (next, Some(ticket))
             };
-            match self.state.compare_exchange_weak(
+            match self.state.0.compare_exchange_weak(
                 cur.0,
                 next.0,
                 Ordering::AcqRel,
@@ -397,7 +401,7 @@ impl Inner {
             }
             let (next, ticket) = cur.pop_ticket();
             let next = next.with_in_use(cur.in_use() + 1);
-            match self.state.compare_exchange_weak(
+            match self.state.0.compare_exchange_weak(
                 cur.0,
                 next.0,
                 Ordering::AcqRel,
@@ -438,13 +442,13 @@ impl Inner {
     fn sub_one(&self) -> Option<State> {
         // AcqRel: Release publishes the holder's work to the next acquirer;
         // Acquire lets a hand-off see the tickets it reads.
-        let mut cur = State(self.state.load(Ordering::Relaxed));
+        let mut cur = State(self.state.0.load(Ordering::Relaxed));
         loop {
             if cur.in_use() == 0 {
                 self.repaired.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
-            match self.state.compare_exchange_weak(
+            match self.state.0.compare_exchange_weak(
                 cur.0,
                 cur.0 - ONE_IN_USE,
                 Ordering::AcqRel,
@@ -468,7 +472,7 @@ impl Inner {
         let mut cur = self.load();
         loop {
             let next = cur.with_capacity(capacity);
-            match self.state.compare_exchange_weak(
+            match self.state.0.compare_exchange_weak(
                 cur.0,
                 next.0,
                 Ordering::AcqRel,
@@ -487,6 +491,7 @@ impl Inner {
     pub(crate) fn close(&self) -> bool {
         let prev = State(
             self.state
+                .0
                 .fetch_or(State(0).with_closed().0, Ordering::AcqRel),
         );
         if prev.closed() {
@@ -722,6 +727,7 @@ impl Inner {
             let next = cur.with_in_use(cur.in_use() - fix);
             match self
                 .state
+                .0
                 .compare_exchange(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => {
@@ -751,6 +757,7 @@ impl Inner {
             let next = cur.with_in_use(cur.in_use() + add);
             match self
                 .state
+                .0
                 .compare_exchange(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return add,

@@ -48,12 +48,25 @@
 //! * The table is sized so a slot is always free when one is needed: at most
 //!   `max_capacity` permits exist (the state word's cap), and at most
 //!   `queue window` waiters hold a slot before their grant counts in `in_use`.
+//! * Each thread with a shard (`shard.rs`) keeps up to `CACHED` free slots
+//!   of its own: a dropped permit's slot goes there, and the thread's next
+//!   admission takes it back, with plain loads and stores instead of two
+//!   CASes on the shared free-list head (whose cache line would otherwise
+//!   move between cores on every cycle). Only the shard's owner touches its
+//!   cache; a shard given back at thread exit keeps its slots for the next
+//!   thread that borrows it. So cached slots are bounded by
+//!   `SHARDS * CACHED` and the table is sized with that many extra slots
+//!   (`LeaseTable::extra`): about 12 KiB per limiter, the price of never
+//!   needing to steal from another thread's cache. A cached slot is FREE;
+//!   reclaim, revoke and stale holders cannot touch it, since each of them
+//!   compares against HELD or REVOKED.
 //! * Orderings: a transition into a state publishes (Release) the fields the
 //!   next owner reads (timestamps on HELD, `revoked_at` on REVOKED); every
 //!   load that decides on a state is Acquire. The free list's push is Release
 //!   and its pop Acquire, so a claimer sees the slot as its last user left it.
 
 use crate::loom::{AtomicU32, AtomicU64, AtomicWaker, Ordering};
+use crate::shard::{thread_index, SHARDS};
 use std::task::Waker;
 
 /// Slot status, in the low byte of a slot's state word.
@@ -140,13 +153,32 @@ pub(crate) struct LeaseView {
     pub(crate) revoked_at: u64,
 }
 
+/// Free slots one thread keeps for itself.
+const CACHED: usize = 2;
+
+/// One shard's cache of free slots, on its own cache line. Only the thread
+/// that borrowed the shard reads or writes it.
+#[repr(align(64))]
+struct SlotCache {
+    len: AtomicU32,
+    slots: [AtomicU32; CACHED],
+}
+
 pub(crate) struct LeaseTable {
     /// `tag << 32 | index` of the first free slot.
     free: AtomicU64,
     slots: Box<[Slot]>,
+    caches: Box<[SlotCache]>,
 }
 
 impl LeaseTable {
+    /// Slots the table needs beyond its leases and waiters: what the
+    /// threads' caches may hold.
+    pub(crate) const fn extra() -> usize {
+        SHARDS * CACHED
+    }
+
+    /// A table of `n` slots, `extra()` of which may sit in caches.
     pub(crate) fn new(n: usize) -> LeaseTable {
         assert!(n < NIL as usize);
         let slots: Box<[Slot]> = (0..n)
@@ -156,6 +188,12 @@ impl LeaseTable {
         LeaseTable {
             slots,
             free: AtomicU64::new(first as u64),
+            caches: (0..SHARDS)
+                .map(|_| SlotCache {
+                    len: AtomicU32::new(0),
+                    slots: std::array::from_fn(|_| AtomicU32::new(NIL)),
+                })
+                .collect(),
         }
     }
 
@@ -166,7 +204,52 @@ impl LeaseTable {
 
     /// FREE -> HELD: a new lease for a permit already counted in use.
     pub(crate) fn claim_held(&self, now: u64) -> Option<(u32, u64)> {
-        self.claim(status::HELD, now)
+        match self.pop_cached() {
+            Some(index) => Some(self.start(index, status::HELD, now)),
+            None => self.claim(status::HELD, now),
+        }
+    }
+
+    /// Takes a slot from this thread's cache.
+    #[inline]
+    fn pop_cached(&self) -> Option<u32> {
+        let cache = self.caches.get(thread_index())?;
+        // Relaxed: only this thread writes its cache (see `shard.rs` for the
+        // hand-over between threads).
+        let len = cache.len.load(Ordering::Relaxed);
+        if len == 0 {
+            return None;
+        }
+        let index = cache.slots[len as usize - 1].load(Ordering::Relaxed);
+        cache.len.store(len - 1, Ordering::Relaxed);
+        Some(index)
+    }
+
+    /// Puts a FREE slot in this thread's cache, or on the free list if the
+    /// cache is full or the thread has no shard.
+    #[inline]
+    fn free_slot(&self, index: u32) {
+        if let Some(cache) = self.caches.get(thread_index()) {
+            let len = cache.len.load(Ordering::Relaxed);
+            if (len as usize) < CACHED {
+                cache.slots[len as usize].store(index, Ordering::Relaxed);
+                cache.len.store(len + 1, Ordering::Relaxed);
+                return;
+            }
+        }
+        self.push_free(index);
+    }
+
+    /// Moves a FREE slot the caller took to `status` with a new generation.
+    fn start(&self, index: u32, status: u8, now: u64) -> (u32, u64) {
+        let slot = self.get(index);
+        let gen = gen_of(slot.state.load(Ordering::Relaxed)) + 1;
+        slot.started.store(now, Ordering::Relaxed);
+        slot.last_active.store(now, Ordering::Relaxed);
+        // Release: a watchdog or deliverer that sees the new generation also
+        // sees the timestamps above.
+        slot.state.store(pack(gen, status), Ordering::Release);
+        (index, gen)
     }
 
     /// FREE -> WAITING: a place for a queued waiter to park.
@@ -191,16 +274,7 @@ impl LeaseTable {
                 .free
                 .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
             {
-                Ok(_) => {
-                    let slot = self.get(index);
-                    let gen = gen_of(slot.state.load(Ordering::Relaxed)) + 1;
-                    slot.started.store(now, Ordering::Relaxed);
-                    slot.last_active.store(now, Ordering::Relaxed);
-                    // Release: a watchdog or deliverer that sees the new
-                    // generation also sees the timestamps above.
-                    slot.state.store(pack(gen, status), Ordering::Release);
-                    return Some((index, gen));
-                }
+                Ok(_) => return Some(self.start(index, status, now)),
                 Err(actual) => head = actual,
             }
         }
@@ -323,7 +397,7 @@ impl LeaseTable {
                 Err(actual) => word = actual,
             }
         }
-        self.push_free(index);
+        self.free_slot(index);
         true
     }
 

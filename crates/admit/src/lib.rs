@@ -87,6 +87,7 @@ mod loom;
 mod permit;
 mod places;
 mod queue;
+mod shard;
 mod snapshot;
 mod state;
 mod watchdog;

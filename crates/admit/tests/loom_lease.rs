@@ -92,3 +92,46 @@ fn revocation_wakes_the_holder() {
         assert_eq!(l.in_use(), 0);
     });
 }
+
+/// Every loom thread has a shard, so a dropped permit's slot goes to its
+/// thread's cache of free slots. A thread that exits leaves its cache to the
+/// next thread that borrows its shard: that thread takes the cached slot,
+/// never gives one slot to two leases while another thread races it, and
+/// every count comes back.
+#[test]
+fn a_cached_slot_is_handed_over_at_thread_exit() {
+    loom::model(|| {
+        let l = Limiter::new(2);
+        // The main thread takes its shard first, so the two threads below
+        // borrow the same one, one after the other.
+        drop(l.try_acquire().unwrap());
+        let first = {
+            let l = l.clone();
+            thread::spawn(move || drop(l.try_acquire().unwrap()))
+        };
+        first.join().unwrap();
+        let next = {
+            let l = l.clone();
+            thread::spawn(move || {
+                let a = l.try_acquire();
+                let b = l.try_acquire();
+                if let (Ok(a), Ok(b)) = (&a, &b) {
+                    assert_ne!(a.lease_id().slot, b.lease_id().slot, "one slot, two leases");
+                }
+                drop((a, b));
+            })
+        };
+        if let Ok(p) = l.try_acquire() {
+            assert!(!p.is_revoked());
+            drop(p);
+        }
+        next.join().unwrap();
+        assert_eq!(l.in_use(), 0);
+        assert_eq!(l.health().snapshot().repaired_total, 0);
+        let a = l.try_acquire().unwrap();
+        let b = l.try_acquire().unwrap();
+        assert_ne!(a.lease_id().slot, b.lease_id().slot);
+        drop((a, b));
+        assert_eq!(l.in_use(), 0);
+    });
+}
