@@ -88,6 +88,9 @@ impl Borrowed {
 
 impl Drop for Borrowed {
     fn drop(&mut self) {
+        // From now on this thread must not touch the shard.
+        #[cfg(not(admit_loom))]
+        FAST.set(usize::MAX);
         if self.index < SHARDS {
             self.bits.fetch_and(!(1 << self.index), Ordering::Release);
         }
@@ -96,6 +99,12 @@ impl Drop for Borrowed {
 
 #[cfg(not(admit_loom))]
 std::thread_local! {
+    /// This thread's index once known: a constant-initialised cell without
+    /// a destructor, the cheapest kind of thread-local to read. `UNSET`
+    /// until the first call; set to `usize::MAX` when the shard is given
+    /// back, so code running in later thread-exit destructors takes the
+    /// shared paths instead of a shard another thread may now own.
+    static FAST: std::cell::Cell<usize> = const { std::cell::Cell::new(UNSET) };
     static INDEX: Borrowed = Borrowed::take();
 }
 
@@ -104,10 +113,31 @@ loom::thread_local! {
     static INDEX: Borrowed = Borrowed::take();
 }
 
+#[cfg(not(admit_loom))]
+const UNSET: usize = usize::MAX - 1;
+
 /// This thread's shard, or `usize::MAX` for the shared paths.
+#[cfg(not(admit_loom))]
 #[inline]
 pub(crate) fn thread_index() -> usize {
+    match FAST.get() {
+        UNSET => first_index(),
+        i => i,
+    }
+}
+
+#[cfg(not(admit_loom))]
+#[cold]
+fn first_index() -> usize {
     // While the thread is being torn down its index may already be gone:
     // take the shared paths then.
+    let i = INDEX.try_with(|b| b.index).unwrap_or(usize::MAX);
+    FAST.set(i);
+    i
+}
+
+/// This thread's shard, or `usize::MAX` for the shared paths.
+#[cfg(admit_loom)]
+pub(crate) fn thread_index() -> usize {
     INDEX.try_with(|b| b.index).unwrap_or(usize::MAX)
 }
