@@ -158,6 +158,9 @@ impl Cluster {
         let limiter = ClusterLimiter::builder(client.clone(), "chat", budget.max(1))
             .node_id(node.clone())
             .max_share(node_cap.max(1))
+            // Batches sized to the budget, so that a small cluster's first
+            // nodes do not take it all before the others join.
+            .min_batch((budget / 16).clamp(1, 16))
             .queue_limit(queue.min(admit::MAX_QUEUE))
             .start()
             .await

@@ -532,7 +532,6 @@ impl Incidents {
     }
 
     /// The cause of `limiter`'s open episode.
-
     fn open_cause(&self, limiter: &str) -> Option<&'static str> {
         self.open_map().get(limiter).map(|o| o.cause)
     }
