@@ -40,7 +40,10 @@
 //!   hashing under its own limiter.
 //! * [`throttle`] — failed-login limits per account and per address.
 //! * [`hub`] — rooms in memory and bounded fan-out.
-//! * [`store`] — SQLite with group commit on a dedicated thread.
+//! * [`store`] — the storage interface and its engines: SQLite with group
+//!   commit on a dedicated thread, or PostgreSQL shared by a cluster.
+//! * [`cluster`] — cluster mode: fan-out over Redis, per-room ordering,
+//!   the cluster connection budget.
 //! * [`status`] — health, metrics, status page, incidents, admin.
 //! * [`incidents`] — what went wrong and what repaired it, from the
 //!   limiters' transitions and the store's health, kept in the database.

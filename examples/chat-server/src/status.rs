@@ -230,6 +230,22 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         metrics::counter!("chat_lagged_total").absolute(app.chat.hub.lagged_total());
         metrics::gauge!("chat_subscriptions").set(app.chat.hub.subscriptions() as f64);
         metrics::gauge!("chat_uptime_seconds").set(app.started.elapsed().as_secs_f64());
+        if let Some(c) = &app.cluster {
+            // The share, budget, live nodes and Redis's state, as this
+            // node knows them; then each node's connections as Redis holds
+            // them.
+            c.limiter().publish_metrics();
+            let report = c.report();
+            metrics::gauge!("chat_cluster_degraded").set(if report.mode == "degraded" {
+                1.0
+            } else {
+                0.0
+            });
+            for n in &report.nodes {
+                metrics::gauge!("chat_cluster_node_in_use", "node" => n.node.clone())
+                    .set(f64::from(n.in_use));
+            }
+        }
     });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -168,6 +168,22 @@ async fn three_nodes_share_tokens_messages_order_and_the_cap() {
     let b = node(&pg, &redis, "b", 20, 30);
     let mut c = node(&pg, &redis, "c", 20, 30);
     wait_cluster(&[&a, &b, &c], 3, Duration::from_secs(10)).await;
+    // Every node's health and metrics show the whole cluster.
+    let h = health(b.addrs.status).await.1;
+    let mut names: Vec<&str> = h["cluster"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["a", "b", "c"], "{h}");
+    assert_eq!(h["cluster"]["node"], "b");
+    assert_eq!(h["cluster"]["redis"], "ok");
+    let m = http(a.addrs.status, "GET", "/metrics", None, None).await;
+    let m = String::from_utf8_lossy(&m.body);
+    assert!(m.contains(r#"chat_cluster_node_in_use{node="c"}"#), "{m}");
+    assert!(m.contains("admit_cluster_budget"), "{m}");
 
     // A token from A works on B and C.
     let alice = register(a.addrs.http, "alice").await;
@@ -374,6 +390,9 @@ async fn postgres_outage_answers_sends_with_errors_and_recovers() {
         return;
     };
     let a = Proc::start(&scratch("pg-outage"), &["--database", &pg.url()]);
+    // Without --redis a node is a cluster of one.
+    let h = health(a.addrs.status).await.1;
+    assert_eq!(h["cluster"]["mode"], "single", "{h}");
     let alice = register(a.addrs.http, "alice").await;
     let mut ws = Ws::login(a.addrs.http, &alice).await;
     ws.send(json!({"type":"join","room":"general"})).await;
