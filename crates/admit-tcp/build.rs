@@ -6,6 +6,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(admit_accept4)");
     println!("cargo::rustc-check-cfg=cfg(admit_keepalive_interval)");
     println!("cargo::rustc-check-cfg=cfg(admit_keepalive_retries)");
+    println!("cargo::rustc-check-cfg=cfg(admit_inherited_sockopts)");
     println!("cargo::rerun-if-changed=build.rs");
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let os = os.as_str();
@@ -29,5 +30,11 @@ fn main() {
         "linux" | "android" | "freebsd" | "macos" | "ios" | "netbsd"
     ) {
         println!("cargo::rustc-cfg=admit_keepalive_retries");
+    }
+    // An accepted socket starts with the listening socket's TCP_NODELAY
+    // and keepalive settings (tests/policies.rs checks it), so they can be
+    // set once on the listener instead of once per connection.
+    if matches!(os, "linux" | "android") {
+        println!("cargo::rustc-cfg=admit_inherited_sockopts");
     }
 }

@@ -321,6 +321,14 @@ impl Builder {
     /// called inside a tokio runtime.
     pub fn from_std(self, listener: std::net::TcpListener) -> io::Result<AdmitListener> {
         listener.set_nonblocking(true)?;
+        // Where accepted sockets inherit them, the socket options are set
+        // once, on the listener, rather than with four or five system calls
+        // on every connection.
+        let options_per_connection = !cfg!(admit_inherited_sockopts);
+        if !options_per_connection {
+            let at = listener.local_addr()?;
+            set_options(&SockRef::from(&listener), at, self.nodelay, self.keepalive);
+        }
         // `AsyncFd::new` is deprecated in favour of an `unsafe fn register`
         // whose contract is that the descriptor stays open and unchanged while
         // registered. It does here: the listener is owned by the `AsyncFd`
@@ -346,6 +354,7 @@ impl Builder {
             per_ip,
             nodelay: self.nodelay,
             keepalive: self.keepalive,
+            options_per_connection,
             idle_timeout: self.idle_timeout,
             goodbye_window: self.goodbye_window,
             reset_rejected: self.reset_rejected,
@@ -434,6 +443,9 @@ pub struct AdmitListener {
     per_ip: Option<PerIpLimit>,
     nodelay: bool,
     keepalive: Option<Keepalive>,
+    /// Whether `nodelay` and `keepalive` are set on each accepted socket
+    /// (false where sockets inherit them from the listener).
+    options_per_connection: bool,
     idle_timeout: Option<Duration>,
     goodbye_window: Option<Duration>,
     reset_rejected: bool,
@@ -590,7 +602,9 @@ impl AdmitListener {
                         per_ip,
                         permit,
                     } = back;
-                    set_options(&SockRef::from(&stream), peer, self.nodelay, self.keepalive);
+                    if self.options_per_connection {
+                        set_options(&SockRef::from(&stream), peer, self.nodelay, self.keepalive);
+                    }
                     return Poll::Ready(Ok(self.wrap(stream, peer, per_ip, permit, true)));
                 }
             }
@@ -840,7 +854,9 @@ impl AdmitListener {
             peer,
             per_ip,
         } = conn;
-        set_options(&SockRef::from(&socket), peer, self.nodelay, self.keepalive);
+        if self.options_per_connection {
+            set_options(&SockRef::from(&socket), peer, self.nodelay, self.keepalive);
+        }
         let stream = match TcpStream::from_std(socket.into()) {
             Ok(stream) => stream,
             Err(e) => {
@@ -979,17 +995,18 @@ impl AdmitListener {
     }
 }
 
-/// Sets `TCP_NODELAY` and keepalive on an admitted connection; failures are
-/// logged and otherwise ignored.
-fn set_options(sock: &SockRef<'_>, peer: SocketAddr, nodelay: bool, keepalive: Option<Keepalive>) {
+/// Sets `TCP_NODELAY` and keepalive on an admitted connection (or on the
+/// listener its connections inherit them from); failures are logged and
+/// otherwise ignored.
+fn set_options(sock: &SockRef<'_>, addr: SocketAddr, nodelay: bool, keepalive: Option<Keepalive>) {
     if nodelay {
         if let Err(e) = sock.set_nodelay(true) {
-            tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
+            tracing::debug!(%addr, error = %e, "could not set TCP_NODELAY");
         }
     }
     if let Some(k) = keepalive {
         if let Err(e) = sock.set_tcp_keepalive(&tcp_keepalive(k)) {
-            tracing::debug!(%peer, error = %e, "could not set TCP keepalive");
+            tracing::debug!(%addr, error = %e, "could not set TCP keepalive");
         }
     }
 }

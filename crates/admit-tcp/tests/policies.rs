@@ -362,4 +362,43 @@ async fn admitted_connections_get_nodelay_and_keepalive() {
     let sock = socket2::SockRef::from(conn.get_ref());
     assert!(sock.keepalive().unwrap());
     assert_eq!(sock.keepalive_time().unwrap(), Duration::from_secs(60));
+    #[cfg(target_os = "linux")]
+    {
+        assert_eq!(sock.keepalive_interval().unwrap(), Duration::from_secs(10));
+        assert_eq!(sock.keepalive_retries().unwrap(), 5);
+    }
+}
+
+#[tokio::test]
+async fn socket_options_follow_the_builder() {
+    // Where accepted sockets inherit the listener's options, the listener
+    // sets them once; either way each connection must end up with them.
+    let limiter = Limiter::new(2);
+    let mut listener = AdmitListener::builder(limiter.clone())
+        .nodelay(false)
+        .keepalive(Some(admit_tcp::Keepalive {
+            idle: Duration::from_secs(30),
+            ..admit_tcp::Keepalive::default()
+        }))
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let _c = connect_from(2, listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (conn, _) = listener.accept().await.unwrap();
+    assert!(!conn.get_ref().nodelay().unwrap());
+    let sock = socket2::SockRef::from(conn.get_ref());
+    assert!(sock.keepalive().unwrap());
+    assert_eq!(sock.keepalive_time().unwrap(), Duration::from_secs(30));
+
+    let mut plain = AdmitListener::builder(limiter)
+        .keepalive(None)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let _d = connect_from(3, plain.local_addr().unwrap()).await.unwrap();
+    let (conn, _) = plain.accept().await.unwrap();
+    assert!(conn.get_ref().nodelay().unwrap());
+    assert!(!socket2::SockRef::from(conn.get_ref()).keepalive().unwrap());
 }
