@@ -532,6 +532,20 @@ impl Chat {
         self.live.revoke(token_hash);
     }
 
+    /// Reads every room again: after this node missed notes (its
+    /// subscription was down), rooms and members made elsewhere meanwhile.
+    pub async fn reload_rooms(&self) {
+        match self.store.load_rooms().await {
+            Ok(rooms) => {
+                for r in rooms {
+                    self.hub
+                        .refresh_room(r.id, &r.name, r.private, r.owner.as_deref(), &r.members);
+                }
+            }
+            Err(e) => tracing::warn!("cannot read the rooms again: {e}"),
+        }
+    }
+
     /// Reads a room again after another node changed it.
     pub async fn reload_room(&self, name: String) {
         match self.store.load_room(name).await {

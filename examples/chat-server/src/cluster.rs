@@ -348,6 +348,11 @@ async fn subscriber(cluster: Arc<Cluster>, chat: Weak<Chat>) {
             Ok(Ok(mut ps)) => {
                 cluster.subscribed.store(true, Ordering::Release);
                 tracing::info!(node = %cluster.node, "subscribed to the cluster's notes");
+                // Whatever was missed while unsubscribed: rooms and members
+                // first, then messages.
+                if let Some(chat) = chat.upgrade() {
+                    chat.reload_rooms().await;
+                }
                 let _ = cluster.seq.send(SeqIn::CatchUp);
                 let mut stream = ps.on_message();
                 while let Some(msg) = stream.next().await {

@@ -285,6 +285,7 @@ async fn three_nodes_share_tokens_messages_order_and_the_cap() {
     })
     .await;
     let back = killed.elapsed();
+    eprintln!("figure: a SIGKILLed node's share was back after {back:?}");
     // The view is read from Redis every 0.5 s: the lease ended before.
     assert!(
         back < Duration::from_millis(3500),
@@ -357,16 +358,30 @@ async fn redis_outage_keeps_nodes_serving_and_members_catch_up() {
     assert!(seen_b.iter().any(|m| m.1 == "bob0"), "local delivery on B");
     // New connections are still admitted, within the node's share.
     let mut extra = Ws::login(b.addrs.http, &bob).await;
-    extra.send(json!({"type":"join","room":"general"})).await;
-    extra.recv_type("joined").await;
+    // A room made on A meanwhile: B hears of it only after Redis returns.
+    let r = post_json(
+        a.addrs.http,
+        "/api/rooms",
+        Some(&alice),
+        json!({"name":"during","private":false}),
+    )
+    .await;
+    assert_eq!(r.status, 201);
 
     redis.resume();
     let up = Instant::now();
     wait_cluster(&[&a, &b], 2, Duration::from_secs(5)).await;
+    eprintln!("figure: rejoined {:?} after Redis returned", up.elapsed());
     assert!(
         up.elapsed() < Duration::from_secs(5),
         "rejoined in {:?}",
         up.elapsed()
+    );
+    extra.send(json!({"type":"join","room":"during"})).await;
+    assert_eq!(
+        extra.recv().await["type"],
+        "joined",
+        "B knows the room made during the outage"
     );
     // Every member has every message, in order and with no gap, once.
     for (ws, seen) in [(&mut alice_ws, &mut seen_a), (&mut bob_ws, &mut seen_b)] {
