@@ -10,9 +10,13 @@
 //! * `http_connections`: connections per second, each connecting, sending
 //!   one `Connection: close` request and reading the answer, 32 in flight:
 //!   a plain hyper-util accept loop (auto builder, upgrades on) against
-//!   `admit_hyper::Server` on an `HttpListener` with its defaults (header
-//!   timeout on, drain bookkeeping) and with the header timeout off.
-//!   Target: ≥ 0.95× the plain loop.
+//!   `admit_hyper::Server` on an `HttpListener`. The auto builder tells
+//!   HTTP/1.1 from HTTP/2 by the first bytes, so the like-for-like variant
+//!   (`admit_hyper_serve`) turns on both protocols with
+//!   `Server::http1_and_http2`, which does the same; the server's default,
+//!   HTTP/1.1 only (no sniffing), the header timeout off, and TCP
+//!   keepalive off (four `setsockopt` calls a connection; the plain loop
+//!   sets none) are measured beside it. Target: `admit_hyper_serve` ≥ 0.95× the plain loop.
 //!
 //! * `service_call`: the same four stacks called in-process (clone and
 //!   `oneshot`, as hyper-util's tower adapter does per request), no sockets:
@@ -203,13 +207,22 @@ async fn plain_hyper_util_server() -> SocketAddr {
     addr
 }
 
-async fn admit_hyper_server(limiter: Limiter, header_timeout: bool) -> SocketAddr {
-    let listener = admit_hyper::listener(limiter)
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
+async fn admit_hyper_server(
+    limiter: Limiter,
+    header_timeout: bool,
+    both: bool,
+    keepalive: bool,
+) -> SocketAddr {
+    let mut listener = admit_hyper::listener(limiter);
+    if !keepalive {
+        listener = listener.keepalive(None);
+    }
+    let listener = listener.bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut server = admit_hyper::Server::new();
+    if both {
+        server = server.http1_and_http2();
+    }
     if !header_timeout {
         server = server.header_timeout(None);
     }
@@ -251,11 +264,19 @@ fn connections_bench(c: &mut Criterion, rt: &Runtime) -> Vec<(&'static str, Sock
         ("hyper_util_plain", rt.block_on(plain_hyper_util_server())),
         (
             "admit_hyper_serve",
-            rt.block_on(admit_hyper_server(limiter.clone(), true)),
+            rt.block_on(admit_hyper_server(limiter.clone(), true, true, true)),
+        ),
+        (
+            "admit_hyper_serve_http1_only",
+            rt.block_on(admit_hyper_server(limiter.clone(), true, false, true)),
         ),
         (
             "admit_hyper_serve_no_header_timeout",
-            rt.block_on(admit_hyper_server(limiter.clone(), false)),
+            rt.block_on(admit_hyper_server(limiter.clone(), false, true, true)),
+        ),
+        (
+            "admit_hyper_serve_no_keepalive",
+            rt.block_on(admit_hyper_server(limiter.clone(), true, true, false)),
         ),
     ];
     for (name, addr) in servers {
@@ -468,7 +489,12 @@ fn main() {
         "tower_concurrency_limit",
         "request",
     );
-    for ours in ["admit_hyper_serve", "admit_hyper_serve_no_header_timeout"] {
+    for ours in [
+        "admit_hyper_serve",
+        "admit_hyper_serve_http1_only",
+        "admit_hyper_serve_no_header_timeout",
+        "admit_hyper_serve_no_keepalive",
+    ] {
         print_ratio("http_connections", ours, "hyper_util_plain", "connection");
     }
     for ours in ["admit_layer", "http_admit_layer", "tower_concurrency_limit"] {
