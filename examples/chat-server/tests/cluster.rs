@@ -442,3 +442,124 @@ async fn postgres_outage_answers_sends_with_errors_and_recovers() {
     let ids = send_all(&mut ws, &["after".to_owned()]).await;
     assert_eq!(ids, vec![2], "the refused message took no id");
 }
+
+/// Delivery latency to every member, each room's members spread over the
+/// nodes, against one node at the same load. A measurement, not a check:
+/// `cargo test -p chat-server --release --test cluster -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn delivery_latency_across_nodes() {
+    let Some((pg, redis)) = services() else {
+        return;
+    };
+    let nodes = [
+        node(&pg, &redis, "a", 500, 1500),
+        node(&pg, &redis, "b", 500, 1500),
+        node(&pg, &redis, "c", 500, 1500),
+    ];
+    wait_cluster(
+        &nodes.iter().collect::<Vec<_>>(),
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
+    let spread: Vec<_> = nodes.iter().map(|n| n.addrs.http).collect();
+    let cross = latency(&spread, "spread").await;
+    let single = Proc::start(&scratch("latency-single"), &[]);
+    let alone = latency(&[single.addrs.http], "single").await;
+    for (what, l) in [("3 nodes", cross), ("1 node", alone)] {
+        eprintln!(
+            "figure: {what}: {} deliveries, p50 {:?}, p99 {:?}, max {:?}",
+            l.len(),
+            pct(&l, 0.5),
+            pct(&l, 0.99),
+            l.last().unwrap()
+        );
+    }
+}
+
+const ROOMS: usize = 10;
+const MEMBERS: usize = 9;
+const PER_ROOM_PER_S: u64 = 10;
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+/// Rooms of [`MEMBERS`] connections spread round-robin over `addrs`; one
+/// sender per room sends [`PER_ROOM_PER_S`] messages a second for 5 s.
+/// Answers every member's delivery latency, sorted.
+async fn latency(addrs: &[std::net::SocketAddr], tag: &str) -> Vec<Duration> {
+    let token = register(addrs[0], &format!("lat-{tag}")).await;
+    let base = Instant::now();
+    let mut readers = Vec::new();
+    let mut senders = Vec::new();
+    let mut idle_senders = Vec::new();
+    for r in 0..ROOMS {
+        let room = format!("{tag}-{r}");
+        let made = post_json(
+            addrs[0],
+            "/api/rooms",
+            Some(&token),
+            json!({"name":room,"private":false}),
+        )
+        .await;
+        assert_eq!(made.status, 201);
+        for m in 0..MEMBERS {
+            let addr = addrs[(r + m) % addrs.len()];
+            // A room made on one node is known to the others once its
+            // note arrives.
+            let mut ws = loop {
+                let mut ws = Ws::login(addr, &token).await;
+                ws.send(json!({"type":"join","room":room})).await;
+                if ws.recv().await["type"] == "joined" {
+                    break ws;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            if m == 0 {
+                idle_senders.push((room.clone(), ws));
+            } else {
+                readers.push(tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    while got.len() < (5 * PER_ROOM_PER_S) as usize {
+                        let v = ws.recv_type("message").await;
+                        let sent: u64 = v["text"].as_str().unwrap().parse().unwrap();
+                        got.push(base.elapsed() - Duration::from_micros(sent));
+                    }
+                    got
+                }));
+            }
+        }
+    }
+    // Every member is in before anyone sends.
+    for (room, mut ws) in idle_senders {
+        senders.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1000 / PER_ROOM_PER_S));
+            // Acks and its own messages are read and dropped, so the
+            // sender is never lagged.
+            let mut i = 0;
+            while i < 5 * PER_ROOM_PER_S {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let sent = base.elapsed().as_micros().to_string();
+                        ws.send(json!({"type":"send","room":room,"text":sent,"client_id":format!("{i}")}))
+                            .await;
+                        i += 1;
+                    }
+                    _ = ws.ws.next() => {}
+                }
+            }
+            ws
+        }));
+    }
+    let mut all = Vec::new();
+    for r in readers {
+        all.extend(r.await.unwrap());
+    }
+    for s in senders {
+        drop(s.await.unwrap());
+    }
+    all.sort_unstable();
+    all
+}
