@@ -5,10 +5,13 @@
 //!    without a `touch()`), tokio's `Semaphore::try_acquire_owned`,
 //!    async-lock's `Semaphore::try_acquire_arc`, and a bare atomic
 //!    compare-exchange + fetch_sub pair (the floor).
-//! 2. `two_threads`: two threads hammering one limiter (throughput).
+//! 2. `two_threads`: two threads hammering one limiter (throughput), at
+//!    capacity 64 (room to spare) and at capacity 4 (the count near the cap
+//!    all the time), against tokio's semaphore and a bare atomic pair.
 //! 3. `handoff`: latency of a release reaching a waiting task, on tokio's
 //!    current-thread and multi-thread runtimes.
-//! 4. `watchdog`: one watchdog tick over 10,000 held leases.
+//! 4. `watchdog`: one watchdog tick over 10,000 and over 1,000,000 held
+//!    leases.
 //!
 //! Ratios, not absolute times, are what benches/README.md records.
 
@@ -89,19 +92,36 @@ fn contended(c: &mut Criterion) {
     let mut g = c.benchmark_group("two_threads");
     g.throughput(Throughput::Elements(2 * OPS_PER_THREAD));
     g.sample_size(20);
-    for (name, leases) in [("admit", true), ("admit_untracked", false)] {
-        g.bench_function(name, |b| {
+    for capacity in [64, 4] {
+        for (name, leases) in [("admit", true), ("admit_untracked", false)] {
+            g.bench_function(format!("{name}/cap{capacity}"), |b| {
+                b.iter_custom(|iters| {
+                    let l = Limiter::builder()
+                        .capacity(capacity)
+                        .track_leases(leases)
+                        .build()
+                        .unwrap();
+                    (0..iters)
+                        .map(|_| {
+                            let l = l.clone();
+                            two_threads(move || {
+                                if let Ok(p) = l.try_acquire() {
+                                    drop(black_box(p));
+                                }
+                            })
+                        })
+                        .sum()
+                })
+            });
+        }
+        g.bench_function(format!("tokio/cap{capacity}"), |b| {
             b.iter_custom(|iters| {
-                let l = Limiter::builder()
-                    .capacity(4)
-                    .track_leases(leases)
-                    .build()
-                    .unwrap();
+                let s = Arc::new(tokio::sync::Semaphore::new(capacity as usize));
                 (0..iters)
                     .map(|_| {
-                        let l = l.clone();
+                        let s = s.clone();
                         two_threads(move || {
-                            if let Ok(p) = l.try_acquire() {
+                            if let Ok(p) = s.clone().try_acquire_owned() {
                                 drop(black_box(p));
                             }
                         })
@@ -109,22 +129,31 @@ fn contended(c: &mut Criterion) {
                     .sum()
             })
         });
-    }
-    g.bench_function("tokio", |b| {
-        b.iter_custom(|iters| {
-            let s = Arc::new(tokio::sync::Semaphore::new(4));
-            (0..iters)
-                .map(|_| {
-                    let s = s.clone();
-                    two_threads(move || {
-                        if let Ok(p) = s.clone().try_acquire_owned() {
-                            drop(black_box(p));
-                        }
+        g.bench_function(format!("bare_atomic/cap{capacity}"), |b| {
+            b.iter_custom(|iters| {
+                let n = Arc::new(AtomicUsize::new(0));
+                (0..iters)
+                    .map(|_| {
+                        let n = n.clone();
+                        two_threads(move || {
+                            let cur = n.load(Ordering::Relaxed);
+                            if cur < capacity as usize
+                                && n.compare_exchange(
+                                    cur,
+                                    cur + 1,
+                                    Ordering::AcqRel,
+                                    Ordering::Relaxed,
+                                )
+                                .is_ok()
+                            {
+                                black_box(&*n).fetch_sub(1, Ordering::AcqRel);
+                            }
+                        })
                     })
-                })
-                .sum()
-        })
-    });
+                    .sum()
+            })
+        });
+    }
     g.finish();
 }
 
@@ -191,6 +220,15 @@ fn watchdog(c: &mut Criterion) {
         WatchdogConfig::default().max_idle(Duration::from_secs(3600)),
     );
     g.bench_function("tick_10k_leases", |b| b.iter(|| black_box(dog.tick())));
+    drop(held);
+    let l = Limiter::new(1_000_000);
+    let held: Vec<_> = (0..1_000_000).map(|_| l.try_acquire().unwrap()).collect();
+    let mut dog = Watchdog::new(
+        l.clone(),
+        WatchdogConfig::default().max_idle(Duration::from_secs(3600)),
+    );
+    g.sample_size(10);
+    g.bench_function("tick_1m_leases", |b| b.iter(|| black_box(dog.tick())));
     drop(held);
     g.finish();
 }
