@@ -41,6 +41,27 @@ pub(crate) const UNTRACKED: u32 = u32::MAX;
 /// `(UNTRACKED, 0)` for a permit without a lease.
 pub(crate) type Lease = (u32, u64);
 
+/// The lease figures of a snapshot: one pass over the table.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LeaseSummary {
+    /// Start of the oldest live lease (held or revoked).
+    pub(crate) oldest_started: Option<u64>,
+    /// Leases revoked and not yet returned.
+    pub(crate) revoked_pending: u32,
+}
+
+impl LeaseSummary {
+    /// Counts one live slot as the scan saw it.
+    pub(crate) fn add(&mut self, v: &LeaseView) {
+        match v.kind {
+            Kind::Held => {}
+            Kind::Revoked => self.revoked_pending += 1,
+            Kind::Granted => return,
+        }
+        self.oldest_started = Some(self.oldest_started.map_or(v.started, |o| o.min(v.started)));
+    }
+}
+
 /// What a limiter is built from (validated by the builder).
 pub(crate) struct Params {
     pub(crate) capacity: u32,
@@ -86,8 +107,9 @@ pub(crate) struct Inner {
     queue_limit: u32,
     reserve: u32,
     track_leases: bool,
-    /// Grants of untracked permits (tracked ones count in their slot).
-    untracked_grants: Counter,
+    /// Permits granted, counted per thread: summing 64 shards keeps a
+    /// snapshot from reading every slot of the lease table.
+    grants: Counter,
     max_capacity: u32,
     clock: Clock,
     rejected: [AtomicU64; 5],
@@ -125,7 +147,7 @@ impl Inner {
             queue_limit: p.queue_limit,
             reserve: p.reserve,
             track_leases: p.track_leases,
-            untracked_grants: Counter::new(),
+            grants: Counter::new(),
             max_capacity: p.max_capacity,
             clock: Clock::new(),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -177,7 +199,7 @@ impl Inner {
 
     /// Permits granted since the limiter was built.
     fn admitted_total(&self) -> u64 {
-        self.leases.total_grants() + self.untracked_grants.sum()
+        self.grants.sum()
     }
 
     // ----- admission ------------------------------------------------------
@@ -225,26 +247,19 @@ impl Inner {
 
     /// A lease for a permit already counted in use.
     fn new_lease(&self) -> Lease {
+        self.grants.add_one();
         if !self.track_leases {
-            self.untracked_grants.add_one();
             return (UNTRACKED, 0);
         }
-        let (slot, gen) = self
-            .leases
+        self.leases
             .claim_held(self.clock.now())
-            .expect("the lease table holds max_capacity leases plus the queue window");
-        self.leases.count_grant(slot);
-        (slot, gen)
+            .expect("the lease table holds max_capacity leases plus the queue window")
     }
 
     /// Counts a grant that reached its caller by an unusual path (a waiter
     /// granted just before a close).
-    pub(crate) fn count_admission(&self, lease: Lease) {
-        if lease.0 == UNTRACKED {
-            self.untracked_grants.add_one();
-        } else {
-            self.leases.count_grant(lease.0);
-        }
+    pub(crate) fn count_admission(&self) {
+        self.grants.add_one();
     }
 
     // ----- the wait queue -------------------------------------------------
@@ -320,13 +335,13 @@ impl Inner {
             // The slot only parked the waiter; the permit is untracked.
             self.leases.give_back(slot, gen);
             if admitted {
-                self.untracked_grants.add_one();
+                self.grants.add_one();
             }
             return (UNTRACKED, 0);
         }
         self.leases.hold(slot, gen, self.clock.now());
         if admitted {
-            self.leases.count_grant(slot);
+            self.grants.add_one();
         }
         (slot, gen)
     }
@@ -613,26 +628,23 @@ impl Inner {
         } else {
             self.clock.now()
         };
+        let mut leases = LeaseSummary::default();
+        for v in self.scan() {
+            leases.add(&v);
+        }
+        self.snapshot_with(now, leases)
+    }
+
+    /// The snapshot, from lease figures the caller gathered in its own scan
+    /// of the table (the watchdog's tick), so the table is read once.
+    pub(crate) fn snapshot_with(&self, now: u64, leases: LeaseSummary) -> Snapshot {
         let s = self.load();
         let waiting = self.live_waiting(s);
         let limit = self.limit(s);
-
-        let mut oldest = u64::MAX;
-        let mut revoked_pending = 0u32;
-        for v in self.scan() {
-            match v.kind {
-                Kind::Held => oldest = oldest.min(v.started),
-                Kind::Revoked => {
-                    revoked_pending += 1;
-                    oldest = oldest.min(v.started);
-                }
-                Kind::Granted => {}
-            }
-        }
-        let oldest_lease_ms = if oldest == u64::MAX {
-            0
-        } else {
-            now.saturating_sub(oldest)
+        let revoked_pending = leases.revoked_pending;
+        let oldest_lease_ms = match leases.oldest_started {
+            None => 0,
+            Some(t) => now.saturating_sub(t),
         };
 
         let h = &self.health;
@@ -691,6 +703,13 @@ impl Inner {
     /// snapshot it was derived from.
     pub(crate) fn note_change(&self) -> Snapshot {
         let snap = self.snapshot(false);
+        self.health.report(&snap);
+        snap
+    }
+
+    /// `note_change` from lease figures the caller gathered.
+    pub(crate) fn note_change_with(&self, leases: LeaseSummary) -> Snapshot {
+        let snap = self.snapshot_with(self.clock.now(), leases);
         self.health.report(&snap);
         snap
     }

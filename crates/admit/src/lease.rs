@@ -101,10 +101,6 @@ struct Slot {
     last_active: AtomicU64,
     /// Coarse-clock millisecond when the lease was revoked.
     revoked_at: AtomicU64,
-    /// Grants made through this slot; summed for `admitted_total`. Only the
-    /// slot's current owner writes it, so a load and a store suffice: this
-    /// keeps a shared counter's cache line out of the hot path.
-    grants: AtomicU64,
     next_free: AtomicU32,
     /// The parked waiter's waker.
     wait_waker: AtomicWaker,
@@ -119,7 +115,6 @@ impl Slot {
             started: AtomicU64::new(0),
             last_active: AtomicU64::new(0),
             revoked_at: AtomicU64::new(0),
-            grants: AtomicU64::new(0),
             next_free: AtomicU32::new(next),
             wait_waker: AtomicWaker::new(),
             revoke_waker: AtomicWaker::new(),
@@ -481,20 +476,6 @@ impl LeaseTable {
             slot.started.load(Ordering::Relaxed),
             slot.last_active.load(Ordering::Relaxed),
         )
-    }
-
-    /// Counts one grant through a slot the caller owns.
-    pub(crate) fn count_grant(&self, index: u32) {
-        let g = &self.get(index).grants;
-        g.store(g.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-    }
-
-    /// Sum of grants over all slots.
-    pub(crate) fn total_grants(&self) -> u64 {
-        self.slots
-            .iter()
-            .map(|s| s.grants.load(Ordering::Relaxed))
-            .sum()
     }
 
     /// Every live slot (GRANTED, HELD or REVOKED), in table order. Each is

@@ -64,7 +64,7 @@ impl Permit {
     /// Counts this permit as admitted (for grants that reached the caller
     /// by an unusual path).
     pub(crate) fn count_admission(&self) {
-        self.inner.count_admission((self.slot, self.gen));
+        self.inner.count_admission();
     }
 
     #[inline]

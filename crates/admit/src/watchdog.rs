@@ -20,6 +20,7 @@
 //! It runs on a plain thread, not on the async runtime it guards: a wedged
 //! runtime must not silence the thing that reports it.
 
+use crate::inner::LeaseSummary;
 use crate::lease::Kind;
 use crate::limiter::Limiter;
 use std::sync::atomic::{AtomicU8, Ordering as StdOrdering};
@@ -158,16 +159,19 @@ impl Watchdog {
         let mut live = 0u32;
         let mut revoked_pending = 0u32;
         let mut granted = Vec::new();
+        let mut summary = LeaseSummary::default();
         for lease in inner.scan() {
             live += 1;
             match lease.kind {
                 Kind::Held => {
+                    summary.add(&lease);
                     let idle = now.saturating_sub(lease.last_active);
                     if max_idle.is_some_and(|m| idle >= m) {
                         h.set_leaking(true);
                         if inner.revoke(lease.slot, lease.gen, now) {
                             report.revoked += 1;
                             revoked_pending += 1;
+                            summary.revoked_pending += 1;
                         }
                     }
                 }
@@ -178,6 +182,7 @@ impl Watchdog {
                         live -= 1;
                     } else {
                         revoked_pending += 1;
+                        summary.add(&lease);
                     }
                 }
                 Kind::Granted => granted.push((lease.slot, lease.gen)),
@@ -254,7 +259,7 @@ impl Watchdog {
             self.drift_seen = 0;
         }
 
-        let snap = inner.note_change();
+        let snap = inner.note_change_with(summary);
         report.adaptive = snap.adaptive;
         #[cfg(feature = "metrics")]
         self.limiter.health().publish_metrics(&snap);
