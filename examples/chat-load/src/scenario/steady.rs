@@ -23,6 +23,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// Rooms one user may own on the server (its room quota).
+const ROOMS_PER_OWNER: u64 = 100;
+
 /// Client sockets this scenario may hold at once.
 pub fn planned_sockets(args: &SteadyArgs) -> u64 {
     args.clients + args.connect_concurrency + 16
@@ -40,16 +43,19 @@ pub fn room_names(run_id: &str, rooms: u64) -> Vec<String> {
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx, args: &SteadyArgs) -> Result<Report, ScenarioError> {
     let mut report = Report::new("steady");
-    let users = args.users.clamp(1, args.clients.max(1));
-    let tokens = register_users(ctx, users).await?;
     let rooms = room_names(&ctx.run_id, args.rooms);
-    for room in rooms.iter().filter(|r| *r != "general") {
+    // Enough users to own every room within the server's room quota.
+    let owners = (rooms.len() as u64).div_ceil(ROOMS_PER_OWNER);
+    let users = args.users.clamp(1, args.clients.max(1)).max(owners);
+    let tokens = register_users(ctx, users).await?;
+    for (i, room) in rooms.iter().enumerate().filter(|(_, r)| *r != "general") {
+        let owner = &tokens[(i as u64 / ROOMS_PER_OWNER % users) as usize];
         let resp = http::request(
             &ctx.connector,
             ctx.target.http,
             Method::POST,
             "/api/rooms",
-            Some(&tokens[0]),
+            Some(owner),
             Some(&json!({"name": room, "private": false})),
             ctx.timeout(),
         )
