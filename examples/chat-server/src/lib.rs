@@ -663,6 +663,14 @@ impl Server {
         // The recorder closes what is open before the database closes.
         let _ = recorder.await;
         app.status_limiter.close();
+        if let Some(c) = &app.cluster {
+            // Drained: the share goes back to the other nodes now rather
+            // than when its lease runs out.
+            let leave = c.limiter().clone().leave();
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), leave).await {
+                tracing::warn!("cannot hand the cluster share back: {e}");
+            }
+        }
         let store = app.chat.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.shutdown()).await;
         drop((chat_watchdog, status_watchdog));

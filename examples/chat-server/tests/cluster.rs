@@ -400,6 +400,29 @@ async fn redis_outage_keeps_nodes_serving_and_members_catch_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_hands_its_share_back_at_once() {
+    let Some((pg, redis)) = services() else {
+        return;
+    };
+    let a = node(&pg, &redis, "a", 20, 30);
+    let mut b = node(&pg, &redis, "b", 20, 30);
+    wait_cluster(&[&a, &b], 2, Duration::from_secs(10)).await;
+    b.signal("-TERM");
+    let stopped = Instant::now();
+    assert_eq!(b.wait_exit(Duration::from_secs(10)), Some(0));
+    // Gone from Redis at the exit, not a lease later; the view on A is
+    // read every 0.5 s.
+    wait_health(a.addrs.status, Duration::from_secs(2), |_, h| {
+        h["cluster"]["nodes"].as_array().map(Vec::len) == Some(1)
+    })
+    .await;
+    eprintln!(
+        "figure: a stopped node's share was back after {:?}",
+        stopped.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_answers_sends_with_errors_and_recovers() {
     let Some(mut pg) = services::Postgres::start() else {
         return;
