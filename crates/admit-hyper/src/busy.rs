@@ -4,8 +4,10 @@ use crate::listener::{HttpListener, ListenerBuilder};
 use admit::Limiter;
 use std::time::Duration;
 
-/// The `Retry-After` an [`HttpListener`] advises unless told otherwise.
-pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// The `Retry-After` an [`HttpListener`] advises unless told otherwise:
+/// admit-tower's default, so a connection refused here and a request shed
+/// by a request limiter are told the same.
+pub use admit_tower::DEFAULT_RETRY_AFTER;
 /// The body of the default `503`.
 pub(crate) const DEFAULT_BUSY_BODY: &[u8] = b"server at connection capacity; retry later\n";
 /// Its content type.

@@ -430,7 +430,7 @@ impl Server {
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Body + Send + 'static,
-        B::Data: Send,
+        B::Data: Send + From<bytes::Bytes>,
         B::Error: Into<BoxError>,
         F: Future<Output = ()>,
     {
@@ -482,7 +482,7 @@ impl Server {
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Body + Send + 'static,
-        B::Data: Send,
+        B::Data: Send + From<bytes::Bytes>,
         B::Error: Into<BoxError>,
         F: Future<Output = ()>,
     {
@@ -514,7 +514,7 @@ impl Server {
         H::Future: Send + 'static,
         H::Error: Into<BoxError>,
         B: Body + Send + 'static,
-        B::Data: Send,
+        B::Data: Send + From<bytes::Bytes>,
         B::Error: Into<BoxError>,
         F: Future<Output = ()>,
     {
@@ -624,7 +624,7 @@ where
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body + Send + 'static,
-    B::Data: Send,
+    B::Data: Send + From<bytes::Bytes>,
     B::Error: Into<BoxError>,
     F: Future<Output = ()>,
 {

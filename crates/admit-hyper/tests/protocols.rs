@@ -375,7 +375,7 @@ async fn hyper_services_are_admitted_through_the_request_limiter_too() {
         .await
         .unwrap();
     assert_eq!(status, 503);
-    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(headers["retry-after"], "5");
 }
 
 #[tokio::test]

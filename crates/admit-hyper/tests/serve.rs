@@ -486,7 +486,7 @@ async fn request_admission_and_connection_admission_work_together() {
     // Same HTTP/2 connection, second request: shed by the request limiter.
     let (status, headers, _) = get(&client, &server.url("/")).await.unwrap();
     assert_eq!(status, 503);
-    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(headers["retry-after"], "5");
     assert_eq!(server.limiter.in_use(), 1, "one connection");
 
     gate.send(()).unwrap();

@@ -2,13 +2,14 @@
 //! for one, then call the inner service.
 
 use crate::error::Overloaded;
-use admit::{Acquire, Limiter, Permit};
+use admit::{Acquire, Limiter, Permit, Rejected};
 use futures_util::task::noop_waker_ref;
 use pin_project::pin_project;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
+use tokio::time::Sleep;
 use tower_service::Service;
 
 /// What a layer does when the limiter has no free permit.
@@ -19,7 +20,8 @@ pub enum OnFull {
     Shed,
     /// Wait in the limiter's FIFO queue (sized by
     /// [`admit::Builder::queue_limit`]); shed only when the queue is full or
-    /// the limiter is closed.
+    /// the limiter is closed, or when the request has waited longer than
+    /// the layer's queue timeout, if it has one.
     Queue,
 }
 
@@ -29,6 +31,9 @@ pub(crate) struct Config {
     pub(crate) limiter: Limiter,
     pub(crate) on_full: OnFull,
     pub(crate) retry_after: Duration,
+    /// How long a request may wait in the queue; `None` waits as long as
+    /// it takes.
+    pub(crate) queue_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -36,7 +41,8 @@ impl Config {
         Config {
             limiter,
             on_full: OnFull::Shed,
-            retry_after: Duration::from_secs(1),
+            retry_after: crate::DEFAULT_RETRY_AFTER,
+            queue_timeout: None,
         }
     }
 
@@ -63,8 +69,16 @@ impl Config {
                         // `poll_ready`.
                         let fresh = inner.clone();
                         let ready = std::mem::replace(inner, fresh);
+                        // The timer starts when the request joins the line;
+                        // it needs tokio's time driver, so it is only made
+                        // when a timeout was asked for.
+                        let deadline = self
+                            .queue_timeout
+                            .map(|timeout| Box::pin(tokio::time::sleep(timeout)));
                         return Admission::Waiting {
                             acquire,
+                            deadline,
+                            limiter: self.limiter.clone(),
                             pending: Some((ready, req)),
                             retry_after: self.retry_after,
                         };
@@ -96,6 +110,8 @@ where
     Waiting {
         #[pin]
         acquire: Acquire,
+        deadline: Option<Pin<Box<Sleep>>>,
+        limiter: Limiter,
         pending: Option<(S, Req)>,
         retry_after: Duration,
     },
@@ -126,10 +142,26 @@ where
                 }
                 AdmissionProj::Waiting {
                     acquire,
+                    deadline,
+                    limiter,
                     pending,
                     retry_after,
                 } => {
-                    let granted = ready!(acquire.poll(cx));
+                    let granted = match acquire.poll(cx) {
+                        Poll::Ready(granted) => granted,
+                        Poll::Pending => {
+                            let expired = deadline
+                                .as_mut()
+                                .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+                            if !expired {
+                                return Poll::Pending;
+                            }
+                            // Dropping the acquire (with this state) leaves
+                            // the queue; the limiter counts the timeout.
+                            limiter.record_rejection(Rejected::Timeout);
+                            Err(Rejected::Timeout)
+                        }
+                    };
                     let (mut service, req) = pending.take().expect("polled after completion");
                     match granted {
                         Ok(permit) => {

@@ -57,9 +57,19 @@ impl AdmitLayer {
     }
 
     /// The `Retry-After` advice carried by [`Overloaded`](crate::Overloaded)
-    /// errors (default one second).
+    /// errors (default [`DEFAULT_RETRY_AFTER`](crate::DEFAULT_RETRY_AFTER)).
     pub fn retry_after(mut self, retry_after: Duration) -> AdmitLayer {
         self.config.retry_after = retry_after;
+        self
+    }
+
+    /// How long a request may wait in the queue (with [`queue`](Self::queue))
+    /// before it is shed with [`Overloaded`](crate::Overloaded) for
+    /// [`Rejected::Timeout`](admit::Rejected::Timeout), counted in the
+    /// limiter's health. Without it a request waits as long as it takes.
+    /// The timer is tokio's: the service must run in a tokio runtime.
+    pub fn queue_timeout(mut self, timeout: Duration) -> AdmitLayer {
+        self.config.queue_timeout = Some(timeout);
         self
     }
 

@@ -16,6 +16,9 @@
 //!   unchanged (axum needs `Infallible`). The permit rides in the response
 //!   body ([`AdmitBody`]) until the body has finished streaming, or is
 //!   released as soon as the headers are ready ([`ReleaseAt::Headers`]).
+//!   The refusal's status (`429 Too Many Requests` instead of `503`) and
+//!   body can be set ([`HttpAdmitLayer::status`],
+//!   [`HttpAdmitLayer::busy_body`]).
 //!
 //! * [`adaptive::AdaptiveLayer`] — the limit is found, not guessed: an
 //!   [`admit::adaptive`] controller sets it from every request's latency
@@ -94,6 +97,12 @@ pub use error::Overloaded;
 pub use http::{AdmitBody, HttpAdmit, HttpAdmitLayer, ReleaseAt};
 pub use layer::{AdmitLayer, OnFull};
 pub use service::Admit;
+
+/// The `Retry-After` advised to shed requests unless a layer is told
+/// otherwise: five seconds, the same default as admit-hyper's connection
+/// `503` and admit-tcp's `BUSY retry-after=5`, so a client hears one figure
+/// whichever part of a server turned it away.
+pub const DEFAULT_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The error type of [`Admit`]: a boxed error, like tower's middleware.
 /// Downcast it to [`Overloaded`] to tell shed requests apart.

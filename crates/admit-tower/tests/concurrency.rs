@@ -8,6 +8,7 @@ mod support;
 use admit::{Limiter, Rejected};
 use admit_tower::{AdmitLayer, BoxError, Overloaded};
 use std::task::Poll;
+use std::time::Duration;
 use support::{mock, poll_ready, Task};
 use tower::{Layer, Service};
 
@@ -357,4 +358,36 @@ async fn many_concurrent_tasks_never_exceed_the_cap() {
     assert_eq!(snap.admitted_total as usize, admitted);
     assert_eq!(snap.rejected_total["full"] as usize, 64 - admitted);
     assert_eq!(snap.in_use, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queue_timeout_sheds_a_waiter_with_timeout() {
+    let limiter = Limiter::builder()
+        .capacity(1)
+        .queue_limit(4)
+        .build()
+        .unwrap();
+    let (inner, mut handle) = mock::<(), ()>();
+    let mut svc = AdmitLayer::new(limiter.clone())
+        .queue()
+        .queue_timeout(Duration::from_secs(2))
+        .layer(inner);
+
+    let _held = limiter.try_acquire().unwrap();
+    let started = tokio::time::Instant::now();
+    // Bounded, so a missing timeout fails instead of waiting for ever.
+    let err = tokio::time::timeout(Duration::from_secs(60), svc.call(()))
+        .await
+        .expect("shed when the queue timeout ran out")
+        .unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    let err = overloaded(err);
+    assert_eq!(err.reason(), Rejected::Timeout);
+    assert_eq!(err.retry_after(), admit_tower::DEFAULT_RETRY_AFTER);
+    assert!(
+        handle.try_next().is_none(),
+        "the inner service never saw it"
+    );
+    assert_eq!(limiter.waiting(), 0);
+    assert_eq!(limiter.health().snapshot().rejected_total["timeout"], 1);
 }

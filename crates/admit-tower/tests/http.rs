@@ -273,3 +273,92 @@ async fn an_axum_router_takes_the_layer_and_sheds_with_503() {
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "fast");
     assert_eq!(limiter.in_use(), 0);
 }
+
+#[tokio::test]
+async fn the_refusal_status_and_body_are_the_layers_to_choose() {
+    let limiter = Limiter::new(0);
+    let svc = HttpAdmitLayer::new(limiter.clone())
+        .status(StatusCode::TOO_MANY_REQUESTS)
+        .busy_body("application/json", &br#"{"error":"busy"}"#[..])
+        .layer(service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(full_body("hello"))
+        }));
+
+    let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    assert_eq!(res.headers()["content-length"], "16");
+    assert_eq!(
+        res.headers()["retry-after"],
+        admit_tower::DEFAULT_RETRY_AFTER.as_secs().to_string()
+    );
+    let body = res.into_body();
+    assert_eq!(body.size_hint().exact(), Some(16));
+    let bytes = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&bytes[..], br#"{"error":"busy"}"#);
+}
+
+#[tokio::test]
+async fn the_default_refusal_is_an_empty_503_with_the_shared_retry_after() {
+    assert_eq!(admit_tower::DEFAULT_RETRY_AFTER, Duration::from_secs(5));
+    let svc = HttpAdmitLayer::new(Limiter::new(0)).layer(service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(full_body("hello"))
+    }));
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "5");
+    assert!(res.headers().get("content-type").is_none());
+    assert!(res.into_body().is_end_stream());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_request_is_refused_when_its_queue_timeout_runs_out() {
+    let limiter = Limiter::builder()
+        .capacity(1)
+        .queue_limit(4)
+        .build()
+        .unwrap();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let inner = {
+        let calls = calls.clone();
+        service_fn(move |_req: Request<()>| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok::<_, Infallible>(full_body("hello")) }
+        })
+    };
+    let svc = HttpAdmitLayer::new(limiter.clone())
+        .queue()
+        .queue_timeout(Duration::from_millis(250))
+        .status(StatusCode::TOO_MANY_REQUESTS)
+        .layer(inner);
+
+    let held = limiter.try_acquire().unwrap();
+    let started = tokio::time::Instant::now();
+    // Bounded, so a missing timeout fails instead of waiting for ever.
+    let res = tokio::time::timeout(
+        Duration::from_secs(60),
+        svc.clone().oneshot(Request::new(())),
+    )
+    .await
+    .expect("refused when the queue timeout ran out")
+    .unwrap();
+    // The paused clock moved only as far as the timeout.
+    assert_eq!(started.elapsed(), Duration::from_millis(250));
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(limiter.waiting(), 0, "the timed-out request left the queue");
+    assert_eq!(
+        limiter.health().snapshot().rejected_total[Rejected::Timeout.as_str()],
+        1
+    );
+
+    // Within its timeout, a request that gets a permit is served.
+    let waiting = tokio::spawn(svc.clone().oneshot(Request::new(())));
+    while limiter.waiting() == 0 {
+        tokio::task::yield_now().await;
+    }
+    drop(held);
+    let res = waiting.await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

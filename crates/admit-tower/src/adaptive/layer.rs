@@ -62,7 +62,7 @@ impl AdaptiveLayer<ByStatus> {
             shared: Arc::new(Shared {
                 sampler,
                 admit,
-                retry_after: Duration::from_secs(1),
+                retry_after: crate::DEFAULT_RETRY_AFTER,
                 _attached: attached,
             }),
             classify: ByStatus,
@@ -82,7 +82,7 @@ impl<C> AdaptiveLayer<C> {
     }
 
     /// The `Retry-After` advice of shed requests' [`Overloaded`](crate::Overloaded)
-    /// errors (default one second). Call it before cloning the layer.
+    /// errors (default [`DEFAULT_RETRY_AFTER`](crate::DEFAULT_RETRY_AFTER)). Call it before cloning the layer.
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.retry_after = retry_after;

@@ -1,7 +1,7 @@
 //! [`AdmitBody`]: a response body that carries the request's permit.
 
 use admit::Permit;
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project::pin_project;
 use std::pin::Pin;
@@ -9,7 +9,10 @@ use std::task::{ready, Context, Poll};
 
 /// The response body of [`HttpAdmit`](super::HttpAdmit): the inner service's
 /// body, holding the request's permit until the last frame has been read
-/// (or the body fails or is dropped). The body of a `503` is empty.
+/// (or the body fails or is dropped). A refusal's body is empty unless the
+/// layer was given one ([`busy_body`](super::HttpAdmitLayer::busy_body)),
+/// which is why the inner body's data must be convertible from [`Bytes`]
+/// (as it is for axum's and hyper's bodies).
 ///
 /// Each frame read marks the permit active, so a watchdog's idle limit
 /// applies to stalled streams, not slow but moving ones.
@@ -33,6 +36,8 @@ pub struct AdmitBody<B> {
 enum Kind<B> {
     Inner(#[pin] B),
     Empty,
+    /// A refusal's body: one frame, taken when read.
+    Refusal(Option<Bytes>),
 }
 
 impl<B> AdmitBody<B> {
@@ -65,6 +70,14 @@ impl<B> AdmitBody<B> {
         }
     }
 
+    /// A refusal's body: `bytes` in one frame.
+    pub(crate) fn refusal(bytes: Bytes) -> AdmitBody<B> {
+        AdmitBody {
+            kind: Kind::Refusal(Some(bytes)),
+            permit: None,
+        }
+    }
+
     /// Whether this body still holds a permit.
     pub fn holds_permit(&self) -> bool {
         self.permit.is_some()
@@ -80,7 +93,10 @@ impl<B> Default for AdmitBody<B> {
 impl<B> std::fmt::Debug for AdmitBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdmitBody")
-            .field("empty", &matches!(self.kind, Kind::Empty))
+            .field(
+                "empty",
+                &matches!(self.kind, Kind::Empty | Kind::Refusal(None)),
+            )
             .field("permit", &self.permit)
             .finish()
     }
@@ -89,7 +105,7 @@ impl<B> std::fmt::Debug for AdmitBody<B> {
 impl<B> Body for AdmitBody<B>
 where
     B: Body,
-    B::Data: Buf,
+    B::Data: Buf + From<Bytes>,
 {
     type Data = B::Data;
     type Error = B::Error;
@@ -102,6 +118,9 @@ where
         let mut body = match this.kind.project() {
             KindProj::Inner(body) => body,
             KindProj::Empty => return Poll::Ready(None),
+            KindProj::Refusal(bytes) => {
+                return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b.into()))));
+            }
         };
         let frame = ready!(body.as_mut().poll_frame(cx));
         match &frame {
@@ -120,6 +139,7 @@ where
         match &self.kind {
             Kind::Inner(body) => body.is_end_stream(),
             Kind::Empty => true,
+            Kind::Refusal(bytes) => bytes.is_none(),
         }
     }
 
@@ -127,6 +147,9 @@ where
         match &self.kind {
             Kind::Inner(body) => body.size_hint(),
             Kind::Empty => SizeHint::with_exact(0),
+            Kind::Refusal(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! [`HttpResponseFuture`]: the response future of [`HttpAdmit`](super::HttpAdmit).
 
+use super::layer::Refusal;
 use super::{AdmitBody, ReleaseAt};
 use crate::admission::Admission;
 use pin_project::pin_project;
@@ -10,7 +11,8 @@ use tower_service::Service;
 
 /// The response future of [`HttpAdmit`](super::HttpAdmit): resolves to the
 /// inner response with its body wrapped in [`AdmitBody`] (which carries the
-/// permit on), or to a `503` when the request was not admitted.
+/// permit on), or to the layer's refusal (a `503` unless set otherwise) when
+/// the request was not admitted.
 ///
 /// ```
 /// use admit_tower::http::{HttpAdmit, HttpResponseFuture};
@@ -36,16 +38,22 @@ where
     #[pin]
     admission: Admission<S, Req>,
     release_at: ReleaseAt,
+    refusal: Refusal,
 }
 
 impl<S, Req> HttpResponseFuture<S, Req>
 where
     S: Service<Req>,
 {
-    pub(crate) fn new(admission: Admission<S, Req>, release_at: ReleaseAt) -> Self {
+    pub(crate) fn new(
+        admission: Admission<S, Req>,
+        release_at: ReleaseAt,
+        refusal: Refusal,
+    ) -> Self {
         HttpResponseFuture {
             admission,
             release_at,
+            refusal,
         }
     }
 }
@@ -67,7 +75,17 @@ where
             })),
             // A failed request is over: its permit goes back now.
             Ok((Err(err), _permit)) => Err(err),
-            Err(overloaded) => Ok(overloaded.http_response()),
+            Err(overloaded) => {
+                let mut res = overloaded.http_response::<AdmitBody<B>>();
+                *res.status_mut() = this.refusal.status;
+                if let Some((content_type, body)) = &this.refusal.body {
+                    let headers = res.headers_mut();
+                    headers.insert(http::header::CONTENT_TYPE, content_type.clone());
+                    headers.insert(http::header::CONTENT_LENGTH, body.len().into());
+                    *res.body_mut() = AdmitBody::refusal(body.clone());
+                }
+                Ok(res)
+            }
         })
     }
 }

@@ -3,6 +3,8 @@
 use super::HttpAdmit;
 use crate::admission::{Config, OnFull};
 use admit::Limiter;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
 use std::time::Duration;
 use tower_layer::Layer;
 
@@ -45,6 +47,15 @@ pub enum ReleaseAt {
 pub struct HttpAdmitLayer {
     pub(crate) config: Config,
     pub(crate) release_at: ReleaseAt,
+    pub(crate) refusal: Refusal,
+}
+
+/// The response a refused request gets, apart from its `Retry-After`.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    /// `Content-Type` and body; `None` sends an empty body.
+    pub(crate) body: Option<(HeaderValue, Bytes)>,
 }
 
 impl HttpAdmitLayer {
@@ -54,6 +65,10 @@ impl HttpAdmitLayer {
         HttpAdmitLayer {
             config: Config::new(limiter),
             release_at: ReleaseAt::BodyEnd,
+            refusal: Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                body: None,
+            },
         }
     }
 
@@ -69,10 +84,54 @@ impl HttpAdmitLayer {
         self
     }
 
-    /// The `Retry-After` sent with a 503, rounded up to whole seconds
-    /// (default one second).
+    /// The `Retry-After` sent with a refusal, rounded up to whole seconds
+    /// (default [`DEFAULT_RETRY_AFTER`](crate::DEFAULT_RETRY_AFTER)).
     pub fn retry_after(mut self, retry_after: Duration) -> HttpAdmitLayer {
         self.config.retry_after = retry_after;
+        self
+    }
+
+    /// How long a request may wait in the queue (with [`queue`](Self::queue))
+    /// before it is refused, counted in the limiter's health as
+    /// [`Rejected::Timeout`](admit::Rejected::Timeout); see
+    /// [`AdmitLayer::queue_timeout`](crate::AdmitLayer::queue_timeout).
+    /// Needs a tokio runtime.
+    pub fn queue_timeout(mut self, timeout: Duration) -> HttpAdmitLayer {
+        self.config.queue_timeout = Some(timeout);
+        self
+    }
+
+    /// The status of a refusal: `503 Service Unavailable` by default, or
+    /// `429 Too Many Requests` for a limit that is about the client rather
+    /// than the server.
+    ///
+    /// ```
+    /// use admit_tower::HttpAdmitLayer;
+    ///
+    /// let layer = HttpAdmitLayer::new(admit::Limiter::new(8))
+    ///     .status(http::StatusCode::TOO_MANY_REQUESTS);
+    /// # let _ = layer;
+    /// ```
+    pub fn status(mut self, status: StatusCode) -> HttpAdmitLayer {
+        self.refusal.status = status;
+        self
+    }
+
+    /// The body of a refusal and its `Content-Type` (default: an empty
+    /// body). Line breaks in `content_type` become spaces.
+    ///
+    /// ```
+    /// use admit_tower::HttpAdmitLayer;
+    ///
+    /// let layer = HttpAdmitLayer::new(admit::Limiter::new(8))
+    ///     .busy_body("application/json", &br#"{"error":"busy"}"#[..]);
+    /// # let _ = layer;
+    /// ```
+    pub fn busy_body(mut self, content_type: &str, body: impl Into<Bytes>) -> HttpAdmitLayer {
+        let content_type = content_type.replace(['\r', '\n'], " ");
+        let content_type = HeaderValue::from_str(&content_type)
+            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+        self.refusal.body = Some((content_type, body.into()));
         self
     }
 

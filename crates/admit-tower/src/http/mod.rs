@@ -22,7 +22,7 @@
 //! // The body still holds the permit: a second request is turned away.
 //! let busy = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
 //! assert_eq!(busy.status(), 503);
-//! assert_eq!(busy.headers()["retry-after"], "1");
+//! assert_eq!(busy.headers()["retry-after"], "5");
 //! drop(res);
 //! assert_eq!(limiter.in_use(), 0);
 //! # }

@@ -72,6 +72,6 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let admission = self.layer.config.call(&mut self.inner, req);
-        HttpResponseFuture::new(admission, self.layer.release_at)
+        HttpResponseFuture::new(admission, self.layer.release_at, self.layer.refusal.clone())
     }
 }
