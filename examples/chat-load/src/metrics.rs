@@ -1,12 +1,13 @@
 //! Measurements: latency histograms and a time line of what happened.
 //!
 //! A load run records hundreds of thousands of latencies from many tasks at
-//! once, so recording must be cheap and lock-free: [`AtomicHistogram`] is a
-//! fixed array of atomic counters indexed by a log-linear bucketing of the
-//! value (in microseconds). Reading it gives a plain [`Histogram`], which
-//! answers percentiles. Buckets are exact below `2 << sub_bits` and keep a
-//! relative error below `2^-sub_bits` above it (1.6 % with the default 6
-//! bits), which is plenty for p50 / p99 / p99.9.
+//! once. [`Histogram`] is an HdrHistogram (the `hdrhistogram` crate) with
+//! exact count, sum, min and max beside it; it answers percentiles within
+//! its precision (two significant digits, 1 %, by default), which is plenty
+//! for p50 / p99 / p99.9. [`AtomicHistogram`] is what the tasks share: a few
+//! histograms behind their own locks, each thread recording into one of its
+//! own, so a lock is almost never contended; reading it merges them into a
+//! plain [`Histogram`].
 //!
 //! [`Timeline`] cuts the run into fixed bins (250 ms by default) and counts,
 //! per bin, connections admitted, rejected and failed, the highest `in_use`
@@ -14,54 +15,23 @@
 //! plot draws.
 
 use serde::Serialize;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Largest value a histogram keeps apart; larger ones are counted in the
-/// last bucket (2^37 µs is about 38 hours).
+/// Largest value a histogram keeps apart; larger ones are recorded as this
+/// (2^37 µs is about 38 hours). min, max and the mean stay exact.
 const MAX_VALUE: u64 = (1 << 37) - 1;
 
-/// Default precision: 64 sub-buckets per power of two.
-pub const DEFAULT_SUB_BITS: u32 = 6;
-
-/// Bucket index of `v` with `2^sub_bits` sub-buckets per power of two.
-fn bucket_index(v: u64, sub_bits: u32) -> usize {
-    let v = v.min(MAX_VALUE);
-    let sub = 1u64 << sub_bits;
-    if v < 2 * sub {
-        return v as usize;
-    }
-    let msb = 63 - v.leading_zeros();
-    let shift = msb - sub_bits;
-    let mantissa = v >> shift; // in [sub, 2 * sub)
-    (sub * u64::from(msb - sub_bits) + mantissa) as usize
-}
-
-/// Lowest value and width of bucket `i`.
-fn bucket_range(i: usize, sub_bits: u32) -> (u64, u64) {
-    let sub = 1u64 << sub_bits;
-    let i = i as u64;
-    if i < 2 * sub {
-        return (i, 1);
-    }
-    let msb = i / sub + u64::from(sub_bits) - 1;
-    let mantissa = i % sub + sub;
-    let shift = msb - u64::from(sub_bits);
-    (mantissa << shift, 1 << shift)
-}
-
-fn bucket_count(sub_bits: u32) -> usize {
-    bucket_index(MAX_VALUE, sub_bits) + 1
-}
+/// Default precision: two significant digits (1 %).
+pub const DEFAULT_SIGFIG: u8 = 2;
 
 /// A histogram of values (microseconds by convention) that answers
 /// percentiles. Built by [`AtomicHistogram::snapshot`] or by recording
 /// directly.
 #[derive(Debug, Clone)]
 pub struct Histogram {
-    sub_bits: u32,
-    counts: Vec<u64>,
-    count: u64,
+    hdr: hdrhistogram::Histogram<u64>,
     sum: u128,
     min: u64,
     max: u64,
@@ -69,18 +39,17 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self::new(DEFAULT_SUB_BITS)
+        Self::new(DEFAULT_SIGFIG)
     }
 }
 
 impl Histogram {
-    /// An empty histogram with `2^sub_bits` sub-buckets per power of two.
-    pub fn new(sub_bits: u32) -> Self {
-        assert!((1..=10).contains(&sub_bits), "sub_bits must be in 1..=10");
+    /// An empty histogram keeping `sigfig` significant digits (1 to 5).
+    /// Its buckets grow with the largest value recorded, so an unused
+    /// histogram costs next to nothing.
+    pub fn new(sigfig: u8) -> Self {
         Histogram {
-            sub_bits,
-            counts: vec![0; bucket_count(sub_bits)],
-            count: 0,
+            hdr: hdrhistogram::Histogram::new(sigfig).expect("sigfig must be in 1..=5"),
             sum: 0,
             min: u64::MAX,
             max: 0,
@@ -89,20 +58,20 @@ impl Histogram {
 
     /// Records one value.
     pub fn record(&mut self, v: u64) {
-        self.counts[bucket_index(v, self.sub_bits)] += 1;
-        self.count += 1;
+        // Auto-resizing and clamped below the type's range: cannot fail.
+        self.hdr
+            .record(v.min(MAX_VALUE))
+            .expect("an auto-resizing histogram takes any value up to MAX_VALUE");
         self.sum += u128::from(v);
         self.min = self.min.min(v);
         self.max = self.max.max(v);
     }
 
-    /// Adds every value of `other` (which must have the same precision).
+    /// Adds every value of `other`.
     pub fn merge(&mut self, other: &Histogram) {
-        assert_eq!(self.sub_bits, other.sub_bits, "merging unlike histograms");
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
-        }
-        self.count += other.count;
+        self.hdr
+            .add(&other.hdr)
+            .expect("an auto-resizing histogram takes any other");
         self.sum += other.sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
@@ -110,53 +79,45 @@ impl Histogram {
 
     /// Number of values recorded.
     pub fn count(&self) -> u64 {
-        self.count
+        self.hdr.len()
     }
 
     /// Smallest value recorded, if any.
     pub fn min(&self) -> Option<u64> {
-        (self.count > 0).then_some(self.min)
+        (self.count() > 0).then_some(self.min)
     }
 
     /// Largest value recorded, if any.
     pub fn max(&self) -> Option<u64> {
-        (self.count > 0).then_some(self.max)
+        (self.count() > 0).then_some(self.max)
     }
 
     /// Arithmetic mean, if any value was recorded.
     pub fn mean(&self) -> Option<f64> {
-        (self.count > 0).then(|| self.sum as f64 / self.count as f64)
+        (self.count() > 0).then(|| self.sum as f64 / self.count() as f64)
     }
 
     /// The value at quantile `q` (0.0..=1.0): the smallest recorded value
     /// such that at least `q` of all values are less or equal, within the
-    /// bucket precision. `None` when empty.
+    /// histogram's precision (the middle of its bucket, kept within the
+    /// exact min and max). `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<u64> {
-        if self.count == 0 {
+        if self.count() == 0 {
             return None;
         }
         let q = q.clamp(0.0, 1.0);
-        let rank = ((q * self.count as f64).ceil() as u64).max(1);
-        if rank >= self.count {
+        if q >= 1.0 {
             return Some(self.max);
         }
-        let mut seen = 0;
-        for (i, &c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                let (low, width) = bucket_range(i, self.sub_bits);
-                let mid = low + (width - 1) / 2;
-                return Some(mid.clamp(self.min, self.max));
-            }
-        }
-        Some(self.max)
+        let v = self.hdr.median_equivalent(self.hdr.value_at_quantile(q));
+        Some(v.clamp(self.min, self.max))
     }
 
     /// p50, p99, p99.9 and max in milliseconds, for reports.
     pub fn summary_ms(&self) -> LatencySummary {
         let ms = |v: Option<u64>| v.map(|us| us as f64 / 1000.0);
         LatencySummary {
-            count: self.count,
+            count: self.count(),
             p50_ms: ms(self.quantile(0.50)),
             p99_ms: ms(self.quantile(0.99)),
             p999_ms: ms(self.quantile(0.999)),
@@ -183,45 +144,50 @@ pub struct LatencySummary {
     pub mean_ms: Option<f64>,
 }
 
-/// A histogram many tasks record into at once without locking.
+/// How many histograms an [`AtomicHistogram`] spreads its recorders over.
+const STRIPES: usize = 8;
+
+/// Which stripe this thread records into: threads take stripes in turn, so
+/// a runtime's worker threads each have one to themselves.
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
+}
+
+/// A histogram many tasks record into at once: each thread records into
+/// one of a few striped histograms under a lock almost no one else takes.
 #[derive(Debug)]
 pub struct AtomicHistogram {
-    sub_bits: u32,
-    counts: Box<[AtomicU64]>,
-    sum: AtomicU64,
-    min: AtomicU64,
-    max: AtomicU64,
+    stripes: Box<[Mutex<Histogram>]>,
 }
 
 impl Default for AtomicHistogram {
     fn default() -> Self {
-        Self::new(DEFAULT_SUB_BITS)
+        Self::new(DEFAULT_SIGFIG)
     }
 }
 
 impl AtomicHistogram {
     /// An empty histogram; see [`Histogram::new`].
-    pub fn new(sub_bits: u32) -> Self {
-        assert!((1..=10).contains(&sub_bits), "sub_bits must be in 1..=10");
+    pub fn new(sigfig: u8) -> Self {
         AtomicHistogram {
-            sub_bits,
-            counts: (0..bucket_count(sub_bits))
-                .map(|_| AtomicU64::new(0))
+            stripes: (0..STRIPES)
+                .map(|_| Mutex::new(Histogram::new(sigfig)))
                 .collect(),
-            sum: AtomicU64::new(0),
-            min: AtomicU64::new(u64::MAX),
-            max: AtomicU64::new(0),
         }
     }
 
-    /// Records one value. Relaxed orderings suffice: the counters are only
-    /// read after the recording tasks have finished (or as a rough live
-    /// view), never to synchronise anything else.
+    /// Records one value.
     pub fn record(&self, v: u64) {
-        self.counts[bucket_index(v, self.sub_bits)].fetch_add(1, Ordering::Relaxed);
-        self.sum.fetch_add(v, Ordering::Relaxed);
-        self.min.fetch_min(v, Ordering::Relaxed);
-        self.max.fetch_max(v, Ordering::Relaxed);
+        // A panic while recording cannot leave a histogram half-updated in
+        // a way that matters to a measurement, so a poisoned lock is used.
+        self.stripes[stripe()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(v);
     }
 
     /// Records a duration in microseconds.
@@ -229,27 +195,24 @@ impl AtomicHistogram {
         self.record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     }
 
-    /// A copy of the current counts.
+    /// Everything recorded so far, merged into one histogram.
     pub fn snapshot(&self) -> Histogram {
-        let counts: Vec<u64> = self
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        let count = counts.iter().sum();
-        Histogram {
-            sub_bits: self.sub_bits,
-            counts,
-            count,
-            sum: u128::from(self.sum.load(Ordering::Relaxed)),
-            min: self.min.load(Ordering::Relaxed),
-            max: self.max.load(Ordering::Relaxed),
+        let mut all = {
+            let first = self.stripes[0]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            first.clone()
+        };
+        for stripe in &self.stripes[1..] {
+            all.merge(&stripe.lock().unwrap_or_else(PoisonError::into_inner));
         }
+        all
     }
 }
 
-/// Precision of the per-bin latency histograms (16 sub-buckets, 6 %).
-const BIN_SUB_BITS: u32 = 4;
+/// Precision of the per-bin latency histograms (one significant digit:
+/// within about 6 % at the values measured, enough for a plot).
+const BIN_SIGFIG: u8 = 1;
 
 #[derive(Debug)]
 struct Bin {
@@ -269,7 +232,7 @@ impl Bin {
             failed: AtomicU64::new(0),
             in_use_max: AtomicI64::new(-1),
             connected_max: AtomicI64::new(-1),
-            latency: AtomicHistogram::new(BIN_SUB_BITS),
+            latency: AtomicHistogram::new(BIN_SIGFIG),
         }
     }
 }
@@ -407,21 +370,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_contiguous_and_invertible() {
-        for sub_bits in [1, 4, 6] {
-            let mut expected_low = 0;
-            for i in 0..bucket_count(sub_bits) {
-                let (low, width) = bucket_range(i, sub_bits);
-                assert_eq!(low, expected_low, "bucket {i} at {sub_bits} bits");
-                assert_eq!(bucket_index(low, sub_bits), i);
-                assert_eq!(bucket_index(low + width - 1, sub_bits), i);
-                expected_low = low + width;
-            }
-            assert_eq!(expected_low, MAX_VALUE + 1);
-        }
-    }
-
-    #[test]
     fn small_values_are_exact() {
         let mut h = Histogram::default();
         for v in [3, 3, 7, 100] {
@@ -465,6 +413,7 @@ mod tests {
         h.record(u64::MAX);
         assert_eq!(h.count(), 1);
         assert_eq!(h.quantile(0.5), Some(u64::MAX));
+        assert_eq!(h.max(), Some(u64::MAX));
     }
 
     #[test]
@@ -484,6 +433,23 @@ mod tests {
         twice.merge(&plain);
         assert_eq!(twice.count(), 10_000);
         assert_eq!(twice.quantile(0.5), plain.quantile(0.5));
+    }
+
+    #[test]
+    fn recordings_from_many_threads_all_count() {
+        let h = AtomicHistogram::default();
+        std::thread::scope(|s| {
+            for t in 0..16u64 {
+                let h = &h;
+                s.spawn(move || (1..=1000).for_each(|v| h.record(t * 1000 + v)));
+            }
+        });
+        let snap = h.snapshot();
+        assert_eq!(snap.count(), 16_000);
+        assert_eq!(snap.min(), Some(1));
+        assert_eq!(snap.max(), Some(16_000));
+        let p50 = snap.quantile(0.5).unwrap() as f64;
+        assert!((p50 - 8_000.0).abs() / 8_000.0 < 0.01, "{p50}");
     }
 
     #[test]
