@@ -118,7 +118,9 @@ impl HttpAdmitLayer {
     }
 
     /// The body of a refusal and its `Content-Type` (default: an empty
-    /// body). Line breaks in `content_type` become spaces.
+    /// body). Line breaks in `content_type` become spaces; a content type
+    /// that is still not a valid header value is sent as
+    /// `application/octet-stream`.
     ///
     /// ```
     /// use admit_tower::HttpAdmitLayer;
