@@ -177,5 +177,6 @@ pub use server::{
     DEFAULT_MAX_CONCURRENT_STREAMS,
 };
 
-/// The boxed error type services and bodies may fail with.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+/// The boxed error type services and bodies may fail with (admit-tower's,
+/// so the two crates name one type).
+pub use admit_tower::BoxError;

@@ -7,6 +7,8 @@
 /// a wait that timed out) report it with [`Limiter::record_rejection`](crate::Limiter::record_rejection)
 /// so the health snapshot tells the whole story.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum Rejected {
     /// Every permit is in use (or only reserved headroom is left).
@@ -88,4 +90,20 @@ pub enum BuildError {
     /// `queue_limit` is larger than the wait queue supports.
     #[error("queue_limit {0} is too large; the most a limiter supports is 1024")]
     QueueTooLarge(u32),
+}
+
+/// So that `build()?` works in a function returning `std::io::Result`, as a
+/// server's `main` often does.
+///
+/// ```
+/// fn main() -> std::io::Result<()> {
+///     let limiter = admit::Limiter::builder().capacity(10).build()?;
+///     assert_eq!(limiter.capacity(), 10);
+///     Ok(())
+/// }
+/// ```
+impl From<BuildError> for std::io::Error {
+    fn from(e: BuildError) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+    }
 }

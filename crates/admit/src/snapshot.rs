@@ -115,6 +115,7 @@ impl serde::Serialize for HealthState {
 
 /// One change of state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Transition {
     /// The state before.
     pub from: HealthState,
@@ -361,7 +362,9 @@ fn log_transition(snap: &Snapshot, from: HealthState, to: HealthState) {
             revoked = snap.revoked_total, reclaimed = snap.reclaimed_total,
             "limiter degraded"
         ),
-        HealthState::Saturated => tracing::warn!(
+        // A limiter run at capacity is saturated as a matter of course:
+        // worth a line, not a warning. Warnings are kept for `degraded`.
+        HealthState::Saturated => tracing::info!(
             limiter = name, from = %from, to = %to, capacity = cap, in_use, waiting, rejected,
             "limiter saturated"
         ),
