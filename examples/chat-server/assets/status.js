@@ -51,6 +51,7 @@
 
     const limiters = h.limiters && typeof h.limiters === "object" ? h.limiters : {};
     renderLimiters(limiters);
+    renderCluster(h.cluster);
 
     const wd = h.watchdog || {};
     const alive = wd.alive === true;
@@ -100,7 +101,32 @@
     leaking: "Connection slots were held idle past the limit; the watchdog revoked them and is reclaiming the slots automatically.",
     watchdog_silent: "The watchdog has stopped reporting, so nothing is repairing the limiter right now.",
     store: "Messages cannot be saved right now, so sending is refused rather than losing them. People can still read and stay connected.",
+    cluster: "This server has lost touch with the rest of the cluster. It keeps serving within its last share of connections and rejoins by itself.",
   };
+
+  // Every node of a cluster, and the shared budget (hidden on a single server).
+  function renderCluster(c) {
+    const card = $("cluster-card");
+    const clustered = c && typeof c === "object" && c.mode !== "single";
+    card.hidden = !clustered;
+    if (!clustered) return;
+    const mode = $("cluster-mode");
+    mode.textContent = String(c.mode);
+    mode.className = "pill " + (c.mode === "cluster" ? "ok" : "bad");
+    $("cluster-summary").textContent = fmt(c.in_use) + " of " + fmt(c.capacity) +
+      " connections in use across the cluster; shared state " + (c.redis === "ok" ? "reachable" : "unreachable") +
+      ". This page is served by " + String(c.node) + ".";
+    const t = $("cluster-nodes");
+    const head = el("tr");
+    for (const h of ["Node", "Connections", "Last seen"]) head.append(el("td", "h", h));
+    const rows = (Array.isArray(c.nodes) ? c.nodes : []).map((n) => {
+      const tr = el("tr");
+      tr.dataset.node = String(n.node);
+      tr.append(el("td", null, String(n.node)), el("td", "n", fmt(n.in_use)), el("td", "n", duration(num(n.last_seen_ms)) + " ago"));
+      return tr;
+    });
+    t.replaceChildren(head, ...rows);
+  }
 
   const CAUSE_LABELS = {
     leaking: "connections held",
@@ -108,6 +134,7 @@
     watchdog_silent: "monitor silent",
     saturated: "full",
     store: "saving failed",
+    cluster: "cluster",
   };
 
   // ---------- history: the open incident, uptime bars, the incident list ----------
