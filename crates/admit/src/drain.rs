@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// Future returned by [`Limiter::drained`]: completes when the limiter is
+/// Future returned by [`Limiter::drained`](crate::Limiter::drained): completes when the limiter is
 /// closed and no permit is held.
 #[must_use = "futures do nothing unless polled"]
 pub struct Drained {
