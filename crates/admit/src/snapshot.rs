@@ -20,7 +20,7 @@ use std::task::Context;
 
 /// Why a limiter is degraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Cause {
     /// Waiters are queued beside free permits: wake-ups were lost.
@@ -84,6 +84,20 @@ impl HealthState {
         }
     }
 
+    /// The state named by [`as_str`](Self::as_str); a degraded state takes
+    /// its cause from `cause`, which a snapshot carries beside it.
+    #[cfg(feature = "serde")]
+    fn from_name(name: &str, cause: Option<Cause>) -> Option<HealthState> {
+        Some(match name {
+            "healthy" => HealthState::Healthy,
+            "saturated" => HealthState::Saturated,
+            "degraded" => HealthState::Degraded(cause?),
+            "draining" => HealthState::Draining,
+            "closed" => HealthState::Closed,
+            _ => return None,
+        })
+    }
+
     fn from_code(code: u64) -> HealthState {
         match code {
             1 => HealthState::Saturated,
@@ -126,8 +140,8 @@ pub struct Transition {
 }
 
 /// The watchdog as the limiter sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct WatchdogView {
     /// A watchdog is attached and ticked recently (within three intervals).
     pub alive: bool,
@@ -143,8 +157,27 @@ pub struct WatchdogView {
 ///
 /// Counters are read one after another without stopping the limiter, so
 /// under load they may be a few operations apart from each other.
+///
+/// With feature `serde` it serialises to the JSON a status page serves and
+/// reads back from it: the state is its name (`"degraded"` with the reason
+/// in `cause`), rejections are keyed by [`Rejected::as_str`](crate::Rejected::as_str).
+/// A field missing from the input takes its zero value and unknown fields
+/// are ignored, so a reader accepts snapshots from versions with fewer or
+/// more figures; a state or rejection reason this version does not know is
+/// an error.
+///
+/// ```
+/// # #[cfg(feature = "serde")] {
+/// let limiter = admit::Limiter::new(4);
+/// let snap = limiter.health().snapshot();
+/// let json = serde_json::to_string(&snap).unwrap();
+/// let back: admit::Snapshot = serde_json::from_str(&json).unwrap();
+/// assert_eq!(back, snap);
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "wire::Snapshot"))]
 pub struct Snapshot {
     /// The limiter's name.
     pub name: String,
@@ -187,10 +220,120 @@ pub struct Snapshot {
     pub adaptive: Option<crate::adaptive::AdaptiveView>,
 }
 
+/// The empty snapshot: no name, healthy, every figure zero (what `{}`
+/// reads back as with feature `serde`).
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            name: String::new(),
+            state: HealthState::Healthy,
+            cause: None,
+            capacity: 0,
+            max_capacity: 0,
+            in_use: 0,
+            waiting: 0,
+            reserved: 0,
+            queue_limit: 0,
+            pressure: 0.0,
+            admitted_total: 0,
+            rejected_total: Default::default(),
+            revoked_total: 0,
+            reclaimed_total: 0,
+            repaired_total: 0,
+            oldest_lease_ms: 0,
+            revoked_pending: 0,
+            watchdog: WatchdogView::default(),
+            adaptive: None,
+        }
+    }
+}
+
 impl Snapshot {
     /// Sum of every rejection reason.
     pub fn rejected_sum(&self) -> u64 {
         self.rejected_total.values().sum()
+    }
+}
+
+/// The shape a snapshot is read back from: the same fields, with the state
+/// as its name and rejection reasons as text, checked on the way in.
+#[cfg(feature = "serde")]
+mod wire {
+    use super::{Cause, HealthState, WatchdogView};
+    use crate::adaptive::AdaptiveView;
+    use crate::Rejected;
+    use std::collections::BTreeMap;
+
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    pub(super) struct Snapshot {
+        name: String,
+        state: Option<String>,
+        cause: Option<Cause>,
+        capacity: u32,
+        max_capacity: u32,
+        in_use: u32,
+        waiting: u32,
+        reserved: u32,
+        queue_limit: u32,
+        pressure: f64,
+        admitted_total: u64,
+        rejected_total: BTreeMap<String, u64>,
+        revoked_total: u64,
+        reclaimed_total: u64,
+        repaired_total: u64,
+        oldest_lease_ms: u64,
+        revoked_pending: u32,
+        watchdog: WatchdogView,
+        adaptive: Option<AdaptiveView>,
+    }
+
+    impl TryFrom<Snapshot> for super::Snapshot {
+        type Error = String;
+
+        fn try_from(w: Snapshot) -> Result<Self, String> {
+            let state = match &w.state {
+                // Absent: nothing was reported as wrong.
+                None => HealthState::Healthy,
+                Some(name) => {
+                    HealthState::from_name(name, w.cause).ok_or_else(|| match w.cause {
+                        None if name == "degraded" => {
+                            "state \"degraded\" without a cause".to_owned()
+                        }
+                        _ => format!("unknown limiter state {name:?}"),
+                    })?
+                }
+            };
+            let mut rejected_total = BTreeMap::new();
+            for (label, n) in w.rejected_total {
+                let reason = Rejected::ALL
+                    .into_iter()
+                    .find(|r| r.as_str() == label)
+                    .ok_or_else(|| format!("unknown rejection reason {label:?}"))?;
+                rejected_total.insert(reason.as_str(), n);
+            }
+            Ok(super::Snapshot {
+                name: w.name,
+                state,
+                cause: state.cause(),
+                capacity: w.capacity,
+                max_capacity: w.max_capacity,
+                in_use: w.in_use,
+                waiting: w.waiting,
+                reserved: w.reserved,
+                queue_limit: w.queue_limit,
+                pressure: w.pressure,
+                admitted_total: w.admitted_total,
+                rejected_total,
+                revoked_total: w.revoked_total,
+                reclaimed_total: w.reclaimed_total,
+                repaired_total: w.repaired_total,
+                oldest_lease_ms: w.oldest_lease_ms,
+                revoked_pending: w.revoked_pending,
+                watchdog: w.watchdog,
+                adaptive: w.adaptive,
+            })
+        }
     }
 }
 

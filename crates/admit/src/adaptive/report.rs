@@ -17,7 +17,7 @@ const ATTACHED: u64 = 1 << 63;
 
 /// The adaptive controller as the limiter's health snapshot sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AdaptiveView {
     /// The algorithm.
     pub algorithm: super::Kind,
