@@ -1,6 +1,6 @@
 //! The `503` written to connections the listener cannot admit.
 
-use crate::listener::{HttpListener, ListenerBuilder};
+use crate::listener::{Builder, HttpListener};
 use admit::Limiter;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ pub fn busy_response(retry_after: Duration) -> Vec<u8> {
 }
 
 /// Like [`busy_response`], with a body and `Content-Type` of your own (see
-/// [`ListenerBuilder::busy_body`]). Line breaks in `content_type` are
+/// [`Builder::busy_body`]). Line breaks in `content_type` are
 /// replaced by spaces, so it cannot add headers.
 ///
 /// ```
@@ -76,6 +76,6 @@ pub fn busy_response_with(retry_after: Duration, content_type: &str, body: &[u8]
 ///     .await?;
 /// # drop(listener); Ok(()) }
 /// ```
-pub fn listener(limiter: Limiter) -> ListenerBuilder {
+pub fn listener(limiter: Limiter) -> Builder {
     HttpListener::builder(limiter)
 }

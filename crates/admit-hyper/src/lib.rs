@@ -18,7 +18,7 @@
 //!   request's extensions;
 //! * waiting in the limiter's queue for a permit, a per-address budget that
 //!   can be shared with admit-tcp listeners, and a `503` body of your own
-//!   ([`ListenerBuilder`]);
+//!   ([`Builder`]);
 //! * graceful shutdown: stop accepting, finish in-flight requests, close
 //!   idle connections, force-close after a deadline;
 //! * the connection count in the limiter's health (`in_use`);
@@ -169,7 +169,7 @@ pub use admit_tcp::{Ended, Ending};
 pub use admit_tower::{HttpAdmitLayer, OnFull, ReleaseAt};
 pub use busy::{busy_response, busy_response_with, listener, DEFAULT_RETRY_AFTER};
 pub use listener::{
-    Accept, Accepted, HttpListener, HttpRefusal, ListenerBuilder, DEFAULT_MAX_REFUSALS,
+    Accept, Accepted, Builder, HttpListener, HttpRefusal, DEFAULT_MAX_REFUSALS,
     DEFAULT_REFUSAL_TIMEOUT,
 };
 pub use server::{

@@ -33,7 +33,7 @@ impl Accepted {
     }
 
     /// Whether the connection holds one of the limiter's reserved permits
-    /// (see [`ListenerBuilder::reserve_for`]): a [`Server`](crate::Server)
+    /// (see [`Builder::reserve_for`]): a [`Server`](crate::Server)
     /// answers one request on it and closes it.
     pub fn is_reserved(&self) -> bool {
         self.io.is_reserved()
@@ -108,8 +108,12 @@ const MAX_REQUEST_LINE: usize = 2048;
 /// [`listener`](crate::listener). Everything that is not about HTTP is
 /// admit-tcp's [`Builder`](admit_tcp::Builder), reachable with
 /// [`tcp`](Self::tcp).
+///
+/// Each crate of the family names its builder `Builder` and starts it from
+/// its main type: [`admit::Limiter::builder`],
+/// [`admit_tcp::AdmitListener::builder`], [`HttpListener::builder`].
 #[derive(Debug, Clone)]
-pub struct ListenerBuilder {
+pub struct Builder {
     tcp: admit_tcp::Builder,
     retry_after: Duration,
     queue_timeout: Option<Duration>,
@@ -128,7 +132,7 @@ impl std::fmt::Debug for ReservedPaths {
     }
 }
 
-impl ListenerBuilder {
+impl Builder {
     /// The `Retry-After` sent with refusals (default
     /// [`DEFAULT_RETRY_AFTER`](crate::DEFAULT_RETRY_AFTER)).
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
@@ -394,16 +398,16 @@ impl Answer for HttpRefusal {
 /// come out of [`accept`](Self::accept) as [`Admitted`] streams; the others
 /// are answered `HTTP/1.1 503 Service Unavailable` with `Retry-After` and
 /// `Connection: close` (after waiting in the limiter's queue, if
-/// [`queue_timeout`](ListenerBuilder::queue_timeout) is set).
+/// [`queue_timeout`](Builder::queue_timeout) is set).
 ///
 /// A refusal is answered by a task of its own, never in the accept loop: it
 /// reads the client's request head first (an answer that arrives before the
 /// request is a protocol error to many HTTP clients), writes the `503`, shuts
 /// its side down, and reads until the client closes, so the close is a FIN
 /// after the answer rather than a reset that could destroy it. All of that is
-/// bounded by [`refusal_timeout`](ListenerBuilder::refusal_timeout), and the
+/// bounded by [`refusal_timeout`](Builder::refusal_timeout), and the
 /// number of refusals in progress by
-/// [`max_refusals`](ListenerBuilder::max_refusals).
+/// [`max_refusals`](Builder::max_refusals).
 ///
 /// It is configuration of admit-tcp's [`AdmitListener`], the one accept
 /// engine: the same per-address cap, TCP keepalive and `TCP_NODELAY`,
@@ -433,9 +437,9 @@ pub struct HttpListener {
 }
 
 impl HttpListener {
-    /// Starts a [`ListenerBuilder`].
-    pub fn builder(limiter: Limiter) -> ListenerBuilder {
-        ListenerBuilder {
+    /// Starts a [`Builder`].
+    pub fn builder(limiter: Limiter) -> Builder {
+        Builder {
             tcp: AdmitListener::builder(limiter),
             retry_after: crate::DEFAULT_RETRY_AFTER,
             queue_timeout: None,
@@ -471,7 +475,7 @@ impl HttpListener {
     }
 
     /// Connections waiting in the limiter's queue right now (see
-    /// [`queue_timeout`](ListenerBuilder::queue_timeout)).
+    /// [`queue_timeout`](Builder::queue_timeout)).
     pub fn waiting(&self) -> usize {
         self.inner.stats().waiting() as usize
     }

@@ -61,7 +61,7 @@ pub struct ConnInfo {
     /// the signal reaches a handler that is reading or writing.
     pub ending: Ending,
     /// Whether the connection holds a reserved permit (see
-    /// [`ListenerBuilder::reserve_for`](crate::ListenerBuilder::reserve_for)):
+    /// [`Builder::reserve_for`](crate::Builder::reserve_for)):
     /// it serves this one request and closes.
     pub reserved: bool,
 }

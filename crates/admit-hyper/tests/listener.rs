@@ -50,7 +50,7 @@ fn spawn_serve(
 
 /// Binds `builder` on loopback and serves `app()` on it until aborted.
 async fn serve_app(
-    builder: admit_hyper::ListenerBuilder,
+    builder: admit_hyper::Builder,
 ) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
     let listener = builder.bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

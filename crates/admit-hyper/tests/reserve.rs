@@ -1,4 +1,4 @@
-//! `ListenerBuilder::reserve_for`: when every ordinary permit is held, a
+//! `admit_hyper::Builder::reserve_for`: when every ordinary permit is held, a
 //! request for a reserved path is still served, on the limiter's reserve,
 //! and its connection closes after that one request; other requests are
 //! refused as usual.
