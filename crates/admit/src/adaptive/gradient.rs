@@ -1,6 +1,7 @@
 //! The gradient controller.
 
-use super::controller::{Algorithm, Bounds, Kind, Reason, Step};
+use super::controller::{Algorithm, Bounds, Kind, Step};
+use super::latency::{LatencyState, Verdict};
 use super::noload::NoLoad;
 use super::window::Window;
 
@@ -78,8 +79,7 @@ pub struct Gradient {
     /// and at a window or two per second it takes a limit of 1,000 to the
     /// floor in under 20 decisions.
     pub loss_backoff: f64,
-    noload: NoLoad,
-    demand: Demand,
+    state: LatencyState,
 }
 
 impl Default for Gradient {
@@ -89,8 +89,7 @@ impl Default for Gradient {
             gain: 0.5,
             loss_tolerance: 0.05,
             loss_backoff: 0.7,
-            noload: NoLoad::default(),
-            demand: Demand::default(),
+            state: LatencyState::default(),
         }
     }
 }
@@ -118,45 +117,7 @@ impl Gradient {
     }
     /// The no-load latency estimate.
     pub fn noload(&self) -> &NoLoad {
-        &self.noload
-    }
-}
-
-/// Shared by the latency controllers: a window with too much loss.
-pub(super) fn lossy(window: &Window, tolerance: f64) -> bool {
-    window.lost() > 0 && window.lost() as f64 > tolerance * window.samples() as f64
-}
-
-/// Shared by the latency controllers: whether the limit may grow.
-///
-/// * Not while it is unused: growth needs a window whose busiest moment
-///   reached `HEADROOM` of the limit, so the limit stays within about a
-///   fifth above the demand actually seen, and a sudden surge meets a
-///   limit at most that far above what was proven.
-/// * Not on the first busy window after an idle one: that window mixes
-///   the quiet before a surge with the surge itself, its latency still
-///   looks good, and growing on it would meet the surge with a larger
-///   limit. The next window, wholly under the new demand, decides.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Demand {
-    idle: bool,
-}
-
-/// The share of the limit a window must have used for the limit to grow.
-const HEADROOM: f64 = 0.85;
-
-impl Demand {
-    /// Notes the window; `None` if the limit may grow after it, else why not.
-    pub(super) fn holds(&mut self, window: &Window, limit: f64) -> Option<Reason> {
-        let idle = f64::from(window.max_in_flight) < limit * HEADROOM;
-        let was_idle = std::mem::replace(&mut self.idle, idle);
-        if idle {
-            Some(Reason::AppLimited)
-        } else if was_idle {
-            Some(Reason::Hold)
-        } else {
-            None
-        }
+        &self.state.noload
     }
 }
 
@@ -166,42 +127,21 @@ impl Algorithm for Gradient {
     }
 
     fn update(&mut self, window: &Window, limit: f64, bounds: Bounds) -> Step {
-        if lossy(window, self.loss_tolerance) {
-            return Step {
-                limit: limit * self.loss_backoff,
-                reason: Reason::Loss,
-            };
-        }
-        let (Some(noload), Some(short)) = (
-            self.noload.observe(window, limit, bounds),
-            window.mean_latency(),
-        ) else {
-            return Step {
-                limit,
-                reason: Reason::Hold,
-            };
-        };
-        let (noload, short) = (noload.as_secs_f64(), short.as_secs_f64().max(1e-9));
-        let gradient = (self.tolerance * noload / short).clamp(0.5, 2.0);
-        match self.demand.holds(window, limit) {
-            Some(reason) if gradient >= 1.0 => return Step { limit, reason },
-            _ => {}
-        }
-        let next = if short <= noload * 1.1 {
-            limit * 2.0
-        } else {
-            limit * (1.0 + self.gain * (gradient - 1.0))
-        };
-        let reason = if next > limit {
-            Reason::Increase
-        } else if next < limit {
-            Reason::Decrease
-        } else {
-            Reason::Hold
-        };
-        Step {
-            limit: next,
-            reason,
-        }
+        let loss = (self.loss_tolerance, self.loss_backoff);
+        let (tolerance, gain) = (self.tolerance, self.gain);
+        self.state
+            .step(window, limit, bounds, loss, |noload, short| {
+                let short = short.max(1e-9);
+                let gradient = (tolerance * noload / short).clamp(0.5, 2.0);
+                let next = if short <= noload * 1.1 {
+                    limit * 2.0
+                } else {
+                    limit * (1.0 + gain * (gradient - 1.0))
+                };
+                Verdict {
+                    factor: gradient,
+                    next,
+                }
+            })
     }
 }

@@ -76,6 +76,7 @@ mod aimd;
 mod controller;
 mod driver;
 mod gradient;
+mod latency;
 mod noload;
 mod queue_delay;
 pub(crate) mod report;

@@ -1,7 +1,7 @@
 //! The queue-delay controller.
 
-use super::controller::{Algorithm, Bounds, Kind, Reason, Step};
-use super::gradient::{lossy, Demand};
+use super::controller::{Algorithm, Bounds, Kind, Step};
+use super::latency::{LatencyState, Verdict};
 use super::noload::NoLoad;
 use super::window::Window;
 use std::time::Duration;
@@ -58,8 +58,7 @@ pub struct QueueDelay {
     pub loss_tolerance: f64,
     /// As [`Gradient::loss_backoff`](super::Gradient::loss_backoff) (default 0.7).
     pub loss_backoff: f64,
-    noload: NoLoad,
-    demand: Demand,
+    state: LatencyState,
 }
 
 impl Default for QueueDelay {
@@ -69,8 +68,7 @@ impl Default for QueueDelay {
             gain: 0.25,
             loss_tolerance: 0.05,
             loss_backoff: 0.7,
-            noload: NoLoad::default(),
-            demand: Demand::default(),
+            state: LatencyState::default(),
         }
     }
 }
@@ -98,7 +96,7 @@ impl QueueDelay {
     }
     /// The no-load latency estimate.
     pub fn noload(&self) -> &NoLoad {
-        &self.noload
+        &self.state.noload
     }
 }
 
@@ -108,39 +106,16 @@ impl Algorithm for QueueDelay {
     }
 
     fn update(&mut self, window: &Window, limit: f64, bounds: Bounds) -> Step {
-        if lossy(window, self.loss_tolerance) {
-            return Step {
-                limit: limit * self.loss_backoff,
-                reason: Reason::Loss,
-            };
-        }
-        let (Some(noload), Some(mean)) = (
-            self.noload.observe(window, limit, bounds),
-            window.mean_latency(),
-        ) else {
-            return Step {
-                limit,
-                reason: Reason::Hold,
-            };
-        };
-        let target = self.target.as_secs_f64();
-        let delay = (mean.as_secs_f64() - noload.as_secs_f64()).max(target / 1e3);
-        let factor = (target / delay).powf(self.gain).clamp(0.5, 2.0);
-        match self.demand.holds(window, limit) {
-            Some(reason) if factor >= 1.0 => return Step { limit, reason },
-            _ => {}
-        }
-        let next = limit * factor;
-        let reason = if next > limit {
-            Reason::Increase
-        } else if next < limit {
-            Reason::Decrease
-        } else {
-            Reason::Hold
-        };
-        Step {
-            limit: next,
-            reason,
-        }
+        let loss = (self.loss_tolerance, self.loss_backoff);
+        let (target, gain) = (self.target.as_secs_f64(), self.gain);
+        self.state
+            .step(window, limit, bounds, loss, |noload, mean| {
+                let delay = (mean - noload).max(target / 1e3);
+                let factor = (target / delay).powf(gain).clamp(0.5, 2.0);
+                Verdict {
+                    factor,
+                    next: limit * factor,
+                }
+            })
     }
 }
