@@ -248,6 +248,24 @@ impl Algo {
     }
 }
 
+/// Every algorithm on one scenario, in the table's column order.
+fn run_all(scenario: &Scenario, initial: Option<u32>) -> Vec<(Algo, Run)> {
+    ALGOS
+        .iter()
+        .map(|a| (*a, a.run(scenario, initial)))
+        .collect()
+}
+
+/// One row of the table: a cell per algorithm.
+fn row(
+    rows: &mut Vec<(String, Vec<String>)>,
+    label: impl Into<String>,
+    runs: &[(Algo, Run)],
+    cell: impl Fn(&Run) -> String,
+) {
+    rows.push((label.into(), runs.iter().map(|(_, r)| cell(r)).collect()));
+}
+
 fn settle(run: &Run, from: u64, to: u64, knee: f64) -> String {
     match run.settle_time(s(from), s(to), knee, 0.15) {
         Some(t) => format!("{:.1}", t.as_secs_f64()),
@@ -282,24 +300,21 @@ fn main() {
             .duration(s(9))
             .change(s(3), Change::Knee(knee * 2.0))
             .change(s(6), Change::Knee(knee));
-        let cells = ALGOS
-            .iter()
-            .map(|a| {
-                let r = a.run(&scenario, None);
+        let runs = run_all(&scenario, None);
+        row(
+            &mut rows,
+            format!("knee {knee}: seconds to ±15 % after start / doubling / halving"),
+            &runs,
+            |r| {
                 format!(
                     "{} / {} / {}",
-                    settle(&r, 0, 3, knee),
-                    settle(&r, 3, 6, knee * 2.0),
-                    settle(&r, 6, 9, knee)
+                    settle(r, 0, 3, knee),
+                    settle(r, 3, 6, knee * 2.0),
+                    settle(r, 6, 9, knee)
                 )
-            })
-            .collect();
-        rows.push((
-            format!("knee {knee}: seconds to ±15 % after start / doubling / halving"),
-            cells,
-        ));
+            },
+        );
         if plots && knee == 100.0 {
-            let runs: Vec<_> = ALGOS.iter().map(|a| (*a, a.run(&scenario, None))).collect();
             draw(
                 &docs.join("adaptive-steps.svg"),
                 "knee 100, doubled at 3 s, halved at 6 s; demand 1.5x capacity",
@@ -314,24 +329,21 @@ fn main() {
         .duration(s(20))
         .change(s(5), Change::Demand(1.4))
         .change(s(15), Change::Demand(0.8));
-    let runs: Vec<_> = ALGOS.iter().map(|a| (*a, a.run(&spike, None))).collect();
-    rows.push((
-        "1.4x spike (5–15 s): goodput, % of capacity".into(),
-        runs.iter()
-            .map(|(_, r)| {
-                format!(
-                    "{:.1} %",
-                    100.0 * r.goodput(s(5), s(15)) / r.capacity(s(5), s(15))
-                )
-            })
-            .collect(),
-    ));
-    rows.push((
-        "1.4x spike: p99 queueing delay".into(),
-        runs.iter()
-            .map(|(_, r)| ms(r.queue_delay_p99(s(5), s(15))))
-            .collect(),
-    ));
+    let runs = run_all(&spike, None);
+    row(
+        &mut rows,
+        "1.4x spike (5–15 s): goodput, % of capacity",
+        &runs,
+        |r| {
+            format!(
+                "{:.1} %",
+                100.0 * r.goodput(s(5), s(15)) / r.capacity(s(5), s(15))
+            )
+        },
+    );
+    row(&mut rows, "1.4x spike: p99 queueing delay", &runs, |r| {
+        ms(r.queue_delay_p99(s(5), s(15)))
+    });
     if plots {
         draw(
             &docs.join("adaptive-spike.svg"),
@@ -345,19 +357,16 @@ fn main() {
     let timeouts = Scenario::open(100.0, 0.2)
         .duration(s(300))
         .timeout_all(s(5));
-    let runs: Vec<_> = ALGOS
-        .iter()
-        .map(|a| (*a, a.run(&timeouts, Some(100))))
-        .collect();
-    rows.push((
-        "constant 5 s timeouts from 100: limit after 60 s / 300 s (highest)".into(),
-        runs.iter()
-            .map(|(_, r)| {
-                let (_, hi) = r.limit_range(s(0), s(300));
-                format!("{} / {} ({hi})", r.limit_at(s(60)), r.limit_at(s(300)))
-            })
-            .collect(),
-    ));
+    let runs = run_all(&timeouts, Some(100));
+    row(
+        &mut rows,
+        "constant 5 s timeouts from 100: limit after 60 s / 300 s (highest)",
+        &runs,
+        |r| {
+            let (_, hi) = r.limit_range(s(0), s(300));
+            format!("{} / {} ({hi})", r.limit_at(s(60)), r.limit_at(s(300)))
+        },
+    );
     if plots {
         draw(
             &docs.join("adaptive-timeouts.svg"),
@@ -369,38 +378,31 @@ fn main() {
 
     // 4. Steady load at half the knee for ten minutes.
     let steady = Scenario::closed(100.0, 100, Duration::from_millis(6)).duration(s(601));
-    rows.push((
-        "steady half-knee load, 10 min: requests shed after the first second (first second)".into(),
-        ALGOS
-            .iter()
-            .map(|a| {
-                let r = a.run(&steady, None);
-                format!("{} ({})", r.shed(s(1), s(601)), r.shed(s(0), s(1)))
-            })
-            .collect(),
-    ));
+    row(
+        &mut rows,
+        "steady half-knee load, 10 min: requests shed after the first second (first second)",
+        &run_all(&steady, None),
+        |r| format!("{} ({})", r.shed(s(1), s(601)), r.shed(s(0), s(1))),
+    );
 
     // 5. Sustained overload: does the no-load latency drift and the limit creep?
     let sustained = Scenario::open(100.0, 1.5).duration(s(600));
-    let runs: Vec<_> = ALGOS
-        .iter()
-        .map(|a| (*a, a.run(&sustained, None)))
-        .collect();
-    rows.push((
-        "1.5x demand for 10 min: limit range over the last 5 min (knee 100)".into(),
-        runs.iter()
-            .map(|(_, r)| {
-                let (lo, hi) = r.limit_range(s(300), s(600));
-                format!("{lo}–{hi}")
-            })
-            .collect(),
-    ));
-    rows.push((
-        "1.5x demand for 10 min: p99 latency over the last 5 min (no-load 6 ms)".into(),
-        runs.iter()
-            .map(|(_, r)| ms(r.latency_p99(s(300), s(600))))
-            .collect(),
-    ));
+    let runs = run_all(&sustained, None);
+    row(
+        &mut rows,
+        "1.5x demand for 10 min: limit range over the last 5 min (knee 100)",
+        &runs,
+        |r| {
+            let (lo, hi) = r.limit_range(s(300), s(600));
+            format!("{lo}–{hi}")
+        },
+    );
+    row(
+        &mut rows,
+        "1.5x demand for 10 min: p99 latency over the last 5 min (no-load 6 ms)",
+        &runs,
+        |r| ms(r.latency_p99(s(300), s(600))),
+    );
     if plots {
         draw(
             &docs.join("adaptive-sustained.svg"),
