@@ -1,9 +1,14 @@
 //! Test helpers: start a server (in this process or as a real child
-//! process), and minimal HTTP, WebSocket and TCP clients over real sockets.
+//! process), and HTTP (hyper's client), WebSocket and TCP clients over real
+//! sockets.
 #![allow(dead_code, unreachable_pub)]
 
+use bytes::Bytes;
 use chat_server::{Addrs, Config, Server};
 use futures::{SinkExt, StreamExt};
+use http::{header, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -183,7 +188,7 @@ impl Drop for Proc {
     }
 }
 
-/// A parsed HTTP response.
+/// An HTTP response, as hyper's client read it.
 #[derive(Debug)]
 pub struct Resp {
     pub status: u16,
@@ -204,6 +209,75 @@ impl Resp {
     }
 }
 
+/// A request with the headers every helper sends: `Host`,
+/// `Connection: close` (so the connection holds no slot afterwards), and a
+/// bearer token when given.
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> http::request::Builder {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, addr.to_string())
+        .header(header::CONNECTION, "close");
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    req
+}
+
+/// A JSON body with its `Content-Type` and `Content-Length`.
+fn with_json(req: http::request::Builder, body: &[u8]) -> Request<Full<Bytes>> {
+    req.header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .unwrap()
+}
+
+/// Sends `req` over `io` with hyper's HTTP/1.1 client and reads the answer.
+///
+/// The connection is driven here, beside the exchange, and dropped (the
+/// socket closed) once the answer is read. A body cut short — by a caller
+/// that read raw bytes only until the head was complete — is kept as far
+/// as it came.
+async fn exchange<I>(io: I, req: Request<Full<Bytes>>) -> Result<Resp, hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    let talk = async move {
+        let (parts, mut body) = sender.send_request(req).await?.into_parts();
+        let mut bytes = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                bytes.extend_from_slice(&data);
+            }
+        }
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_owned(), v)
+            })
+            .collect();
+        Ok(Resp {
+            status: parts.status.as_u16(),
+            headers,
+            body: bytes,
+        })
+    };
+    let talk = std::pin::pin!(talk);
+    match futures::future::select(talk, conn).await {
+        futures::future::Either::Left((resp, _conn)) => resp,
+        // The server closed: what it sent is still to be read.
+        futures::future::Either::Right((_closed, talk)) => talk.await,
+    }
+}
+
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
 pub async fn http(
     addr: SocketAddr,
@@ -212,73 +286,43 @@ pub async fn http(
     token: Option<&str>,
     body: Option<&[u8]>,
 ) -> Resp {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    let body = body.unwrap_or(b"");
-    if method != "GET" {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    // A refused or oversized request may be answered before the body is
-    // read, and the connection closed: ignore write errors.
-    let _ = s.write_all(body).await;
-    let mut raw = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw)).await;
-    parse_response(&raw)
+    let s = TcpStream::connect(addr).await.expect("connect");
+    let req = request(addr, method, path, token);
+    let req = if method == "GET" {
+        req.body(Full::default()).unwrap()
+    } else {
+        with_json(req, body.unwrap_or(b""))
+    };
+    // A refused or oversized request may be answered before its body is
+    // read; hyper's client reads that answer all the same.
+    tokio::time::timeout(DEADLINE, exchange(TokioIo::new(s), req))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer within {DEADLINE:?}"))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
+/// Reads one response from bytes already read off a socket (by
+/// [`raw_from`] or a test's own reads), with hyper's client: the bytes are
+/// played back as the server's side of an in-memory connection, once the
+/// client has sent its request (an HTTP/1.1 client takes bytes that come
+/// before its request for a protocol error).
 pub fn parse_response(raw: &[u8]) -> Resp {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(raw)));
-    let head = String::from_utf8_lossy(&raw[..end]).to_string();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[end + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
-    {
-        body = dechunk(&body);
-    }
-    Resp {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
-        let n =
-            usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap().trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
+    let (client, mut server) = tokio::io::duplex(64 * 1024);
+    let req = Request::get("/").body(Full::default()).unwrap();
+    let play_back = async move {
+        // The first bytes of the request are the cue; the rest is not read.
+        let mut request = [0u8; 1024];
+        if server.read(&mut request).await? == 0 {
+            return Ok(());
         }
-        out.extend_from_slice(&b[i + 2..i + 2 + n]);
-        b = &b[i + 2 + n + 2..];
-    }
-    out
+        server.write_all(raw).await?;
+        server.shutdown().await
+    };
+    let (resp, _) = futures::executor::block_on(futures::future::join(
+        exchange(TokioIo::new(client), req),
+        play_back,
+    ));
+    resp.unwrap_or_else(|e| panic!("no HTTP response ({e}): {:?}", String::from_utf8_lossy(raw)))
 }
 
 pub async fn post_json(addr: SocketAddr, path: &str, token: Option<&str>, body: Value) -> Resp {
@@ -496,12 +540,15 @@ pub async fn post_json_from(
     path: &str,
     body: Value,
 ) -> Resp {
-    let body = body.to_string();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    let s = connect_from(src, addr).await;
+    let req = with_json(
+        request(addr, "POST", path, None),
+        body.to_string().as_bytes(),
     );
-    parse_response(&raw_from(src, addr, req.as_bytes()).await)
+    tokio::time::timeout(DEADLINE, exchange(TokioIo::new(s), req))
+        .await
+        .unwrap_or_else(|_| panic!("POST {path}: no answer within {DEADLINE:?}"))
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
 }
 
 /// Logs in; returns the response.
