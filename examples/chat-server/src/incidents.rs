@@ -19,13 +19,19 @@
 //!   at the moment it filled up;
 //! * from the store's health ([`crate::store::StoreHealth`]): cause
 //!   `store`, closed when a batch commits again.
+//! * in cluster mode, from the node being cut off from the others
+//!   ([`crate::cluster::Cluster::degraded`]: Redis unreachable, its share
+//!   unconfirmed or its subscription down): limiter and cause `cluster`,
+//!   closed when it has rejoined. It must last [`CLUSTER_NOTICE`]: a node
+//!   is cut off for the moment it takes to subscribe at start.
 //!
 //! Each cause has a notice period ([`Notice`]) before it counts. `leaking`
 //! also describes a live connection revoked for idleness in the moment
 //! before it closes, which is the watchdog working as meant, so a `leaking`
 //! episode is an incident only if it lasts [`LEAK_NOTICE`] or ends with
 //! leases reclaimed from holders that never let go. Saturation must last
-//! its 30 s. Everything else counts at once.
+//! its 30 s, `cluster` its [`CLUSTER_NOTICE`]. Everything else counts at
+//! once.
 //!
 //! The recorder is one task ([`run`]) that follows those signals; the
 //! writes go through the store's writer thread like any other write, never
@@ -57,6 +63,12 @@ pub const KEEP: Duration = Duration::from_secs(90 * 24 * 3600);
 /// the module docs): longer than a watchdog tick plus the moment a live
 /// connection takes to close, shorter than the reclaim grace.
 pub const LEAK_NOTICE: Duration = Duration::from_millis(500);
+/// How long a node must be cut off from the cluster before that is an
+/// incident (see the module docs).
+pub const CLUSTER_NOTICE: Duration = Duration::from_secs(1);
+/// How often the recorder looks whether the node is cut off from the
+/// cluster.
+const CLUSTER_POLL: Duration = Duration::from_millis(200);
 /// How many incidents are kept at most.
 pub const MAX_ROWS: i64 = 10_000;
 /// Days of uptime the status page shows.
@@ -67,9 +79,10 @@ pub const UPTIME_DAYS: u32 = 90;
 pub struct Incident {
     /// Its id (0 for a store incident not yet written).
     pub id: i64,
-    /// Which limiter (`chat`, `status`) or `store`.
+    /// Which limiter (`chat`, `status`), `store` or `cluster`.
     pub limiter: String,
-    /// `leaking`, `stalled`, `watchdog_silent`, `saturated` or `store`.
+    /// `leaking`, `stalled`, `watchdog_silent`, `saturated`, `store` or
+    /// `cluster`.
     pub cause: String,
     /// When it started, RFC 3339 UTC.
     pub started: String,
@@ -77,8 +90,8 @@ pub struct Incident {
     pub ended: Option<String>,
     /// What ended it: `watchdog_reclaim`, `stall_redrive`,
     /// `drift_correction`, `capacity_change`, `load_fell`,
-    /// `store_recovered`, `watchdog_resumed`, `recovered`, `restart`,
-    /// `shutdown`.
+    /// `store_recovered`, `watchdog_resumed`, `rejoined`, `recovered`,
+    /// `restart`, `shutdown`.
     pub repaired_by: Option<String>,
     /// One sentence for people.
     pub summary: String,
@@ -153,6 +166,8 @@ pub enum Repair {
     WatchdogResumed,
     /// The store commits again.
     StoreRecovered,
+    /// The node reaches the rest of the cluster again.
+    Rejoined,
     /// It passed without a recorded repair.
     Recovered,
     /// The server restarted (it was open at a crash).
@@ -172,6 +187,7 @@ impl Repair {
             Repair::LoadFell => "load_fell",
             Repair::WatchdogResumed => "watchdog_resumed",
             Repair::StoreRecovered => "store_recovered",
+            Repair::Rejoined => "rejoined",
             Repair::Recovered => "recovered",
             Repair::Restart => "restart",
             Repair::Shutdown => "shutdown",
@@ -198,6 +214,9 @@ impl Repair {
             Repair::LoadFell => "connections left and room opened again".into(),
             Repair::WatchdogResumed => "the safeguard's monitor is running again".into(),
             Repair::StoreRecovered => "saving works again".into(),
+            Repair::Rejoined => {
+                "it rejoined the cluster, and members caught up on what they missed".into()
+            }
             Repair::Recovered => "it passed on its own".into(),
             Repair::Restart => "it ended when the server restarted".into(),
             Repair::Shutdown => "the server was shut down".into(),
@@ -246,6 +265,10 @@ pub fn summary(
                 "Messages cannot be saved right now{}: sends are refused rather than lost",
                 detail.map(|e| format!(" ({e})")).unwrap_or_default()
             ),
+        ),
+        "cluster" => (
+            format!("This server was cut off from the rest of the cluster for {d}: it kept serving within its share of connections, and messages between servers arrived late"),
+            "This server is cut off from the rest of the cluster: it keeps serving within its last share of connections, and messages between servers arrive late".to_owned(),
         ),
         other => (
             format!("The {limiter} limiter was {other} for {d}"),
@@ -693,6 +716,10 @@ pub async fn run(app: Arc<App>, saturated_after: Duration) {
     if !*store.borrow_and_update() {
         on_store(incidents, &app, false).await;
     }
+    // Being cut off from the cluster has no change stream of its own:
+    // it is looked at every CLUSTER_POLL (only in cluster mode).
+    let mut cluster_tick = tokio::time::interval(CLUSTER_POLL);
+    cluster_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut due = incidents.write_noticed().await;
     loop {
         tokio::select! {
@@ -710,12 +737,17 @@ pub async fn run(app: Arc<App>, saturated_after: Duration) {
                 let ok = *store.borrow_and_update();
                 on_store(incidents, &app, ok).await;
             }
+            _ = cluster_tick.tick(), if app.cluster.is_some() => {
+                if let Some(c) = &app.cluster {
+                    on_cluster(incidents, notices, c.degraded()).await;
+                }
+            }
             () = sleep_until_opt(due) => {}
             () = &mut stopping => break,
         }
         due = incidents.write_noticed().await;
     }
-    for name in ["chat", "status", "store"] {
+    for name in ["chat", "status", "store", "cluster"] {
         incidents.close(name, |_| Repair::Shutdown).await;
     }
 }
@@ -735,6 +767,10 @@ impl Notices {
             },
             "saturated" => Notice {
                 after: self.saturated_after,
+                unless_reclaimed: false,
+            },
+            "cluster" => Notice {
+                after: CLUSTER_NOTICE,
                 unless_reclaimed: false,
             },
             _ => Notice::AT_ONCE,
@@ -795,6 +831,18 @@ async fn on_state(
     incidents.open(open).await;
 }
 
+/// Follows whether the node is cut off from the cluster.
+async fn on_cluster(incidents: &Incidents, notices: Notices, cut_off: bool) {
+    match (cut_off, incidents.open_cause("cluster").is_some()) {
+        (true, false) => {
+            let open = Open::new("cluster", "cluster", notices.of("cluster"));
+            incidents.open(open).await;
+        }
+        (false, true) => incidents.close("cluster", |_| Repair::Rejoined).await,
+        _ => {}
+    }
+}
+
 async fn on_store(incidents: &Incidents, app: &App, ok: bool) {
     if ok {
         incidents.close("store", |_| Repair::StoreRecovered).await;
@@ -838,6 +886,17 @@ mod tests {
         );
         assert!(
             s.starts_with("New connections waited for 0.5 s although places were free;"),
+            "{s}"
+        );
+        let s = summary(
+            "cluster",
+            "cluster",
+            Duration::from_secs(10),
+            Some(&Repair::Rejoined),
+            None,
+        );
+        assert!(
+            s.starts_with("This server was cut off from the rest of the cluster for 10 s:"),
             "{s}"
         );
         let s = summary("chat", "leaking", Duration::ZERO, None, None);

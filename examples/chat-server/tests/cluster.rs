@@ -66,6 +66,28 @@ async fn messages(ws: &mut Ws, n: usize) -> Vec<(i64, String)> {
     out
 }
 
+/// Waits for an incident `pred` accepts in `GET /incidents`.
+async fn wait_incident(
+    status: std::net::SocketAddr,
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let start = Instant::now();
+    loop {
+        let r = http(status, "GET", "/incidents?limit=20", None, None).await;
+        assert_eq!(r.status, 200);
+        let list = r.json()["incidents"].as_array().unwrap().clone();
+        if let Some(i) = list.into_iter().find(|i| pred(i)) {
+            return i;
+        }
+        assert!(
+            start.elapsed() < within,
+            "no such incident within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn consecutive(ids: &[i64]) -> bool {
     ids.windows(2).all(|w| w[1] == w[0] + 1)
 }
@@ -327,6 +349,7 @@ async fn redis_outage_keeps_nodes_serving_and_members_catch_up() {
 
     redis.stop();
     let down = Instant::now();
+    let mut shares = Vec::new();
     for p in [&a, &b] {
         let h = wait_health(p.addrs.status, Duration::from_secs(5), |_, h| {
             h["cluster"]["mode"] == "degraded"
@@ -334,6 +357,25 @@ async fn redis_outage_keeps_nodes_serving_and_members_catch_up() {
         .await;
         assert_eq!(h["cause"], "cluster", "{h}");
         assert_eq!(h["cluster"]["redis"], "down", "{h}");
+        shares.push(h["limiters"]["chat"]["capacity"].as_u64().unwrap());
+    }
+    assert!(
+        shares.iter().sum::<u64>() <= 30,
+        "within the budget: {shares:?}"
+    );
+    // Being cut off is an incident on each node, told in words, once it
+    // has lasted its notice.
+    for p in [&a, &b] {
+        let i = wait_incident(p.addrs.status, Duration::from_secs(5), |i| {
+            i["cause"] == "cluster" && i["ended"].is_null()
+        })
+        .await;
+        assert_eq!(i["limiter"], "cluster", "{i}");
+        let words = i["summary"].as_str().unwrap();
+        assert!(
+            words.contains("cut off from the rest of the cluster"),
+            "{i}"
+        );
     }
     // Both keep serving: sends are acked and local members get them.
     // (Gaps are filled from the database even now: a member on B sees
@@ -358,6 +400,21 @@ async fn redis_outage_keeps_nodes_serving_and_members_catch_up() {
     assert!(seen_b.iter().any(|m| m.1 == "bob0"), "local delivery on B");
     // New connections are still admitted, within the node's share.
     let mut extra = Ws::login(b.addrs.http, &bob).await;
+    // Never beyond it: a flood of B while cut off is admitted only up to
+    // the share it had (its share cannot grow without Redis).
+    let mut held = Vec::new();
+    let admitted = flood(&[b.addrs.http], Duration::from_secs(1), &mut held).await[0];
+    let h = health(b.addrs.status).await.1;
+    let (in_use, share) = (
+        h["limiters"]["chat"]["in_use"].as_u64().unwrap(),
+        h["limiters"]["chat"]["capacity"].as_u64().unwrap(),
+    );
+    assert!(
+        share <= shares[1] && in_use <= share,
+        "B within its share of {}: {admitted} more admitted, {in_use} in use of {share}",
+        shares[1]
+    );
+    drop(held);
     // A room made on A meanwhile: B hears of it only after Redis returns.
     let r = post_json(
         a.addrs.http,
@@ -377,6 +434,14 @@ async fn redis_outage_keeps_nodes_serving_and_members_catch_up() {
         "rejoined in {:?}",
         up.elapsed()
     );
+    for p in [&a, &b] {
+        let i = wait_incident(p.addrs.status, Duration::from_secs(5), |i| {
+            i["cause"] == "cluster" && !i["ended"].is_null()
+        })
+        .await;
+        assert_eq!(i["repaired_by"], "rejoined", "{i}");
+        assert!(i["duration_ms"].as_u64().unwrap() >= 9_000, "{i}");
+    }
     extra.send(json!({"type":"join","room":"during"})).await;
     assert_eq!(
         extra.recv().await["type"],
@@ -585,4 +650,119 @@ async fn latency(addrs: &[std::net::SocketAddr], tag: &str) -> Vec<Duration> {
     }
     all.sort_unstable();
     all
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// An authenticated, idle WebSocket from 127.0.0.`src`, with small buffers
+/// on this side (the test holds thousands).
+async fn idle_ws(http: std::net::SocketAddr, src: u8, token: &str) -> WsStream {
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind((std::net::Ipv4Addr::new(127, 0, 0, src), 0).into())
+        .unwrap();
+    let stream = sock.connect(http).await.unwrap();
+    let config = WebSocketConfig::default()
+        .read_buffer_size(512)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+        format!("ws://{http}/ws"),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        Some(config),
+    )
+    .await
+    .unwrap();
+    let auth = json!({"type":"auth","token":token}).to_string();
+    ws.send(Message::Text(auth.into())).await.unwrap();
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) => assert!(t.contains("ready"), "{t}"),
+        other => panic!("no ready: {other:?}"),
+    }
+    ws
+}
+
+/// `n` idle connections to `http`, 200 at a time, over 127.0.0.2–51.
+async fn idle_many(http: std::net::SocketAddr, token: &str, n: usize) -> Vec<WsStream> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let batch: Vec<_> = (out.len()..n.min(out.len() + 200))
+            .map(|i| {
+                let token = token.to_owned();
+                tokio::spawn(async move { idle_ws(http, 2 + (i % 50) as u8, &token).await })
+            })
+            .collect();
+        for t in batch {
+            out.push(t.await.unwrap());
+        }
+    }
+    out
+}
+
+/// Server memory per idle authenticated WebSocket in cluster mode: 3 nodes,
+/// `CHAT_MEASURE_CONNS` connections (default 9,000) spread evenly, each
+/// node's RSS growth divided by its connections. A measurement, not a
+/// check: `cargo test -p chat-server --release --test cluster --
+/// --ignored --nocapture memory`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn memory_per_idle_websocket_in_cluster_mode() {
+    let Some((pg, redis)) = services() else {
+        return;
+    };
+    let n: usize = std::env::var("CHAT_MEASURE_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9_000);
+    let per_node = n / 3;
+    let cap = (per_node + 500) as u32;
+    let nodes = [
+        node(&pg, &redis, "a", cap, 3 * cap),
+        node(&pg, &redis, "b", cap, 3 * cap),
+        node(&pg, &redis, "c", cap, 3 * cap),
+    ];
+    wait_cluster(
+        &nodes.iter().collect::<Vec<_>>(),
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
+    let token = register(nodes[0].addrs.http, "idler").await;
+    // A round of connections first, so the baseline is a node that has
+    // served some (allocator and runtime warmed up).
+    for p in &nodes {
+        drop(idle_many(p.addrs.http, &token, 300).await);
+    }
+    for p in &nodes {
+        wait_health(p.addrs.status, Duration::from_secs(30), |_, h| {
+            h["limiters"]["chat"]["in_use"] == 0
+        })
+        .await;
+    }
+    let before: Vec<u64> = nodes.iter().map(|p| rss_kib(p.child.id())).collect();
+    let mut held = Vec::new();
+    for p in &nodes {
+        held.push(idle_many(p.addrs.http, &token, per_node).await);
+    }
+    for p in &nodes {
+        wait_health(p.addrs.status, Duration::from_secs(30), |_, h| {
+            h["limiters"]["chat"]["in_use"].as_u64() == Some(per_node as u64)
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (p, b) in nodes.iter().zip(&before) {
+        let after = rss_kib(p.child.id());
+        let per = after.saturating_sub(*b) as f64 / per_node as f64;
+        eprintln!(
+            "figure: cluster mode, {per_node} idle WebSockets on one node: RSS {b} -> {after} KiB, {per:.2} KiB per connection"
+        );
+    }
+    drop(held);
 }
