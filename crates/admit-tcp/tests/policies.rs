@@ -196,7 +196,11 @@ async fn waiting_connections_do_not_block_the_accept_loop() {
 
 #[tokio::test]
 async fn wait_without_a_queue_is_busy_at_once() {
-    let limiter = Limiter::new(1);
+    let limiter = Limiter::builder()
+        .capacity(1)
+        .queue_limit(0)
+        .build()
+        .unwrap();
     let listener = AdmitListener::builder(limiter.clone())
         .policy(Policy::Wait(LONG))
         .bind("127.0.0.1:0")

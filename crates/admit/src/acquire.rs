@@ -1,9 +1,11 @@
-//! The `acquire()` future: wait in the FIFO queue for a permit.
+//! The `acquire()` future: wait in the FIFO queue for a permit; and
+//! `acquire_until()`, the same wait bounded by a deadline future.
 
 use crate::error::Rejected;
 use crate::inner::{Entry, Inner, Parking};
 use crate::loom::Arc;
 use crate::permit::Permit;
+use crate::telemetry::WaitClock;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,6 +19,8 @@ use std::task::{Context, Poll};
 pub struct Acquire {
     inner: Arc<Inner>,
     phase: Phase,
+    /// How long it queued, for the wait-time histogram (feature `metrics`).
+    waited: WaitClock,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -39,18 +43,38 @@ impl Acquire {
         Acquire {
             inner,
             phase: Phase::Start,
+            waited: WaitClock::default(),
         }
     }
 
     fn reject(&mut self, reason: Rejected) -> Poll<Result<Permit, Rejected>> {
+        Poll::Ready(Err(self.reject_now(reason)))
+    }
+
+    /// Ends the wait with `reason`, counted.
+    fn reject_now(&mut self, reason: Rejected) -> Rejected {
         self.phase = Phase::Done;
+        self.waited.stop(self.inner.name(), reason.as_str());
         self.inner.count_rejection(reason);
-        Poll::Ready(Err(reason))
+        reason
     }
 
     fn permit(&mut self, lease: crate::inner::Lease) -> Permit {
         self.phase = Phase::Done;
+        self.waited.stop(self.inner.name(), "granted");
         Permit::new(self.inner.clone(), lease)
+    }
+
+    /// Leaves the queue now, as a drop would, but hands back a permit
+    /// granted meanwhile (counted as an admission) instead of passing it on.
+    fn leave(&mut self) -> Option<Permit> {
+        let Phase::Parked { ticket, slot, gen } = self.phase else {
+            self.phase = Phase::Done;
+            return None;
+        };
+        let permit = self.cancel(ticket, slot, gen)?;
+        permit.count_admission();
+        Some(permit)
     }
 
     /// Leaves the queue. Returns a permit if one was granted meanwhile.
@@ -102,7 +126,10 @@ impl Future for Acquire {
                 let ticket = match this.inner.enter() {
                     Err(reason) => return this.reject(reason),
                     Ok(Entry::Counted(lease)) => return Poll::Ready(Ok(this.permit(lease))),
-                    Ok(Entry::Ticket(t)) => t,
+                    Ok(Entry::Ticket(t)) => {
+                        this.waited.start();
+                        t
+                    }
                 };
                 match this.inner.park(ticket, cx.waker()) {
                     Err(reason) => this.reject(reason),
@@ -120,9 +147,59 @@ impl Future for Acquire {
 impl Drop for Acquire {
     fn drop(&mut self) {
         if let Phase::Parked { ticket, slot, gen } = self.phase {
+            self.waited.stop(self.inner.name(), "cancelled");
             // A permit granted just before the drop is dropped in turn, which
             // passes it to the next waiter.
             drop(self.cancel(ticket, slot, gen));
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Future returned by [`Limiter::acquire_until`](crate::Limiter::acquire_until):
+    /// [`Acquire`] with a deadline.
+    ///
+    /// Cancel-safe like `Acquire`: dropping it leaves no trace.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct AcquireUntil<F> {
+        acquire: Acquire,
+        #[pin]
+        deadline: F,
+    }
+}
+
+impl<F> AcquireUntil<F> {
+    pub(crate) fn new(acquire: Acquire, deadline: F) -> AcquireUntil<F> {
+        AcquireUntil { acquire, deadline }
+    }
+}
+
+impl<F> std::fmt::Debug for AcquireUntil<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcquireUntil")
+            .field("acquire", &self.acquire)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for AcquireUntil<F> {
+    type Output = Result<Permit, Rejected>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // The permit first: a grant that arrives with the deadline wins, and
+        // a free permit is taken without consulting the timer at all.
+        if let Poll::Ready(result) = Pin::new(&mut *this.acquire).poll(cx) {
+            return Poll::Ready(result);
+        }
+        if this.deadline.poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // Out of time: leave the queue now rather than at drop, so the
+        // count and the queue are right before the caller sees the error.
+        Poll::Ready(match this.acquire.leave() {
+            Some(permit) => Ok(permit),
+            None => Err(this.acquire.reject_now(Rejected::Timeout)),
+        })
     }
 }

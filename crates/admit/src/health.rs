@@ -3,7 +3,7 @@
 //! A limiter that wedges must say so. [`Health`] gives a [`Snapshot`] of every
 //! figure that explains the limiter's state, derives a [`HealthState`] from
 //! them, logs each change of state through `tracing` (warn going into
-//! Saturated or Degraded, info on recovery) and offers the changes as a
+//! Degraded, info for every other change) and offers the changes as a
 //! [`Stream`](futures_core::Stream) for anyone who wants to push them
 //! elsewhere. The figures and the record of changes live in `snapshot.rs`
 //! and `inner.rs`; this module is the handle.
@@ -78,7 +78,32 @@ impl Health {
         }
     }
 
-    /// Publishes the snapshot through the `metrics` facade.
+    /// Publishes `snap` through the `metrics` facade, to the recorder in
+    /// effect on the calling thread, with a description of every metric.
+    ///
+    /// A [`Watchdog`](crate::Watchdog) calls this on every tick. Without
+    /// one, call it yourself whenever the figures should be fresh: from a
+    /// timer of your own, or — with a pull-based exporter such as
+    /// Prometheus — in the handler that serves the scrape, just before
+    /// rendering:
+    ///
+    /// ```
+    /// use metrics_exporter_prometheus::PrometheusBuilder;
+    ///
+    /// let recorder = PrometheusBuilder::new().build_recorder();
+    /// let prometheus = recorder.handle();
+    /// metrics::set_global_recorder(recorder).unwrap();
+    ///
+    /// let limiter = admit::Limiter::builder().capacity(8).name("db").build().unwrap();
+    /// let _permit = limiter.try_acquire().unwrap();
+    ///
+    /// // In the /metrics handler: publish, then render.
+    /// let health = limiter.health();
+    /// health.publish_metrics(&health.snapshot());
+    /// let text = prometheus.render();
+    /// assert!(text.contains("# HELP admit_in_use Permits held now."));
+    /// assert!(text.contains(r#"admit_in_use{limiter="db"} 1"#));
+    /// ```
     ///
     /// Names (each labelled `limiter = <name>`): gauges `admit_capacity`,
     /// `admit_in_use`, `admit_waiting`, `admit_pressure`,
@@ -89,45 +114,19 @@ impl Health {
     /// `admit_reclaimed_total`, `admit_repaired_total`; with an adaptive
     /// controller attached, also `admit_adaptive_limit` and
     /// `admit_adaptive_decisions_total` (labelled `algorithm` too).
+    ///
+    /// One more metric is not taken from snapshots: the histogram
+    /// `admit_wait_seconds` (labels `limiter` and `outcome`) gets one sample
+    /// each time an acquire that had to queue leaves the queue — how long
+    /// it waited, with outcome `granted`, the rejection's label (`closed`,
+    /// `timeout`) or `cancelled` (the acquire was dropped while waiting, as
+    /// a caller's timeout does). It is recorded where the acquire completes,
+    /// to the recorder in effect there, whether or not anything publishes.
+    /// Acquires admitted without waiting add no sample.
     #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn publish_metrics(&self, snap: &Snapshot) {
-        let l = [("limiter", snap.name.clone())];
-        metrics::gauge!("admit_capacity", &l).set(snap.capacity as f64);
-        metrics::gauge!("admit_in_use", &l).set(snap.in_use as f64);
-        metrics::gauge!("admit_waiting", &l).set(snap.waiting as f64);
-        metrics::gauge!("admit_pressure", &l).set(snap.pressure);
-        metrics::gauge!("admit_oldest_lease_seconds", &l).set(snap.oldest_lease_ms as f64 / 1e3);
-        let state = match snap.state {
-            HealthState::Healthy => 0.0,
-            HealthState::Saturated => 1.0,
-            HealthState::Degraded(_) => 2.0,
-            HealthState::Draining => 3.0,
-            HealthState::Closed => 4.0,
-        };
-        metrics::gauge!("admit_state", &l).set(state);
-        metrics::gauge!("admit_watchdog_alive", &l).set(if snap.watchdog.alive {
-            1.0
-        } else {
-            0.0
-        });
-        metrics::gauge!("admit_watchdog_last_tick_seconds", &l)
-            .set(snap.watchdog.last_tick_ms as f64 / 1e3);
-        metrics::counter!("admit_admitted_total", &l).absolute(snap.admitted_total);
-        for (reason, n) in &snap.rejected_total {
-            metrics::counter!("admit_rejected_total", "limiter" => snap.name.clone(), "reason" => *reason)
-                .absolute(*n);
-        }
-        metrics::counter!("admit_revoked_total", &l).absolute(snap.revoked_total);
-        metrics::counter!("admit_reclaimed_total", &l).absolute(snap.reclaimed_total);
-        metrics::counter!("admit_repaired_total", &l).absolute(snap.repaired_total);
-        if let Some(a) = &snap.adaptive {
-            let l = [
-                ("limiter", snap.name.clone()),
-                ("algorithm", a.algorithm.as_str().to_owned()),
-            ];
-            metrics::gauge!("admit_adaptive_limit", &l).set(a.limit as f64);
-            metrics::counter!("admit_adaptive_decisions_total", &l).absolute(a.decisions);
-        }
+        crate::telemetry::publish(snap);
     }
 }
 

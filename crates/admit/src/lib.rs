@@ -6,7 +6,9 @@
 //!
 //! * [`Limiter`] — lock-free admission: [`try_acquire`](Limiter::try_acquire)
 //!   never waits; [`acquire`](Limiter::acquire) waits in a bounded FIFO queue
-//!   and is cancel-safe; capacity can be changed at run time; a reserve keeps
+//!   ([`DEFAULT_QUEUE_LIMIT`] places unless built otherwise) and is
+//!   cancel-safe; [`acquire_until`](Limiter::acquire_until) bounds the wait
+//!   with a deadline from the caller's own timer; capacity can be changed at run time; a reserve keeps
 //!   room for critical work; [`close`](Limiter::close) and
 //!   [`drained`](Limiter::drained) support graceful shutdown.
 //! * [`Permit`] — an RAII lease, released exactly once: on drop, or by
@@ -90,15 +92,16 @@ mod queue;
 mod shard;
 mod snapshot;
 mod state;
+mod telemetry;
 mod watchdog;
 
-pub use acquire::Acquire;
+pub use acquire::{Acquire, AcquireUntil};
 pub use drain::Drained;
 pub use error::{BuildError, CapacityError, Rejected};
 #[cfg(feature = "fault-injection")]
 pub use fault::Faults;
 pub use health::{Changes, Health};
-pub use limiter::{Builder, Limiter, MAX_QUEUE};
+pub use limiter::{Builder, Limiter, DEFAULT_QUEUE_LIMIT, MAX_QUEUE};
 pub use permit::{LeaseId, Permit, Revoked};
 pub use snapshot::{Cause, HealthState, Snapshot, Transition, WatchdogView};
 pub use watchdog::{TickReport, Watchdog, WatchdogConfig, WatchdogGuard};

@@ -8,11 +8,18 @@ use crate::inner::{Inner, Params};
 use crate::loom::Arc;
 use crate::permit::{LeaseId, Permit};
 use crate::state::MAX_CAPACITY;
-use crate::Acquire;
+use crate::{Acquire, AcquireUntil};
+use std::future::Future;
 use std::time::Duration;
 
 /// The most waiters a queue may hold.
 pub const MAX_QUEUE: u32 = 1024;
+
+/// How many callers of [`Limiter::acquire`] may wait when the builder is
+/// not told otherwise ([`Limiter::new`] included): enough that `acquire()`
+/// waits as a tokio user expects, bounded so a stampede is refused with
+/// [`Rejected::QueueFull`] instead of piling up.
+pub const DEFAULT_QUEUE_LIMIT: u32 = 64;
 
 /// Builds a [`Limiter`]. Start from [`Limiter::builder`].
 ///
@@ -50,9 +57,19 @@ impl Builder {
         self
     }
 
-    /// How many callers of [`Limiter::acquire`] may wait at once (default 0:
-    /// `acquire` fails at once with [`Rejected::Full`] when there is no room).
-    /// At most [`MAX_QUEUE`].
+    /// How many callers of [`Limiter::acquire`] may wait at once (default
+    /// [`DEFAULT_QUEUE_LIMIT`]). At most [`MAX_QUEUE`].
+    ///
+    /// With 0 there is no queue: `acquire` then fails at once with
+    /// [`Rejected::Full`] when there is no room, like `try_acquire`.
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let no_queue = admit::Limiter::builder().capacity(1).queue_limit(0).build().unwrap();
+    /// let _held = no_queue.try_acquire().unwrap();
+    /// assert_eq!(no_queue.acquire().await.unwrap_err(), admit::Rejected::Full);
+    /// # });
+    /// ```
     pub fn queue_limit(mut self, n: u32) -> Self {
         self.queue_limit = n;
         self
@@ -121,15 +138,21 @@ impl Builder {
 
 /// A connection limiter. Cheap to clone: clones share one state.
 ///
+/// [`try_acquire`](Self::try_acquire) never waits; [`acquire`](Self::acquire)
+/// waits in a FIFO queue of [`DEFAULT_QUEUE_LIMIT`] places unless the
+/// builder sets another size, and [`acquire_until`](Self::acquire_until)
+/// waits no longer than a deadline.
+///
 /// ```
 /// # futures::executor::block_on(async {
 /// let limiter = admit::Limiter::new(2);
 /// let a = limiter.try_acquire().unwrap();
-/// let _b = limiter.acquire().await; // queue limit 0: fails at once when full
+/// let _b = limiter.acquire().await.unwrap(); // room: admitted at once
 /// assert_eq!(limiter.in_use(), 2);
 /// assert_eq!(limiter.try_acquire().unwrap_err(), admit::Rejected::Full);
+/// let waiting = limiter.acquire(); // full: this one would wait for a release
 /// drop(a);
-/// assert!(limiter.try_acquire().is_ok());
+/// assert!(waiting.await.is_ok());
 /// # });
 /// ```
 #[derive(Clone)]
@@ -151,7 +174,8 @@ impl std::fmt::Debug for Limiter {
 }
 
 impl Limiter {
-    /// A limiter with `capacity` permits, no wait queue and no reserve.
+    /// A limiter with `capacity` permits, a wait queue of
+    /// [`DEFAULT_QUEUE_LIMIT`] places and no reserve.
     ///
     /// # Panics
     /// If `capacity` is above the most a limiter supports (1,048,575).
@@ -167,7 +191,7 @@ impl Limiter {
         Builder {
             capacity: 1,
             max_capacity: None,
-            queue_limit: 0,
+            queue_limit: DEFAULT_QUEUE_LIMIT,
             reserve: 0,
             name: "default".to_owned(),
             track_leases: true,
@@ -197,16 +221,47 @@ impl Limiter {
         Ok(Permit::new(self.inner.clone(), lease))
     }
 
-    /// Waits for a permit in the FIFO queue. Fails at once with
-    /// [`Rejected::QueueFull`] when the queue is full (or [`Rejected::Full`]
-    /// when the limiter has no queue), and with [`Rejected::Closed`] if the
-    /// limiter is or becomes closed.
+    /// Waits for a permit in the FIFO queue, as long as it takes. Fails at
+    /// once with [`Rejected::QueueFull`] when the queue is full (or
+    /// [`Rejected::Full`] when the limiter was built with
+    /// [`queue_limit(0)`](Builder::queue_limit)), and with
+    /// [`Rejected::Closed`] if the limiter is or becomes closed.
     ///
     /// The future is cancel-safe: dropping it at any point leaves nothing
     /// behind, and a permit handed to it just before the drop goes to the
-    /// next waiter.
+    /// next waiter. To bound the wait, use
+    /// [`acquire_until`](Self::acquire_until).
     pub fn acquire(&self) -> Acquire {
         Acquire::new(self.inner.clone())
+    }
+
+    /// Waits for a permit like [`acquire`](Self::acquire), but no longer
+    /// than until `deadline` completes; then it fails with
+    /// [`Rejected::Timeout`], counted in the health snapshot.
+    ///
+    /// `deadline` is any future: the caller's runtime has the timer
+    /// (`tokio::time::sleep(d)`, `sleep_until(instant)`, another runtime's
+    /// timer, or a shutdown signal), so this crate needs none. The waiter
+    /// leaves the queue the moment the deadline fires, exactly as a dropped
+    /// `acquire` does; a permit granted to it at that same moment is
+    /// returned rather than passed on. The deadline is polled only while
+    /// the caller actually waits, and not at all when a permit is free.
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let limiter = admit::Limiter::new(1);
+    /// let held = limiter.try_acquire().unwrap();
+    /// // A deadline that has already passed (a real caller passes a timer,
+    /// // e.g. `tokio::time::sleep(Duration::from_millis(50))`).
+    /// let late = limiter.acquire_until(std::future::ready(())).await;
+    /// assert_eq!(late.unwrap_err(), admit::Rejected::Timeout);
+    /// assert_eq!(limiter.waiting(), 0);
+    /// drop(held);
+    /// assert!(limiter.acquire_until(std::future::pending::<()>()).await.is_ok());
+    /// # });
+    /// ```
+    pub fn acquire_until<F: Future>(&self, deadline: F) -> AcquireUntil<F> {
+        AcquireUntil::new(self.acquire(), deadline)
     }
 
     /// Changes the capacity at run time, up to `max_capacity`. Growing hands

@@ -38,9 +38,115 @@ fn try_acquire_holds_the_cap_and_releases_on_drop() {
 
 #[test]
 fn acquire_without_queue_fails_at_once() {
-    let l = Limiter::new(1);
+    let l = queued(1, 0);
     let _p = l.try_acquire().unwrap();
     assert_eq!(block_on(l.acquire()).unwrap_err(), Rejected::Full);
+}
+
+/// `acquire` waits by default, as a tokio user expects of a semaphore: the
+/// default limiter has a queue.
+#[test]
+fn the_default_limiter_queues_acquire() {
+    let l = Limiter::new(1);
+    assert_eq!(l.queue_limit(), admit::DEFAULT_QUEUE_LIMIT);
+    assert_eq!(
+        Limiter::builder().build().unwrap().queue_limit(),
+        admit::DEFAULT_QUEUE_LIMIT
+    );
+    let held = l.try_acquire().unwrap();
+    let mut waiters: Vec<_> = (0..admit::DEFAULT_QUEUE_LIMIT)
+        .map(|_| l.acquire())
+        .collect();
+    for w in &mut waiters {
+        assert!(poll_once(w).is_pending());
+    }
+    assert_eq!(l.waiting(), admit::DEFAULT_QUEUE_LIMIT);
+    // One more than the default queue holds is refused at once.
+    assert_eq!(block_on(l.acquire()).unwrap_err(), Rejected::QueueFull);
+    drop(held);
+    let first = block_on(waiters.remove(0)).expect("the oldest waiter is granted");
+    assert_eq!(l.in_use(), 1);
+    drop((first, waiters));
+    assert_eq!((l.in_use(), l.waiting()), (0, 0));
+    assert!(l.try_acquire().is_ok());
+}
+
+/// A deadline that fires takes the waiter out of the queue before the
+/// caller hears `Timeout`: no ticket, ghost or count is left behind, the
+/// timeout is counted, and the waiter behind it is served next.
+#[test]
+fn acquire_until_times_out_and_leaves_the_queue_and_count_correct() {
+    let l = queued(1, 4);
+    let held = l.try_acquire().unwrap();
+    let (fire, deadline) = futures::channel::oneshot::channel::<()>();
+    let mut timed = l.acquire_until(deadline);
+    let mut behind = l.acquire();
+    assert!(poll_once(&mut timed).is_pending());
+    assert!(poll_once(&mut behind).is_pending());
+    assert_eq!(l.waiting(), 2);
+
+    fire.send(()).unwrap();
+    assert!(matches!(
+        poll_once(&mut timed),
+        Poll::Ready(Err(Rejected::Timeout))
+    ));
+    assert_eq!(l.waiting(), 1, "the timed-out waiter is still queued");
+    assert_eq!(l.in_use(), 1);
+    let snap = l.health().snapshot();
+    assert_eq!(snap.rejected_total["timeout"], 1);
+    assert_eq!(snap.waiting, 1);
+    drop(timed);
+
+    drop(held);
+    let p = block_on(behind).expect("the next waiter gets the released permit");
+    assert_eq!(l.in_use(), 1);
+    drop(p);
+    assert_eq!((l.in_use(), l.waiting()), (0, 0));
+    // No ghost ticket is left to make newcomers queue behind nobody.
+    let a = l.try_acquire().expect("the queue is empty");
+    drop(a);
+    let snap = l.health().snapshot();
+    assert_eq!(snap.admitted_total, 3);
+    assert_eq!(snap.repaired_total, 0);
+}
+
+/// A permit granted at the moment the deadline fires is the caller's: it
+/// is returned, counted as an admission, not as a timeout.
+#[test]
+fn acquire_until_keeps_a_grant_that_races_the_deadline() {
+    let l = queued(1, 4);
+    let mut held = Some(l.try_acquire().unwrap());
+    // The deadline releases the held permit as it fires, so the grant lands
+    // between the wait's check for a grant and its check of the deadline.
+    let deadline = std::future::poll_fn(move |_| {
+        drop(held.take());
+        Poll::Ready(())
+    });
+    let mut w = l.acquire_until(deadline);
+    let permit = match poll_once(&mut w) {
+        Poll::Ready(r) => r.expect("granted as the deadline fired"),
+        Poll::Pending => panic!("the deadline had fired"),
+    };
+    assert_eq!(l.in_use(), 1);
+    let snap = l.health().snapshot();
+    assert_eq!(snap.rejected_total["timeout"], 0);
+    assert_eq!(snap.admitted_total, 2);
+    drop((permit, w));
+    assert_eq!((l.in_use(), l.waiting()), (0, 0));
+    assert!(l.try_acquire().is_ok());
+}
+
+/// With a permit free, the deadline is never consulted; on a closed
+/// limiter the answer is `Closed`, not `Timeout`.
+#[test]
+fn acquire_until_takes_a_free_permit_without_the_timer() {
+    let l = queued(1, 4);
+    let never = std::future::poll_fn(|_| -> Poll<()> { panic!("the deadline was polled") });
+    let p = block_on(l.acquire_until(never)).unwrap();
+    drop(p);
+    l.close();
+    let e = block_on(l.acquire_until(std::future::pending::<()>())).unwrap_err();
+    assert_eq!(e, Rejected::Closed);
 }
 
 #[test]
@@ -268,6 +374,49 @@ fn acquire_under_tokio_with_timeouts() {
         assert!(got > 0);
         assert_eq!(l.in_use(), 0);
         assert_eq!(l.waiting(), 0);
+        assert!(l.try_acquire().is_ok());
+    });
+}
+
+/// `acquire_until` with tokio's timer: many tasks with short deadlines
+/// racing releases end with every count back and the timeouts counted.
+#[test]
+fn acquire_until_under_tokio() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let l = queued(2, 64);
+        let mut tasks = Vec::new();
+        for i in 0..64u64 {
+            let l = l.clone();
+            tasks.push(tokio::spawn(async move {
+                let t = std::time::Duration::from_micros(50 + (i % 7) * 30);
+                match l.acquire_until(tokio::time::sleep(t)).await {
+                    Ok(p) => {
+                        tokio::time::sleep(std::time::Duration::from_micros(100)).await;
+                        drop(p);
+                        (1, 0)
+                    }
+                    Err(Rejected::Timeout) => (0, 1),
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }));
+        }
+        let (mut got, mut timed_out) = (0, 0);
+        for t in tasks {
+            let (g, o) = t.await.unwrap();
+            got += g;
+            timed_out += o;
+        }
+        assert!(got > 0);
+        assert_eq!(got + timed_out, 64);
+        let snap = l.health().snapshot();
+        assert_eq!(snap.rejected_total["timeout"], timed_out);
+        assert_eq!(snap.admitted_total, got);
+        assert_eq!((l.in_use(), l.waiting()), (0, 0));
         assert!(l.try_acquire().is_ok());
     });
 }
