@@ -96,6 +96,54 @@ pub struct Common {
     /// No progress bar.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Cluster mode: spawn this many chat-server nodes on a throw-away
+    /// PostgreSQL and redis-server of the run's own (loopback, temp dir).
+    /// More than one implies --cluster.
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub nodes: u64,
+    /// Cluster mode with the spawned nodes (`--nodes`, default 1), or, with
+    /// `--node`, drive running cluster nodes.
+    #[arg(long, global = true)]
+    pub cluster: bool,
+    /// A running cluster node, as `HTTP,TCP,STATUS` addresses (repeat for
+    /// every node; the first also takes the run's admin requests).
+    #[arg(long = "node", global = true, value_name = "HTTP,TCP,STATUS", value_parser = parse_node, conflicts_with_all = ["http", "spawn_server"])]
+    pub node: Vec<NodeAddrs>,
+    /// Spawned cluster: --cluster-max-connections (default: --capacity ×
+    /// --nodes, so only the nodes' own caps bind).
+    #[arg(long, global = true)]
+    pub cluster_capacity: Option<u64>,
+}
+
+impl Common {
+    /// Whether the run is in cluster mode.
+    pub fn clustered(&self) -> bool {
+        self.cluster || self.nodes > 1 || !self.node.is_empty()
+    }
+}
+
+/// The three addresses of one running node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeAddrs {
+    /// HTTP/WebSocket.
+    pub http: SocketAddr,
+    /// TCP line protocol.
+    pub tcp: SocketAddr,
+    /// Status listener.
+    pub status: SocketAddr,
+}
+
+fn parse_node(s: &str) -> Result<NodeAddrs, String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let [http, tcp, status] = parts.as_slice() else {
+        return Err("expected HTTP,TCP,STATUS addresses".into());
+    };
+    let addr = |a: &str| a.parse::<SocketAddr>().map_err(|e| format!("{a}: {e}"));
+    Ok(NodeAddrs {
+        http: addr(http)?,
+        tcp: addr(tcp)?,
+        status: addr(status)?,
+    })
 }
 
 /// Chat protocol choice for load clients.
@@ -379,6 +427,31 @@ mod tests {
             "/x"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn cluster_options() {
+        let cli = parse(&["steady", "--nodes", "3"]).unwrap();
+        assert!(cli.common.clustered());
+        assert_eq!(cli.common.nodes, 3);
+        let cli = parse(&["flood"]).unwrap();
+        assert!(!cli.common.clustered());
+        let cli = parse(&["flood", "--cluster", "--cluster-capacity", "90"]).unwrap();
+        assert!(cli.common.clustered());
+        assert_eq!(cli.common.cluster_capacity, Some(90));
+        let cli = parse(&[
+            "wedge",
+            "--node",
+            "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3",
+            "--node",
+            "127.0.0.1:4, 127.0.0.1:5, 127.0.0.1:6",
+        ])
+        .unwrap();
+        assert!(cli.common.clustered());
+        assert_eq!(cli.common.node.len(), 2);
+        assert_eq!(cli.common.node[1].status, "127.0.0.1:6".parse().unwrap());
+        assert!(parse(&["steady", "--node", "127.0.0.1:1,127.0.0.1:2"]).is_err());
+        assert!(parse(&["steady", "--nodes", "0"]).is_err());
     }
 
     #[test]

@@ -15,6 +15,11 @@
 //! a reconnect [`storm`](scenario::storm), and
 //! [`slowloris`](scenario::slowloris) connections.
 //!
+//! With `--nodes N` (or `--cluster`) the run drives a cluster: N nodes of
+//! the server on a PostgreSQL and a redis-server of the run's own, or the
+//! running nodes named with `--node`; clients are spread over the nodes
+//! and the report adds per-node and cluster figures ([`cluster`]).
+//!
 //! Layout: [`cli`] parses options, [`server`] starts a server when asked,
 //! [`client`] speaks the protocols, [`metrics`] records latencies and the
 //! time line, [`scenario`] holds one module per scenario, and [`report`] and
@@ -35,6 +40,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod metrics;
 pub mod plot;
 pub mod report;
@@ -129,62 +135,130 @@ pub async fn run(cli: Cli) -> Result<Report, RunError> {
         Duration::from_millis(common.timeout_ms.max(1)),
     ));
 
-    // The server: spawned, or the one the addresses name.
-    let mut spawned = None;
-    let target = match (common.http, common.tcp, common.status) {
-        (Some(http), Some(tcp), Some(status)) => {
+    // The server: spawned, or the one the addresses name; in cluster mode,
+    // every node.
+    let mut spawned = Vec::new();
+    let mut services = None;
+    let clustered = common.clustered();
+    let named: Vec<(
+        std::net::SocketAddr,
+        std::net::SocketAddr,
+        std::net::SocketAddr,
+    )> = match (common.http, common.tcp, common.status) {
+        (Some(http), Some(tcp), Some(status)) => vec![(http, tcp, status)],
+        _ => common
+            .node
+            .iter()
+            .map(|n| (n.http, n.tcp, n.status))
+            .collect(),
+    };
+    if !named.is_empty() && common.nodes > 1 {
+        return Err(RunError::Setup(
+            "--nodes spawns the nodes; name running nodes with --node instead".into(),
+        ));
+    }
+    let targets: Vec<Target> = if !named.is_empty() {
+        let mut targets = Vec::new();
+        for (http, tcp, status) in named {
             for a in [http, tcp, status] {
                 net::ensure_loopback(a).map_err(|e| RunError::Setup(e.to_string()))?;
             }
-            Target {
+            targets.push(Target {
                 http,
                 tcp,
                 status,
                 admin_token: common.admin_token.clone(),
+            });
+        }
+        targets
+    } else {
+        let path = match &common.spawn_server {
+            Some(p) => p.clone(),
+            None => server::find_server()?,
+        };
+        let nodes = if clustered { common.nodes } else { 1 };
+        let budget = common
+            .cluster_capacity
+            .unwrap_or(common.capacity * nodes)
+            .max(1);
+        let planned = planned_sockets(
+            &cli.scenario,
+            if clustered { budget } else { common.capacity },
+        );
+        check_fd_budget(planned, common.capacity + 64, limit)?;
+        let mut extra = Vec::new();
+        if clustered {
+            // Each node's pool is small; leave room for many nodes.
+            let s = tokio::task::spawn_blocking(|| cluster::Services::start(400))
+                .await
+                .map_err(|e| RunError::Setup(e.to_string()))?
+                .map_err(|e| RunError::Setup(e.to_string()))?;
+            extra = vec![
+                "--database".to_string(),
+                s.database_url(),
+                "--redis".to_string(),
+                s.redis_url(),
+                "--cluster-max-connections".to_string(),
+                budget.to_string(),
+            ];
+            services = Some(s);
+        }
+        let mut queue = common.queue;
+        if let Scenario::Wedge(w) = &cli.scenario {
+            if w.fault == FaultKind::Stall && queue == 0 {
+                queue = w.waiters.max(1) * 2;
             }
         }
-        _ => {
-            let path = match &common.spawn_server {
-                Some(p) => p.clone(),
-                None => server::find_server()?,
-            };
-            let planned = planned_sockets(&cli.scenario, common.capacity);
-            check_fd_budget(planned, common.capacity + 64, limit)?;
-            let mut queue = common.queue;
-            if let Scenario::Wedge(w) = &cli.scenario {
-                if w.fault == FaultKind::Stall && queue == 0 {
-                    queue = w.waiters.max(1) * 2;
-                }
-            }
-            let opts = SpawnOptions {
-                path,
+        let mut targets = Vec::new();
+        for i in 0..nodes {
+            let mut opts = SpawnOptions {
+                path: path.clone(),
                 capacity: common.capacity,
                 per_ip: common.per_ip.unwrap_or(common.capacity).max(1),
                 queue,
                 idle_timeout: cli.idle_timeout(),
                 fault_injection: matches!(cli.scenario, Scenario::Wedge(_)),
                 log: common.server_log.clone(),
+                extra: extra.clone(),
             };
-            let s = SpawnedServer::start(&opts).await?;
-            let t = s.target.clone();
-            spawned = Some(s);
-            t
+            if clustered {
+                opts.extra
+                    .extend(["--node-id".to_string(), format!("node{i}")]);
+            }
+            match SpawnedServer::start(&opts).await {
+                Ok(s) => {
+                    targets.push(s.target.clone());
+                    spawned.push(s);
+                }
+                Err(e) => {
+                    for s in spawned {
+                        s.stop().await;
+                    }
+                    return Err(e.into());
+                }
+            }
         }
+        targets
     };
 
     // Ctrl-C ends the run early but still stops a spawned server.
     let result = tokio::select! {
-        r = run_with_target(&cli, target, connector, limit, spawned.is_some()) => r,
+        r = run_with_target(&cli, targets, connector, limit, !spawned.is_empty()) => r,
         _ = tokio::signal::ctrl_c() => Err(RunError::Setup("interrupted".into())),
     };
-    let mut server_exit = None;
-    if let Some(s) = spawned {
-        server_exit = Some(s.stop().await);
+    let exits = futures::future::join_all(spawned.into_iter().map(SpawnedServer::stop)).await;
+    if let Some(s) = services {
+        let _ = tokio::task::spawn_blocking(move || drop(s)).await;
     }
     let mut report = result?;
-    if let Some(exit) = server_exit {
+    for (i, exit) in exits.iter().enumerate() {
+        let name = if exits.len() == 1 {
+            "spawned server exit".to_string()
+        } else {
+            format!("spawned node{i} exit")
+        };
         report.figure(
-            "spawned server exit",
+            &name,
             match exit {
                 Some(s) => s.to_string(),
                 None => "killed after 10 s".to_string(),
@@ -197,12 +271,16 @@ pub async fn run(cli: Cli) -> Result<Report, RunError> {
 
 async fn run_with_target(
     cli: &Cli,
-    target: Target,
+    targets: Vec<Target>,
     connector: Arc<Connector>,
     limit: u64,
     spawned: bool,
 ) -> Result<Report, RunError> {
     let common = cli.common.clone();
+    let target = targets
+        .first()
+        .cloned()
+        .ok_or_else(|| RunError::Setup("no server to drive".into()))?;
     // Learn the capacity (and that the server answers) before anything.
     let mut first = None;
     let wait_until = Instant::now() + Duration::from_secs(10);
@@ -223,8 +301,22 @@ async fn run_with_target(
         0 => common.capacity,
         c => c,
     };
+    // In cluster mode, every node in view first (their shares are then
+    // set); the budget is what binds.
+    let budget = if common.clustered() {
+        let h = cluster::wait_formed(&connector, &targets, Duration::from_secs(30))
+            .await
+            .map_err(RunError::Setup)?;
+        Some(h.cluster.capacity)
+    } else {
+        None
+    };
     if !spawned {
-        check_fd_budget(planned_sockets(&cli.scenario, capacity), 0, limit)?;
+        check_fd_budget(
+            planned_sockets(&cli.scenario, budget.unwrap_or(capacity)),
+            0,
+            limit,
+        )?;
     }
     let idle = spawned.then_some(cli.idle_timeout());
 
@@ -254,6 +346,18 @@ async fn run_with_target(
         idle,
         stop.clone(),
     );
+    let (ctx, cluster_monitor) = match budget {
+        Some(b) => {
+            let m = cluster::ClusterMonitor::start(
+                connector.clone(),
+                targets.clone(),
+                Duration::from_millis(common.poll_ms.max(5)),
+                monitor_stop.clone(),
+            );
+            (ctx.with_cluster(targets, b), Some(m))
+        }
+        None => (ctx, None),
+    };
 
     let fut = async {
         match &cli.scenario {
@@ -322,6 +426,9 @@ async fn run_with_target(
             hs.max_in_use, hs.capacity_at_max, hs.cap_violations, hs.polls
         ),
     );
+    if let Some(m) = &cluster_monitor {
+        cluster::report_cluster(&mut report, &m.summary());
+    }
     report.capacity = Some(capacity);
     report.events = ctx.events();
     report.timeline = timeline.samples(end_s);
@@ -330,6 +437,8 @@ async fn run_with_target(
         "args": scenario_args(&cli.scenario),
         "capacity": capacity,
         "spawned_server": spawned,
+        "nodes": ctx.nodes.iter().map(|t| t.http.to_string()).collect::<Vec<_>>(),
+        "cluster_capacity": ctx.cluster_capacity,
         "idle_timeout_s": idle,
         "sources": common.sources,
         "transport": common.transport,

@@ -57,6 +57,9 @@ pub struct SpawnOptions {
     pub fault_injection: bool,
     /// Where to append the server's output, if anywhere.
     pub log: Option<PathBuf>,
+    /// More arguments (cluster mode: `--database`, `--redis`, `--node-id`,
+    /// `--cluster-max-connections`).
+    pub extra: Vec<String>,
 }
 
 /// A running server started by this tool.
@@ -193,6 +196,7 @@ impl SpawnedServer {
         if opts.fault_injection {
             cmd.arg("--fault-injection");
         }
+        cmd.args(&opts.extra);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -12,9 +12,13 @@
 //! What must hold: `/health` never shows `in_use` above `capacity` (checked
 //! for every scenario), and every rejected client gets an answer: an
 //! attempt that is reset, refused or times out counts as unanswered.
+//!
+//! In cluster mode the chatters and the attempts go to the nodes in turn,
+//! the default attempts are `--factor` × the cluster budget, and the run
+//! checks the budget held across the nodes (see [`crate::cluster`]).
 
 use super::{
-    chatter, connect_chatter, hold, register_users, report_tracker, Ctx, ScenarioError, Tracker,
+    chatter, hold, open_auth_join, register_users, report_tracker, Ctx, ScenarioError, Tracker,
 };
 use crate::cli::FloodArgs;
 use crate::client::{timed_open, ClientError, Opened};
@@ -56,7 +60,7 @@ fn chatters(args: &FloodArgs, capacity: u64) -> u64 {
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx, args: &FloodArgs) -> Result<Report, ScenarioError> {
     let mut report = Report::new("flood");
-    let cap = ctx.capacity;
+    let cap = ctx.total_capacity();
     let attempts = args
         .attempts
         .unwrap_or((args.factor * cap as f64).ceil() as u64)
@@ -71,8 +75,18 @@ pub async fn run(ctx: &Ctx, args: &FloodArgs) -> Result<Report, ScenarioError> {
     let mut chat_tasks = JoinSet::new();
     let mut chatter_fail = 0u64;
     let bar = ctx.bar(n_chatters, "connecting chatters");
-    for _ in 0..n_chatters {
-        match connect_chatter(ctx, &tokens[0], &room, ctx.transport()).await {
+    for j in 0..n_chatters {
+        let conn = open_auth_join(
+            &ctx.connector,
+            ctx.node(j),
+            &ctx.timeline,
+            ctx.timeout(),
+            &tokens[0],
+            &room,
+            ctx.transport(),
+        )
+        .await;
+        match conn {
             Ok(conn) => {
                 let period = Duration::from_secs_f64(n_chatters as f64 / args.rate.max(0.01));
                 chat_tasks.spawn(chatter(
@@ -123,7 +137,7 @@ pub async fn run(ctx: &Ctx, args: &FloodArgs) -> Result<Report, ScenarioError> {
             break;
         };
         let connector = ctx.connector.clone();
-        let target = ctx.target.clone();
+        let target = ctx.node(i).clone();
         let transport = ctx.transport();
         let timeout = ctx.timeout();
         let counts = counts.clone();

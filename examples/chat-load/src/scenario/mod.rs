@@ -41,6 +41,11 @@ pub struct Ctx {
     pub run_id: String,
     /// Cancelled when the run must end (deadline).
     pub stop: CancellationToken,
+    /// Every node of a cluster (the first is `target`); just `target`
+    /// outside cluster mode.
+    pub nodes: Vec<Target>,
+    /// The cluster budget, in cluster mode.
+    pub cluster_capacity: Option<u64>,
     events: Mutex<Vec<report::Event>>,
     next_transport: AtomicUsize,
 }
@@ -59,6 +64,8 @@ impl Ctx {
         stop: CancellationToken,
     ) -> Self {
         Ctx {
+            nodes: vec![target.clone()],
+            cluster_capacity: None,
             target,
             connector,
             timeline,
@@ -71,6 +78,27 @@ impl Ctx {
             events: Mutex::new(Vec::new()),
             next_transport: AtomicUsize::new(0),
         }
+    }
+
+    /// Runs against these cluster nodes (the first must be `target`) with
+    /// this budget.
+    pub fn with_cluster(mut self, nodes: Vec<Target>, budget: u64) -> Self {
+        if !nodes.is_empty() {
+            self.nodes = nodes;
+        }
+        self.cluster_capacity = Some(budget);
+        self
+    }
+
+    /// The node client `i` uses: round robin over the nodes.
+    pub fn node(&self, i: u64) -> &Target {
+        &self.nodes[(i % self.nodes.len() as u64) as usize]
+    }
+
+    /// The connection cap that binds: the cluster budget in cluster mode,
+    /// else the server's capacity.
+    pub fn total_capacity(&self) -> u64 {
+        self.cluster_capacity.unwrap_or(self.capacity)
     }
 
     /// Seconds since the start of the run.

@@ -6,6 +6,12 @@
 //! moment it has reached every member of its room (each member's client is
 //! in this process, so one clock times both ends). Also reported: the
 //! per-delivery latency, send → ack, and throughput.
+//!
+//! In cluster mode a room's members are spread over the nodes (member k of
+//! a room on node k mod N), so most deliveries cross nodes. A node's share
+//! of the cluster budget grows with demand, a batch at a time: a client
+//! turned away while it grows tries again shortly, as a real client
+//! would, and the retries are reported.
 
 use super::{
     chatter, count_lost, open_auth_join, register_users, report_tracker, Ctx, JoinError,
@@ -23,6 +29,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// How often a client turned away while a node's share grows tries again
+/// (cluster mode).
+const BUSY_RETRIES: u64 = 30;
+
 /// Rooms one user may own on the server (its room quota).
 const ROOMS_PER_OWNER: u64 = 100;
 
@@ -38,6 +48,63 @@ pub fn room_names(run_id: &str, rooms: u64) -> Vec<String> {
     } else {
         (0..rooms).map(|i| format!("load{run_id}r{i}")).collect()
     }
+}
+
+/// Waits (up to 30 s) until every node lists the run's rooms: a room made
+/// on one node is known to the others once its note has gone round.
+async fn rooms_known_everywhere(
+    ctx: &Ctx,
+    token: &str,
+    rooms: &[String],
+) -> Result<(), ScenarioError> {
+    let want = rooms.iter().filter(|r| *r != "general").count();
+    let Some(prefix) = rooms.first().and_then(|r| r.strip_suffix("r0")) else {
+        return Ok(());
+    };
+    let prefix = format!("{prefix}r");
+    let start = Instant::now();
+    for node in &ctx.nodes {
+        loop {
+            // Names sort, so the run's rooms are one range after `prefix`.
+            let mut after = prefix.clone();
+            let mut seen = 0;
+            loop {
+                let resp = http::request(
+                    &ctx.connector,
+                    node.http,
+                    Method::GET,
+                    &format!("/api/rooms?limit=500&after={after}"),
+                    Some(token),
+                    None,
+                    ctx.timeout(),
+                )
+                .await?;
+                let page: Vec<serde_json::Value> =
+                    serde_json::from_slice(&resp.body).unwrap_or_default();
+                let names: Vec<&str> = page
+                    .iter()
+                    .filter_map(|r| r["name"].as_str())
+                    .take_while(|n| n.starts_with(&prefix))
+                    .collect();
+                seen += names.len();
+                match names.last() {
+                    Some(last) if names.len() == 500 => after = (*last).to_string(),
+                    _ => break,
+                }
+            }
+            if seen >= want {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(ScenarioError::Setup(format!(
+                    "node {} knows {seen} of {want} rooms after 30 s",
+                    node.http
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Runs the scenario.
@@ -69,6 +136,10 @@ pub async fn run(ctx: &Ctx, args: &SteadyArgs) -> Result<Report, ScenarioError> 
         }
     }
 
+    if ctx.nodes.len() > 1 {
+        rooms_known_everywhere(ctx, &tokens[0], &rooms).await?;
+    }
+
     // Connect everyone, a batch at a time.
     let tracker = Arc::new(Tracker::new(&ctx.run_id, rooms.len()));
     let stop = CancellationToken::new();
@@ -88,29 +159,42 @@ pub async fn run(ctx: &Ctx, args: &SteadyArgs) -> Result<Report, ScenarioError> 
         let bar = bar.clone();
         // The spawned task owns clones of what it needs from the context.
         let connector = ctx.connector.clone();
-        let target = ctx.target.clone();
+        // Member k of a room on node k mod N.
+        let target = ctx.node(i / rooms.len() as u64).clone();
         let timeline = ctx.timeline.clone();
         let timeout = ctx.timeout();
+        let retry_busy = ctx.cluster_capacity.is_some();
         connecting.spawn(async move {
-            let r = open_auth_join(
-                &connector, &target, &timeline, timeout, &token, &room, transport,
-            )
-            .await;
+            let mut busy = 0u64;
+            let r = loop {
+                let r = open_auth_join(
+                    &connector, &target, &timeline, timeout, &token, &room, transport,
+                )
+                .await;
+                match r {
+                    Err(JoinError::Rejected) if retry_busy && busy < BUSY_RETRIES => {
+                        busy += 1;
+                        tokio::time::sleep(Duration::from_millis(50 * busy.min(10))).await;
+                    }
+                    r => break r,
+                }
+            };
             drop(permit);
             bar.inc(1);
-            (r, room, room_idx)
+            (r, room, room_idx, busy)
         });
         if ctx.stop.is_cancelled() {
             break;
         }
     }
     let mut chat_tasks = JoinSet::new();
-    let (mut rejected, mut failed) = (0u64, 0u64);
+    let (mut rejected, mut failed, mut retried) = (0u64, 0u64, 0u64);
     while let Some(res) = connecting.join_next().await {
-        let Ok((r, room, room_idx)) = res else {
+        let Ok((r, room, room_idx, busy)) = res else {
             failed += 1;
             continue;
         };
+        retried += busy;
         match r {
             Ok(conn) => {
                 chat_tasks.spawn(chatter(
@@ -162,6 +246,13 @@ pub async fn run(ctx: &Ctx, args: &SteadyArgs) -> Result<Report, ScenarioError> 
     report.figure("connected", connected, "");
     report.figure("rejected at connect", rejected, "");
     report.figure("failed to connect", failed, "");
+    if ctx.cluster_capacity.is_some() {
+        report.figure(
+            "connects retried after busy (a node's share growing)",
+            retried,
+            "",
+        );
+    }
     report.number("time to connect all", Some(connect_secs), "s");
     report.number("target rate", Some(args.rate), "msg/s");
     report_tracker(&mut report, &tracker, send_secs);

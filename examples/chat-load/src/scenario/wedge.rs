@@ -19,6 +19,10 @@
 //! again. The run fails when recovery takes longer than
 //! `--expect-recovery-within`, when it never shows a detection, or when the
 //! fault had no visible effect at all.
+//!
+//! In cluster mode the fault is injected on the first node; probes go to
+//! every other node too, and the run checks they kept admitting
+//! throughout (one node's leak must not take the others down).
 
 use super::{register_users, wait_closed, Ctx, ScenarioError};
 use crate::cli::{FaultKind, WedgeArgs};
@@ -54,6 +58,8 @@ fn noticed(s: &HealthSample, repairs_before: u64) -> bool {
 struct Probe {
     started: Instant,
     outcome: Outcome,
+    /// The node probed (0: the one with the fault).
+    node: usize,
 }
 
 /// Runs the scenario.
@@ -92,7 +98,11 @@ async fn probe(
     };
     timeline.outcome(outcome);
     timeline.latency(r.elapsed);
-    Probe { started, outcome }
+    Probe {
+        started,
+        outcome,
+        node: 0,
+    }
 }
 
 async fn leak(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, ScenarioError> {
@@ -138,9 +148,19 @@ async fn leak(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, Scenari
         ctx.timeout(),
     )
     .await?;
+    let answer = if ctx.cluster_capacity.is_some() {
+        fill_share(ctx, fault_at, answer).await?
+    } else {
+        answer
+    };
     ctx.event("leak injected");
     report.figure("fault", "leak", "");
-    report.figure("capacity", ctx.capacity, "");
+    if ctx.cluster_capacity.is_some() {
+        report.figure("node's share at the start", ctx.capacity, "");
+        report.figure("node's cap (--capacity)", ctx.common.capacity, "");
+    } else {
+        report.figure("capacity", ctx.capacity, "");
+    }
     report.figure("fault answer", answer.to_string(), "");
 
     // Probe until recovered (three admitted in a row after a rejection) or
@@ -160,17 +180,22 @@ async fn leak(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, Scenari
         }
         tokio::select! {
             _ = tick.tick() => {
-                if tasks.len() < 64 {
+                // The faulty node, and in a cluster every other one.
+                for (node, target) in ctx.nodes.iter().enumerate() {
+                    if tasks.len() >= 64 * ctx.nodes.len() {
+                        break;
+                    }
                     let tx = tx.clone();
                     let transport = ctx.transport();
                     // Probes run on their own tasks so a slow answer does
                     // not stretch the probe interval.
                     let connector = ctx.connector.clone();
-                    let target = ctx.target.clone();
+                    let target = target.clone();
                     let timeline = ctx.timeline.clone();
                     let timeout = ctx.timeout();
                     tasks.spawn(async move {
-                        let p = probe(&connector, &target, transport, timeout, &timeline).await;
+                        let mut p = probe(&connector, &target, transport, timeout, &timeline).await;
+                        p.node = node;
                         let _ = tx.send(p);
                     });
                 }
@@ -178,6 +203,9 @@ async fn leak(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, Scenari
             }
             Some(p) = rx.recv() => {
                 probes.push(p);
+                if p.node != 0 {
+                    continue;
+                }
                 match p.outcome {
                     Outcome::Admitted if first_reject.is_some_and(|r| p.started > r) => {
                         recovered.get_or_insert(p.started);
@@ -217,6 +245,7 @@ async fn leak(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, Scenari
     let after = ctx.health.latest();
     let detect_s = detected.as_ref().map(|d| since_fault(d.at));
     let recover_s = recovered.map(since_fault);
+    let (others, probes): (Vec<Probe>, Vec<Probe>) = probes.into_iter().partition(|p| p.node != 0);
     report.figure("probes", probes.len() as u64, "");
     report.figure(
         "probes rejected or unanswered after the fault",
@@ -226,6 +255,22 @@ async fn leak(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, Scenari
             .count() as u64,
         "",
     );
+    if ctx.nodes.len() > 1 {
+        let turned_away = others
+            .iter()
+            .filter(|p| p.outcome != Outcome::Admitted)
+            .count();
+        report.figure("probes on the other nodes", others.len() as u64, "");
+        report.check(
+            "other nodes unaffected (every probe admitted)",
+            turned_away == 0 && !others.is_empty(),
+            format!(
+                "{turned_away} of {} probes on {} other nodes rejected or unanswered",
+                others.len(),
+                ctx.nodes.len() - 1
+            ),
+        );
+    }
     report.number(
         "first rejected probe after the fault",
         first_reject.map(since_fault),
@@ -259,6 +304,47 @@ async fn leak(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, Scenari
         idle,
     );
     Ok(report)
+}
+
+/// In a cluster a node's share grows with demand, and leaked permits are
+/// demand: the node asks for more of the budget and admits again. So the
+/// leak goes on, each turned-away probe pressing for more, until the node
+/// has leaked its own cap (`--capacity`, its --max-connections) or 5 s
+/// have passed. Answers the first answer with the total leaked.
+async fn fill_share(
+    ctx: &Ctx,
+    fault_at: Instant,
+    first: serde_json::Value,
+) -> Result<serde_json::Value, ScenarioError> {
+    let leaked = |a: &serde_json::Value| a["leaked"].as_u64().unwrap_or(0);
+    let cap = ctx.common.capacity;
+    let mut total = leaked(&first);
+    let mut rounds = 1;
+    while total < cap && fault_at.elapsed() < Duration::from_secs(5) {
+        probe(
+            &ctx.connector,
+            &ctx.target,
+            ctx.transport(),
+            ctx.timeout(),
+            &ctx.timeline,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let a = admin_post(
+            &ctx.connector,
+            &ctx.target,
+            "/admin/faults",
+            &json!({"kind": "leak", "permits": cap - total}),
+            ctx.timeout(),
+        )
+        .await?;
+        total += leaked(&a);
+        rounds += 1;
+    }
+    Ok(
+        json!({"kind": "leak", "leaked": total, "injections": rounds,
+              "filled_after_s": fault_at.elapsed().as_secs_f64()}),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
