@@ -11,7 +11,9 @@
 //! 3. `handoff`: latency of a release reaching a waiting task, on tokio's
 //!    current-thread and multi-thread runtimes.
 //! 4. `watchdog`: one watchdog tick over 10,000 and over 1,000,000 held
-//!    leases.
+//!    leases; and a health snapshot at 1,000,000 held leases, with a live
+//!    watchdog (counters only, no table scan) and without one (the
+//!    snapshot scans the table for the oldest lease itself).
 //!
 //! Ratios, not absolute times, are what benches/README.md records.
 
@@ -223,12 +225,30 @@ fn watchdog(c: &mut Criterion) {
     drop(held);
     let l = Limiter::new(1_000_000);
     let held: Vec<_> = (0..1_000_000).map(|_| l.try_acquire().unwrap()).collect();
+    // An hour's interval: the watchdog stays alive through the snapshot
+    // bench below without a thread ticking it.
     let mut dog = Watchdog::new(
         l.clone(),
-        WatchdogConfig::default().max_idle(Duration::from_secs(3600)),
+        WatchdogConfig::default()
+            .interval(Duration::from_secs(3600))
+            .max_idle(Duration::from_secs(3600)),
     );
     g.sample_size(10);
     g.bench_function("tick_1m_leases", |b| b.iter(|| black_box(dog.tick())));
+    let health = l.health();
+    assert!(health.snapshot().watchdog.alive);
+    g.sample_size(100);
+    g.bench_function("snapshot_1m_leases_watchdog_alive", |b| {
+        b.iter(|| black_box(health.snapshot()))
+    });
+    drop((held, dog, health, l));
+    let l = Limiter::new(1_000_000);
+    let held: Vec<_> = (0..1_000_000).map(|_| l.try_acquire().unwrap()).collect();
+    let health = l.health();
+    g.sample_size(10);
+    g.bench_function("snapshot_1m_leases_no_watchdog", |b| {
+        b.iter(|| black_box(health.snapshot()))
+    });
     drop(held);
     g.finish();
 }

@@ -1,6 +1,8 @@
 //! `limiter_ops`: an arbitrary sequence of limiter operations, replayed on
 //! one thread against the real [`Limiter`] (with its [`Watchdog`] ticked by
-//! hand on a fake clock) and against a plain reference model, side by side.
+//! hand on a fake clock) and against the plain reference model of
+//! `crates/admit-model` (shared with the proptest state machine), side by
+//! side; the watchdog's and the leases' models live here.
 //!
 //! After every operation the two must agree on the count, the queue, the
 //! capacity, every lease's state and times, and every counter of the health
@@ -25,6 +27,7 @@ use admit::{
     Acquire, HealthState, LeaseId, Limiter, Permit, Rejected, Snapshot, TickReport, Watchdog,
     WatchdogConfig, MAX_QUEUE,
 };
+use admit_model::{reason_index, Model, REASONS};
 use arbitrary::{Arbitrary, Unstructured};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -135,146 +138,9 @@ struct WatchdogModel {
     drift_seen: u32,
     drift_min: u32,
     leaking: bool,
-}
-
-/// The reference model: plain data, obviously right.
-#[derive(Debug, Default)]
-struct Model {
-    capacity: u32,
-    max: u32,
-    reserve: u32,
-    queue_limit: u32,
-    /// Most outstanding tickets (live and cancelled) the queue can hold.
-    window: u32,
-    closed: bool,
-    /// Counted permits: held ones, grants not yet picked up, drift.
-    in_use: u32,
-    /// Tickets in order: `Some(waiter id)` live, `None` cancelled.
-    queue: VecDeque<Option<usize>>,
-    /// Waiters granted but not yet polled.
-    granted: Vec<usize>,
-    /// Injected hand-offs still to be lost.
-    stalls: u32,
-    /// A hand-off was lost and nothing has re-driven the queue since: the
-    /// one state in which waiters may sit beside free permits.
-    lost_wakeup: bool,
-    now: u64,
-    admitted: u64,
-    rejected: [u64; 5],
-    revoked: u64,
-    reclaimed: u64,
-    repaired: u64,
-}
-
-fn reason_index(r: Rejected) -> usize {
-    match r {
-        Rejected::Full => 0,
-        Rejected::QueueFull => 1,
-        Rejected::Closed => 2,
-        Rejected::Timeout => 3,
-        Rejected::PerIp => 4,
-        other => panic!("a reason the model does not know: {other:?}"),
-    }
-}
-
-const REASONS: [&str; 5] = ["full", "queue_full", "closed", "timeout", "per_ip"];
-
-impl Model {
-    fn limit(&self) -> u32 {
-        self.capacity.saturating_sub(self.reserve)
-    }
-
-    fn live_waiting(&self) -> u32 {
-        self.queue.iter().filter(|t| t.is_some()).count() as u32
-    }
-
-    fn reject(&mut self, r: Rejected) -> Result<bool, Rejected> {
-        self.rejected[reason_index(r)] += 1;
-        Err(r)
-    }
-
-    /// Grants free room to the oldest tickets, skipping cancelled ones.
-    fn hand_off(&mut self) {
-        while !self.closed && !self.queue.is_empty() && self.in_use < self.limit() {
-            if let Some(id) = self.queue.pop_front().expect("queue is not empty") {
-                self.in_use += 1;
-                self.granted.push(id);
-            }
-        }
-        self.lost_wakeup = false;
-    }
-
-    /// One permit given back (a drop or a reclaim).
-    fn release(&mut self) {
-        assert!(self.in_use > 0, "model: a release below zero");
-        self.in_use -= 1;
-        if self.closed || self.queue.is_empty() {
-            return;
-        }
-        if self.stalls > 0 {
-            self.stalls -= 1;
-            self.lost_wakeup = true;
-            return;
-        }
-        self.hand_off();
-    }
-
-    fn try_acquire(&mut self, critical: bool) -> Result<bool, Rejected> {
-        if self.closed {
-            return self.reject(Rejected::Closed);
-        }
-        let limit = if critical {
-            self.capacity
-        } else {
-            self.limit()
-        };
-        if self.in_use >= limit || (!critical && !self.queue.is_empty()) {
-            return self.reject(Rejected::Full);
-        }
-        self.in_use += 1;
-        self.admitted += 1;
-        Ok(true)
-    }
-
-    /// First poll of a new acquire: `Ok(true)` a permit now, `Ok(false)` queued.
-    fn acquire(&mut self, id: usize) -> Result<bool, Rejected> {
-        if self.closed {
-            return self.reject(Rejected::Closed);
-        }
-        if self.queue.is_empty() && self.in_use < self.limit() {
-            self.in_use += 1;
-            self.admitted += 1;
-            return Ok(true);
-        }
-        if self.queue_limit == 0 {
-            return self.reject(Rejected::Full);
-        }
-        if self.queue.len() as u32 >= self.window || self.live_waiting() >= self.queue_limit {
-            return self.reject(Rejected::QueueFull);
-        }
-        self.queue.push_back(Some(id));
-        Ok(false)
-    }
-
-    /// A queued waiter's future is dropped (or gives up after a close).
-    fn cancel(&mut self, id: usize) {
-        if let Some(pos) = self.granted.iter().position(|&g| g == id) {
-            // It owned a permit that never reached a caller: not an
-            // admission; it is passed on like any release.
-            self.granted.remove(pos);
-            self.release();
-            return;
-        }
-        let mut found = false;
-        for t in self.queue.iter_mut() {
-            if *t == Some(id) {
-                *t = None;
-                found = true;
-            }
-        }
-        assert!(found, "model: cancelled waiter {id} was not queued");
-        self.hand_off();
-    }
+    /// Start of the oldest live lease its last scan saw: what snapshots
+    /// report from while it is alive, instead of scanning themselves.
+    oldest: Option<u64>,
 }
 
 fn poll(f: &mut Acquire) -> Poll<Result<Permit, Rejected>> {
@@ -322,12 +188,6 @@ impl Sut {
             .track_leases(tracked)
             .build()
             .expect("a valid configuration");
-        // Same sizing as the limiter's own: mailboxes a power of two at
-        // least four times the queue limit, tickets up to half of them.
-        let window = ((queue_limit as usize * 4)
-            .next_power_of_two()
-            .clamp(2, 2048)
-            / 2) as u32;
         limiter.faults().advance_clock(FAKE_EPOCH_MS);
         let now = FAKE_EPOCH_MS;
         let watchdog = c.watchdog.then(|| {
@@ -344,6 +204,7 @@ impl Sut {
                 drift_seen: 0,
                 drift_min: 0,
                 leaking: false,
+                oldest: None,
             };
             let mut config = WatchdogConfig::default()
                 .interval(Duration::from_millis(m.interval))
@@ -361,13 +222,8 @@ impl Sut {
             tracked,
             watchdog,
             model: Model {
-                capacity,
-                max,
-                reserve,
-                queue_limit,
-                window,
                 now,
-                ..Model::default()
+                ..Model::new(capacity, max, reserve, queue_limit)
             },
             waiters: Vec::new(),
             permits: Vec::new(),
@@ -721,6 +577,13 @@ impl Sut {
             .filter(|(_, l)| matches!(l.state, LeaseState::Revoked { .. }))
             .count();
         wd.leaking = max_idle.is_some() && pending > 0;
+        wd.oldest = self
+            .permits
+            .iter()
+            .chain(&self.leaked)
+            .filter(|(_, l)| self.tracked && l.live())
+            .map(|(_, l)| l.started)
+            .min();
         let live_slots = self
             .permits
             .iter()
@@ -892,12 +755,22 @@ impl Sut {
             .filter(|l| matches!(l.state, LeaseState::Revoked { .. }))
             .count() as u32;
         assert_eq!(s.revoked_pending, revoked_pending, "revoked_pending");
-        let oldest = self
-            .leases()
-            .filter(|l| l.live())
-            .map(|l| m.now - l.started)
-            .max()
-            .unwrap_or(0);
+        // While a watchdog is alive a snapshot takes the oldest lease from
+        // its last scan (none once nothing is held); otherwise it scans.
+        let alive_scan = self.watchdog.as_ref().and_then(|(_, wd)| {
+            let silent = m.now - wd.last_tick > (wd.interval * 3).max(250);
+            (!silent).then_some(wd.oldest)
+        });
+        let oldest = match alive_scan {
+            Some(scanned) if m.in_use > 0 => scanned.map_or(0, |t| m.now - t),
+            Some(_) => 0,
+            None => self
+                .leases()
+                .filter(|l| l.live())
+                .map(|l| m.now - l.started)
+                .max()
+                .unwrap_or(0),
+        };
         assert_eq!(s.oldest_lease_ms, oldest, "oldest_lease_ms");
         assert_eq!(s.state, self.expected_state(), "health state");
         assert_eq!(s.cause, s.state.cause());

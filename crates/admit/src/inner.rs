@@ -41,22 +41,21 @@ pub(crate) const UNTRACKED: u32 = u32::MAX;
 /// `(UNTRACKED, 0)` for a permit without a lease.
 pub(crate) type Lease = (u32, u64);
 
-/// The lease figures of a snapshot: one pass over the table.
+/// `oldest_scanned` when the scan found no live lease.
+const NO_LEASE: u64 = u64::MAX;
+
+/// The lease figure of a snapshot that needs a pass over the table.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct LeaseSummary {
     /// Start of the oldest live lease (held or revoked).
     pub(crate) oldest_started: Option<u64>,
-    /// Leases revoked and not yet returned.
-    pub(crate) revoked_pending: u32,
 }
 
 impl LeaseSummary {
     /// Counts one live slot as the scan saw it.
     pub(crate) fn add(&mut self, v: &LeaseView) {
-        match v.kind {
-            Kind::Held => {}
-            Kind::Revoked => self.revoked_pending += 1,
-            Kind::Granted => return,
+        if v.kind == Kind::Granted {
+            return;
         }
         self.oldest_started = Some(self.oldest_started.map_or(v.started, |o| o.min(v.started)));
     }
@@ -114,7 +113,14 @@ pub(crate) struct Inner {
     clock: Clock,
     rejected: [AtomicU64; 5],
     revoked: AtomicU64,
+    /// Revoked leases their holders dropped (the others are reclaimed):
+    /// `revoked - revoked_dropped - reclaimed` are pending, with no scan.
+    revoked_dropped: AtomicU64,
     reclaimed: AtomicU64,
+    /// Start of the oldest live lease as the watchdog's last scan found it
+    /// (`NO_LEASE` if none), so a snapshot need not scan the table while a
+    /// watchdog is ticking.
+    oldest_scanned: AtomicU64,
     repaired: AtomicU64,
     /// `drained()` futures.
     drain: WakerPlaces<8>,
@@ -152,7 +158,9 @@ impl Inner {
             clock: Clock::new(),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             revoked: AtomicU64::new(0),
+            revoked_dropped: AtomicU64::new(0),
             reclaimed: AtomicU64::new(0),
+            oldest_scanned: AtomicU64::new(NO_LEASE),
             repaired: AtomicU64::new(0),
             drain: WakerPlaces::new(),
             health: HealthShared::new(p.name),
@@ -377,8 +385,18 @@ impl Inner {
     /// lease was reclaimed first (then the reclaimer gave it back).
     pub(crate) fn release(&self, lease: Lease) {
         let (slot, gen) = lease;
-        if slot == UNTRACKED || self.leases.release(slot, gen) {
+        if slot == UNTRACKED {
             self.release_count();
+            return;
+        }
+        match self.leases.release(slot, gen) {
+            None => {}
+            Some(was_revoked) => {
+                if was_revoked {
+                    self.revoked_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                self.release_count();
+            }
         }
     }
 
@@ -546,11 +564,15 @@ impl Inner {
 
     /// HELD -> REVOKED, counted. False if no longer held.
     pub(crate) fn revoke(&self, slot: u32, gen: u64, now: u64) -> bool {
-        let ok = self.leases.revoke(slot, gen, now);
-        if ok {
-            self.revoked.fetch_add(1, Ordering::Relaxed);
+        if !self.leases.begin_revoke(slot, gen, now) {
+            return false;
         }
-        ok
+        // Counted while the lease is REVOKING, before `finish_revoke` lets the
+        // holder see it (its Release publishes this add): a holder that learns
+        // of its revocation and reads health finds it counted.
+        self.revoked.fetch_add(1, Ordering::Relaxed);
+        self.leases.finish_revoke(slot, gen);
+        true
     }
 
     /// REVOKED -> FREE by force, counted, and the count given back.
@@ -622,29 +644,48 @@ impl Inner {
     // ----- health -------------------------------------------------------
 
     /// Reads every figure and derives the state.
+    ///
+    /// Counters only: the table is scanned only for the oldest lease, and
+    /// not at all while a watchdog is alive (its last scan's figure is used;
+    /// it is at most one interval old).
     pub(crate) fn snapshot(&self, advance_clock: bool) -> Snapshot {
         let now = if advance_clock {
             self.clock.advance()
         } else {
             self.clock.now()
         };
-        let mut leases = LeaseSummary::default();
-        for v in self.scan() {
-            leases.add(&v);
-        }
+        let leases = if self.health.watchdog_view(now).alive {
+            let t = self.oldest_scanned.load(Ordering::Relaxed);
+            LeaseSummary {
+                oldest_started: (t != NO_LEASE).then_some(t),
+            }
+        } else {
+            let mut leases = LeaseSummary::default();
+            for v in self.scan() {
+                leases.add(&v);
+            }
+            leases
+        };
         self.snapshot_with(now, leases)
     }
 
-    /// The snapshot, from lease figures the caller gathered in its own scan
+    /// The snapshot, from the oldest lease the caller found in its own scan
     /// of the table (the watchdog's tick), so the table is read once.
-    pub(crate) fn snapshot_with(&self, now: u64, leases: LeaseSummary) -> Snapshot {
+    fn snapshot_with(&self, now: u64, leases: LeaseSummary) -> Snapshot {
         let s = self.load();
         let waiting = self.live_waiting(s);
         let limit = self.limit(s);
-        let revoked_pending = leases.revoked_pending;
+        // The subtracted counters first: a revocation counted after them is
+        // at worst one too many pending for a moment, never one too few
+        // below zero (saturating).
+        let returned =
+            self.revoked_dropped.load(Ordering::Relaxed) + self.reclaimed.load(Ordering::Relaxed);
+        let revoked_total = self.revoked.load(Ordering::Relaxed);
+        let revoked_pending = revoked_total.saturating_sub(returned) as u32;
         let oldest_lease_ms = match leases.oldest_started {
-            None => 0,
-            Some(t) => now.saturating_sub(t),
+            // With nothing held, a figure from the last scan is stale.
+            Some(t) if s.in_use() > 0 => now.saturating_sub(t),
+            _ => 0,
         };
 
         let h = &self.health;
@@ -689,7 +730,7 @@ impl Inner {
             },
             admitted_total: self.admitted_total(),
             rejected_total,
-            revoked_total: self.revoked.load(Ordering::Relaxed),
+            revoked_total,
             reclaimed_total: self.reclaimed.load(Ordering::Relaxed),
             repaired_total: self.repaired.load(Ordering::Relaxed),
             oldest_lease_ms,
@@ -707,8 +748,11 @@ impl Inner {
         snap
     }
 
-    /// `note_change` from lease figures the caller gathered.
+    /// `note_change` from the watchdog's scan of the table, whose oldest
+    /// lease later snapshots use until the next scan.
     pub(crate) fn note_change_with(&self, leases: LeaseSummary) -> Snapshot {
+        self.oldest_scanned
+            .store(leases.oldest_started.unwrap_or(NO_LEASE), Ordering::Relaxed);
         let snap = self.snapshot_with(self.clock.now(), leases);
         self.health.report(&snap);
         snap

@@ -29,6 +29,11 @@
 //!   (`revoke` then `reclaim`) race to move it to FREE; each is one CAS from
 //!   the state word it read, so exactly one of them wins and releases the
 //!   count (I2).
+//! * REVOKING — a live lease being revoked: the revoker took it from HELD
+//!   and counts the revocation before it moves it on to REVOKED, so a holder
+//!   that sees its lease revoked (and anyone it tells) finds the revocation
+//!   already in `revoked_total`. To its holder and to scans it is still
+//!   held; the holder's drop may free it as from HELD.
 //! * REVOKED — a live lease whose holder was told to let go.
 //!
 //! # Implementation notes
@@ -76,6 +81,9 @@ mod status {
     pub(super) const GRANTED: u8 = 2;
     pub(super) const HELD: u8 = 3;
     pub(super) const REVOKED: u8 = 4;
+    /// HELD on its way to REVOKED: the revoker has taken the lease and is
+    /// counting the revocation before the holder may see it.
+    pub(super) const REVOKING: u8 = 5;
 }
 
 fn pack(gen: u64, status: u8) -> u64 {
@@ -372,15 +380,19 @@ impl LeaseTable {
         slot.state.store(pack(gen, status::HELD), Ordering::Release);
     }
 
-    /// HELD or REVOKED -> FREE by the holder's drop. False if the lease was
-    /// reclaimed first: the count was released by the reclaimer.
-    pub(crate) fn release(&self, index: u32, gen: u64) -> bool {
+    /// HELD or REVOKED -> FREE by the holder's drop. `None` if the lease
+    /// was reclaimed first: the count was released by the reclaimer.
+    /// Otherwise whether the lease had been revoked.
+    pub(crate) fn release(&self, index: u32, gen: u64) -> Option<bool> {
         let slot = self.get(index);
         let mut word = slot.word();
         loop {
-            let live = matches!(status_of(word), status::HELD | status::REVOKED);
+            let live = matches!(
+                status_of(word),
+                status::HELD | status::REVOKING | status::REVOKED
+            );
             if gen_of(word) != gen || !live {
-                return false;
+                return None;
             }
             match slot.state.compare_exchange_weak(
                 word,
@@ -393,12 +405,13 @@ impl LeaseTable {
             }
         }
         self.free_slot(index);
-        true
+        Some(status_of(word) != status::HELD)
     }
 
-    /// HELD -> REVOKED, then tells the holder. False if the lease is no
-    /// longer held (dropped, already revoked, or a stale id).
-    pub(crate) fn revoke(&self, index: u32, gen: u64, now: u64) -> bool {
+    /// HELD -> REVOKING: takes the lease for revocation. False if it is no
+    /// longer held (dropped, already revoked, or a stale id). The caller
+    /// counts the revocation, then calls [`finish_revoke`](Self::finish_revoke).
+    pub(crate) fn begin_revoke(&self, index: u32, gen: u64, now: u64) -> bool {
         let Some(slot) = self.slots.get(index as usize) else {
             return false;
         };
@@ -411,7 +424,7 @@ impl LeaseTable {
             .state
             .compare_exchange(
                 pack(gen, status::HELD),
-                pack(gen, status::REVOKED),
+                pack(gen, status::REVOKING),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             )
@@ -419,8 +432,27 @@ impl LeaseTable {
         {
             return false;
         }
-        slot.revoke_waker.wake();
         true
+    }
+
+    /// REVOKING -> REVOKED, then wakes the holder. The CAS fails only if
+    /// the holder dropped its permit meanwhile; there is nobody to tell then.
+    pub(crate) fn finish_revoke(&self, index: u32, gen: u64) {
+        let slot = self.get(index);
+        // Release: a holder whose Acquire load sees REVOKED also sees what
+        // the revoker did before (the revocation counted).
+        if slot
+            .state
+            .compare_exchange(
+                pack(gen, status::REVOKING),
+                pack(gen, status::REVOKED),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            slot.revoke_waker.wake();
+        }
     }
 
     /// REVOKED -> FREE by force: the holder's later drop finds another state
@@ -459,9 +491,11 @@ impl LeaseTable {
         }
     }
 
-    /// Whether the lease was revoked or is gone.
+    /// Whether the lease was revoked or is gone. A lease still REVOKING is
+    /// not revoked yet for its holder: the revocation is being counted.
     pub(crate) fn is_revoked(&self, index: u32, gen: u64) -> bool {
-        self.get(index).word() != pack(gen, status::HELD)
+        let word = self.get(index).word();
+        word != pack(gen, status::HELD) && word != pack(gen, status::REVOKING)
     }
 
     /// Registers the waker of the holder waiting for revocation.
@@ -486,7 +520,7 @@ impl LeaseTable {
             let word = slot.word();
             let kind = match status_of(word) {
                 status::GRANTED => Kind::Granted,
-                status::HELD => Kind::Held,
+                status::HELD | status::REVOKING => Kind::Held,
                 status::REVOKED => Kind::Revoked,
                 _ => return None,
             };

@@ -210,6 +210,13 @@ pub struct Snapshot {
     /// Repairs: stalls re-driven and count drift corrected.
     pub repaired_total: u64,
     /// Age of the oldest held lease, in milliseconds (0 if none).
+    ///
+    /// Finding it takes a pass over the lease table, which the watchdog
+    /// makes on every tick: while a watchdog is alive, a snapshot uses the
+    /// oldest lease of its last tick (so a lease dropped since may be
+    /// reported for up to one interval) and reads no table at all. Without
+    /// one, the snapshot scans the table itself. Every other figure is a
+    /// counter.
     pub oldest_lease_ms: u64,
     /// Leases revoked and not yet returned.
     pub revoked_pending: u32,

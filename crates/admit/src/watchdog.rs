@@ -171,7 +171,6 @@ impl Watchdog {
                         if inner.revoke(lease.slot, lease.gen, now) {
                             report.revoked += 1;
                             revoked_pending += 1;
-                            summary.revoked_pending += 1;
                         }
                     }
                 }

@@ -11,11 +11,20 @@ use admit::Limiter;
 use loom::thread;
 use std::time::Duration;
 
+/// A limiter without a queue, so the lease table stays small for loom.
+fn limiter(capacity: u32) -> Limiter {
+    Limiter::builder()
+        .capacity(capacity)
+        .queue_limit(0)
+        .build()
+        .unwrap()
+}
+
 /// Reclaim racing drop: exactly one of them releases the count.
 #[test]
 fn reclaim_racing_drop_releases_once() {
     loom::model(|| {
-        let l = Limiter::new(1);
+        let l = limiter(1);
         let p = l.try_acquire().unwrap();
         let id = p.lease_id();
         let reclaimer = {
@@ -47,7 +56,7 @@ fn reclaim_racing_drop_releases_once() {
 #[test]
 fn stale_holder_cannot_touch_or_free_the_next_lease() {
     loom::model(|| {
-        let l = Limiter::new(1);
+        let l = limiter(1);
         let old = l.try_acquire().unwrap();
         assert!(l.revoke(old.lease_id()));
         let holder = thread::spawn(move || {
@@ -80,7 +89,7 @@ fn stale_holder_cannot_touch_or_free_the_next_lease() {
 #[test]
 fn revocation_wakes_the_holder() {
     loom::model(|| {
-        let l = Limiter::new(1);
+        let l = limiter(1);
         let p = l.try_acquire().unwrap();
         let id = p.lease_id();
         let holder = thread::spawn(move || {
@@ -93,6 +102,31 @@ fn revocation_wakes_the_holder() {
     });
 }
 
+/// A holder that sees its lease revoked, and reads the limiter's health,
+/// finds the revocation counted: the revoker counts it before the lease
+/// shows as revoked (whether the holder was woken or looked by itself).
+#[test]
+fn a_revoked_holder_finds_its_revocation_counted() {
+    loom::model(|| {
+        let l = limiter(1);
+        let p = l.try_acquire().unwrap();
+        let id = p.lease_id();
+        let holder = {
+            let l = l.clone();
+            thread::spawn(move || {
+                loom::future::block_on(p.revoked());
+                let snap = l.health().snapshot();
+                assert_eq!(snap.revoked_total, 1, "revoked, but not counted yet");
+                drop(p);
+            })
+        };
+        assert!(l.revoke(id));
+        holder.join().unwrap();
+        assert_eq!(l.in_use(), 0);
+        assert_eq!(l.health().snapshot().revoked_total, 1);
+    });
+}
+
 /// Every loom thread has a shard, so a dropped permit's slot goes to its
 /// thread's cache of free slots. A thread that exits leaves its cache to the
 /// next thread that borrows its shard: that thread takes the cached slot,
@@ -101,7 +135,7 @@ fn revocation_wakes_the_holder() {
 #[test]
 fn a_cached_slot_is_handed_over_at_thread_exit() {
     loom::model(|| {
-        let l = Limiter::new(2);
+        let l = limiter(2);
         // The main thread takes its shard first, so the two threads below
         // borrow the same one, one after the other.
         drop(l.try_acquire().unwrap());

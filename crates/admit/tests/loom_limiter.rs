@@ -176,3 +176,83 @@ fn set_capacity_races_keep_the_cap() {
         assert!(l.try_acquire().is_ok());
     });
 }
+
+/// (f) A capacity shrink while a waiter is queued: a permit released after
+/// the shrink does not go to the waiter while the count is at the new cap
+/// (held permits stay, newcomers wait); the next release does.
+#[test]
+fn shrink_while_waiting_keeps_the_new_cap() {
+    use loom::sync::atomic::AtomicBool;
+    loom::model(|| {
+        let l = limiter(2, 2, 1);
+        let a = l.try_acquire().unwrap();
+        let b = l.try_acquire().unwrap();
+        let mut w = l.acquire();
+        assert!(park(&mut w).is_pending());
+        let shrunk = Arc::new(AtomicBool::new(false));
+        let resizer = {
+            let (l, shrunk) = (l.clone(), shrunk.clone());
+            thread::spawn(move || {
+                l.set_capacity(1).unwrap();
+                shrunk.store(true, Ordering::SeqCst);
+            })
+        };
+        let releaser = {
+            let shrunk = shrunk.clone();
+            thread::spawn(move || {
+                let after_shrink = shrunk.load(Ordering::SeqCst);
+                drop(a);
+                after_shrink
+            })
+        };
+        resizer.join().unwrap();
+        let after_shrink = releaser.join().unwrap();
+        let granted = match park(&mut w) {
+            Poll::Ready(r) => Some(r.expect("a grant, not a rejection")),
+            Poll::Pending => None,
+        };
+        if after_shrink {
+            // Released at the new cap of 1 with `b` still held.
+            assert!(granted.is_none(), "granted above the shrunk capacity");
+            assert_eq!(l.in_use(), 1);
+        }
+        // Granted before the shrink, the waiter keeps its permit (2 held);
+        // otherwise `b`'s release is what lets it in.
+        let p = match granted {
+            Some(p) => p,
+            None => {
+                drop(b);
+                let p = block_on(w).expect("granted once below the cap");
+                assert_eq!(l.in_use(), 1);
+                drop(p);
+                assert_eq!((l.in_use(), l.waiting()), (0, 0));
+                return;
+            }
+        };
+        assert_eq!(l.in_use(), 2);
+        drop((p, b));
+        assert_eq!((l.in_use(), l.waiting()), (0, 0));
+        assert!(l.try_acquire().is_ok());
+    });
+}
+
+/// (g) A waiter that gives up (its future dropped) while the permit it
+/// waited for is released: whether the release finds it parked, gone, or
+/// leaving, the count returns to zero, no ticket is left to make newcomers
+/// queue behind nobody, and nothing is repaired.
+#[test]
+fn an_abandoned_waiter_leaves_no_trace() {
+    loom::model(|| {
+        let l = limiter(1, 1, 1);
+        let held = l.try_acquire().unwrap();
+        let mut w = l.acquire();
+        assert!(park(&mut w).is_pending());
+        let releaser = thread::spawn(move || drop(held));
+        drop(w);
+        releaser.join().unwrap();
+        assert_eq!((l.in_use(), l.waiting()), (0, 0));
+        let p = l.try_acquire().expect("no ticket left behind");
+        drop(p);
+        assert_eq!(l.health().snapshot().repaired_total, 0);
+    });
+}

@@ -3,11 +3,12 @@
 //!
 //! Checks I1 (cap), I2 (every permit released exactly once), I3 (a free
 //! permit always reaches a waiter), I4 (cancellation leaves no trace) and
-//! FIFO grant order, after every single operation.
+//! FIFO grant order, after every single operation. The model is the one
+//! the fuzz target uses too (`crates/admit-model`).
 
 use admit::{Acquire, Limiter, Permit, Rejected};
+use admit_model::{Model, REASONS};
 use proptest::prelude::*;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -42,99 +43,12 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The reference model: plain data, obviously right.
-#[derive(Debug, Default)]
-struct Model {
-    capacity: u32,
-    max: u32,
-    reserve: u32,
-    queue_limit: u32,
-    window: u32,
-    closed: bool,
-    /// Counted permits: held ones plus grants not yet picked up.
-    in_use: u32,
-    /// Tickets in order: `Some(waiter id)` live, `None` cancelled.
-    queue: VecDeque<Option<usize>>,
-    /// Waiters granted but not yet polled.
-    granted: Vec<usize>,
-}
-
-impl Model {
-    fn limit(&self) -> u32 {
-        self.capacity.saturating_sub(self.reserve)
-    }
-    fn live(&self) -> u32 {
-        self.queue.iter().filter(|t| t.is_some()).count() as u32
-    }
-    fn hand_off(&mut self) {
-        while !self.closed && !self.queue.is_empty() && self.in_use < self.limit() {
-            if let Some(id) = self.queue.pop_front().unwrap() {
-                self.in_use += 1;
-                self.granted.push(id);
-            }
-        }
-    }
-    fn try_acquire(&mut self, critical: bool) -> Result<(), Rejected> {
-        if self.closed {
-            return Err(Rejected::Closed);
-        }
-        let limit = if critical {
-            self.capacity
-        } else {
-            self.limit()
-        };
-        if self.in_use >= limit || (!critical && !self.queue.is_empty()) {
-            return Err(Rejected::Full);
-        }
-        self.in_use += 1;
-        Ok(())
-    }
-    /// First poll of a new acquire: Ok(true) = permit now, Ok(false) = queued.
-    fn acquire(&mut self, id: usize) -> Result<bool, Rejected> {
-        if self.closed {
-            return Err(Rejected::Closed);
-        }
-        if self.queue.is_empty() && self.in_use < self.limit() {
-            self.in_use += 1;
-            return Ok(true);
-        }
-        if self.queue_limit == 0 {
-            return Err(Rejected::Full);
-        }
-        if self.queue.len() as u32 >= self.window || self.live() >= self.queue_limit {
-            return Err(Rejected::QueueFull);
-        }
-        self.queue.push_back(Some(id));
-        Ok(false)
-    }
-    fn release(&mut self) {
-        self.in_use -= 1;
-        self.hand_off();
-    }
-    /// A queued waiter leaves. Returns true if it held a grant (now passed on).
-    fn cancel(&mut self, id: usize) -> bool {
-        if let Some(pos) = self.granted.iter().position(|&g| g == id) {
-            self.granted.remove(pos);
-            self.release();
-            return true;
-        }
-        for t in self.queue.iter_mut() {
-            if *t == Some(id) {
-                *t = None;
-            }
-        }
-        self.hand_off();
-        false
-    }
-}
-
 struct Sut {
     limiter: Limiter,
     model: Model,
     waiters: Vec<(usize, Acquire)>,
     permits: Vec<(Permit, bool)>,
     next_id: usize,
-    admitted: u64,
 }
 
 fn poll(f: &mut Acquire) -> Poll<Result<Permit, Rejected>> {
@@ -151,24 +65,12 @@ impl Sut {
             .track_leases(leases)
             .build()
             .unwrap();
-        let window = ((queue_limit as usize * 4)
-            .next_power_of_two()
-            .clamp(2, 2048)
-            / 2) as u32;
         Sut {
             limiter,
-            model: Model {
-                capacity,
-                max,
-                reserve,
-                queue_limit,
-                window,
-                ..Model::default()
-            },
+            model: Model::new(capacity, max, reserve, queue_limit),
             waiters: Vec::new(),
             permits: Vec::new(),
             next_id: 0,
-            admitted: 0,
         }
     }
 
@@ -181,10 +83,9 @@ impl Sut {
                 } else {
                     self.limiter.try_acquire()
                 };
-                let expect = self.model.try_acquire(critical);
+                let expect = self.model.try_acquire(critical).map(|_| ());
                 assert_eq!(real.as_ref().map(|_| ()).map_err(|e| *e), expect, "{op:?}");
                 if let Ok(p) = real {
-                    self.admitted += 1;
                     self.permits.push((p, false));
                 }
             }
@@ -194,10 +95,7 @@ impl Sut {
                 let mut fut = self.limiter.acquire();
                 let expect = self.model.acquire(id);
                 match (poll(&mut fut), expect) {
-                    (Poll::Ready(Ok(p)), Ok(true)) => {
-                        self.admitted += 1;
-                        self.permits.push((p, false))
-                    }
+                    (Poll::Ready(Ok(p)), Ok(true)) => self.permits.push((p, false)),
                     (Poll::Pending, Ok(false)) => self.waiters.push((id, fut)),
                     (Poll::Ready(Err(a)), Err(b)) => assert_eq!(a, b),
                     (real, model) => panic!("acquire: real {real:?}, model {model:?}"),
@@ -214,7 +112,7 @@ impl Sut {
                             "waiter {id} got a permit the model did not grant (FIFO)"
                         );
                         self.model.granted.retain(|&g| g != id);
-                        self.admitted += 1;
+                        self.model.admitted += 1;
                         self.permits.push((p, false));
                         drop(self.waiters.remove(i));
                     }
@@ -222,6 +120,7 @@ impl Sut {
                         assert!(!granted, "granted waiter {id} failed with {e}");
                         assert_eq!(e, Rejected::Closed);
                         assert!(self.model.closed);
+                        self.model.rejected[admit_model::reason_index(e)] += 1;
                         self.model.cancel(id);
                         drop(self.waiters.remove(i));
                     }
@@ -285,7 +184,7 @@ impl Sut {
     fn check(&self) {
         let m = &self.model;
         assert_eq!(self.limiter.in_use(), m.in_use, "in_use");
-        assert_eq!(self.limiter.waiting(), m.live(), "waiting");
+        assert_eq!(self.limiter.waiting(), m.live_waiting(), "waiting");
         assert_eq!(self.limiter.capacity(), m.capacity, "capacity");
         assert_eq!(self.limiter.is_closed(), m.closed, "closed");
         // I1: new grants only below the cap, so the count never passes the
@@ -293,7 +192,7 @@ impl Sut {
         assert!(m.in_use <= m.max);
         // I3: no waiter left queued beside a free permit.
         if !m.closed && m.in_use < m.limit() {
-            assert_eq!(m.live(), 0, "waiters queued beside free permits");
+            assert_eq!(m.live_waiting(), 0, "waiters queued beside free permits");
         }
     }
 
@@ -306,9 +205,15 @@ impl Sut {
         let snap = self.limiter.health().snapshot();
         assert_eq!(snap.repaired_total, 0, "a release found the count at zero");
         assert_eq!(
-            snap.admitted_total, self.admitted,
+            snap.admitted_total, self.model.admitted,
             "admissions miscounted (I6)"
         );
+        for (i, reason) in REASONS.iter().enumerate() {
+            assert_eq!(
+                snap.rejected_total[reason], self.model.rejected[i],
+                "rejections miscounted: {reason} (I6)"
+            );
+        }
     }
 }
 

@@ -263,3 +263,58 @@ fn saturation_and_recovery_are_streamed() {
         (HealthState::Saturated, HealthState::Healthy)
     );
 }
+
+/// Pending revocations are counted, not scanned for: revoked and not yet
+/// dropped or reclaimed.
+#[test]
+fn revoked_pending_follows_revocations_drops_and_reclaims() {
+    let l = Limiter::new(4);
+    let health = l.health();
+    let a = l.try_acquire().unwrap();
+    let b = l.try_acquire().unwrap();
+    assert!(l.revoke(a.lease_id()));
+    assert_eq!(health.snapshot().revoked_pending, 1);
+    drop(a);
+    assert_eq!(health.snapshot().revoked_pending, 0);
+    assert!(l.revoke(b.lease_id()));
+    assert_eq!(health.snapshot().revoked_pending, 1);
+    assert_eq!(l.reclaim_revoked(Duration::ZERO), 1);
+    drop(b);
+    let s = health.snapshot();
+    assert_eq!(
+        (s.revoked_pending, s.revoked_total, s.reclaimed_total),
+        (0, 2, 1)
+    );
+    assert_eq!((s.in_use, s.repaired_total), (0, 0));
+}
+
+/// While a watchdog is alive a snapshot reads no lease table: the oldest
+/// lease is the one the last tick found (0 once nothing is held). Without
+/// one, the snapshot finds it itself.
+#[test]
+fn the_oldest_lease_comes_from_the_last_tick_while_a_watchdog_is_alive() {
+    let l = Limiter::new(4);
+    let health = l.health();
+    let first = l.try_acquire().unwrap();
+    l.faults().advance_clock(100);
+    // No watchdog: the snapshot scans.
+    assert_eq!(health.snapshot().oldest_lease_ms, 100);
+
+    let mut dog = Watchdog::new(
+        l.clone(),
+        WatchdogConfig::default().interval(Duration::from_secs(3600)),
+    );
+    dog.tick();
+    l.faults().advance_clock(50);
+    assert_eq!(health.snapshot().oldest_lease_ms, 150);
+    // A younger lease replaces the oldest one between ticks: until the next
+    // tick the figure is the one the last scan found.
+    let second = l.try_acquire().unwrap();
+    drop(first);
+    assert_eq!(health.snapshot().oldest_lease_ms, 150);
+    dog.tick();
+    l.faults().advance_clock(10);
+    assert_eq!(health.snapshot().oldest_lease_ms, 10);
+    drop(second);
+    assert_eq!(health.snapshot().oldest_lease_ms, 0, "nothing held");
+}
