@@ -39,7 +39,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use fantoccini;
 use fantoccini::{Client, ClientBuilder};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{header, Request};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 /// Errors of the helpers and the tests: boxed, with a message that says what
@@ -692,9 +696,9 @@ impl HttpResponse {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close` over a fresh connection, so
-/// that it holds no connection slot afterwards. `body` is sent as JSON, and
-/// `token` as `Authorization: Bearer`.
+/// One HTTP/1.1 request with `Connection: close` over a fresh connection,
+/// through hyper's client, so that it holds no connection slot afterwards.
+/// `body` is sent as JSON, and `token` as `Authorization: Bearer`.
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -702,79 +706,60 @@ pub async fn http_request(
     body: Option<&Value>,
     token: Option<&str>,
 ) -> Result<HttpResponse, Error> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n"
-    );
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, addr.to_string())
+        .header(header::CONNECTION, "close")
+        .header(header::ACCEPT, "application/json");
     if !body.is_empty() {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
+        req = req
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, body.len());
     }
     if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    req.push_str("\r\n");
-    req.push_str(&body);
-    let io = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.write_all(req.as_bytes()).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        Ok::<_, std::io::Error>(raw)
-    };
-    let raw = tokio::time::timeout(IO_TIMEOUT, io)
+    let req = req.body(Full::new(Bytes::from(body)))?;
+    tokio::time::timeout(IO_TIMEOUT, exchange(addr, req))
         .await
         .map_err(|_| format!("{method} http://{addr}{path}: no answer within {IO_TIMEOUT:?}"))?
-        .map_err(|e| format!("{method} http://{addr}{path}: {e}"))?;
-    parse_http_response(&raw).ok_or_else(|| {
-        format!(
-            "{method} http://{addr}{path}: unreadable answer: {:?}",
-            String::from_utf8_lossy(&raw[..raw.len().min(200)])
-        )
-        .into()
-    })
+        .map_err(|e| format!("{method} http://{addr}{path}: {e}").into())
 }
 
-/// Parses a complete HTTP/1.1 response (headers and a plain, chunked or
-/// close-delimited body).
-fn parse_http_response(raw: &[u8]) -> Option<HttpResponse> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let mut body = raw[split + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    if chunked {
-        let mut out = Vec::new();
-        let mut rest = &body[..];
-        loop {
-            let eol = rest.windows(2).position(|w| w == b"\r\n")?;
-            let size_text = std::str::from_utf8(&rest[..eol]).ok()?;
-            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-            rest = &rest[eol + 2..];
-            if size == 0 {
-                break;
-            }
-            out.extend_from_slice(rest.get(..size)?);
-            rest = rest.get(size + 2..)?;
-        }
-        body = out;
-    }
-    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    Some(HttpResponse {
-        status,
-        headers,
-        json,
-    })
+/// Sends `req` on a new connection to `addr` and reads the whole answer.
+/// The connection is driven here, beside the exchange, and dropped (the
+/// socket closed) as soon as the answer is read.
+async fn exchange(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<HttpResponse, Error> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let talk = async move {
+        let res = sender.send_request(req).await?;
+        let status = res.status().as_u16();
+        let headers = res
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_owned(), v)
+            })
+            .collect();
+        let body = res.into_body().collect().await?.to_bytes();
+        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        Ok::<_, hyper::Error>(HttpResponse {
+            status,
+            headers,
+            json,
+        })
+    };
+    tokio::pin!(talk);
+    let res = tokio::select! {
+        res = &mut talk => res,
+        // The server closed: what it sent is still to be read.
+        _ = conn => talk.await,
+    };
+    Ok(res?)
 }
 
 /// Registers a user over the HTTP API and returns its token.
@@ -1040,18 +1025,6 @@ mod tests {
         assert_eq!(addrs.status.port(), 40003);
         assert_eq!(Addrs::parse_line("listening http=127.0.0.1:1"), None);
         assert_eq!(Addrs::parse_line("something else"), None);
-    }
-
-    #[test]
-    fn parses_plain_and_chunked_responses() {
-        let plain =
-            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nContent-Length: 2\r\n\r\n{}";
-        let res = parse_http_response(plain).expect("a response");
-        assert_eq!(res.status, 503);
-        assert_eq!(res.header("retry-after"), Some("2"));
-        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n";
-        let res = parse_http_response(chunked).expect("a response");
-        assert_eq!(res.json, json!({"a": 1}));
     }
 
     #[test]
