@@ -420,11 +420,16 @@ impl ClusterLimiter {
     /// `admit_cluster_fair_share`, `admit_cluster_redis_up`,
     /// `admit_cluster_mode` (0 leased, 1 fallback, 2 lost); counters
     /// `admit_cluster_syncs_total`, `admit_cluster_failures_total`,
-    /// `admit_cluster_lost_total`, `admit_cluster_fallbacks_total`.
+    /// `admit_cluster_lost_total`, `admit_cluster_fallbacks_total`; each
+    /// with a description.
+    ///
+    /// Nothing calls it on its own: call it on a timer, or in the handler
+    /// that serves a scrape, just before rendering.
     #[cfg(feature = "metrics")]
     pub fn publish_metrics(&self) {
         let h = self.limiter().health();
         h.publish_metrics(&h.snapshot());
+        describe_metrics();
         let st = self.status();
         let l = [
             ("budget", st.budget_name.clone()),
@@ -722,4 +727,59 @@ fn guard(shared: Arc<Shared>) {
         let nap = deadline.saturating_sub(now).clamp(1, 50);
         std::thread::park_timeout(Duration::from_millis(nap));
     }
+}
+
+/// Describes the cluster metrics to the recorder in effect (descriptions are
+/// kept by name, so describing again changes nothing).
+#[cfg(feature = "metrics")]
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_gauge!(
+        "admit_cluster_share",
+        Unit::Count,
+        "Permits this node may admit: its confirmed share of the cluster budget."
+    );
+    describe_gauge!(
+        "admit_cluster_budget",
+        Unit::Count,
+        "The cluster-wide budget, as of the node's last Redis reply."
+    );
+    describe_gauge!(
+        "admit_cluster_live_nodes",
+        Unit::Count,
+        "Nodes alive in the cluster, as of the node's last Redis reply."
+    );
+    describe_gauge!(
+        "admit_cluster_fair_share",
+        Unit::Count,
+        "The budget over the live nodes, as of the node's last Redis reply."
+    );
+    describe_gauge!(
+        "admit_cluster_redis_up",
+        "1 if the node's last Redis call succeeded, else 0."
+    );
+    describe_gauge!(
+        "admit_cluster_mode",
+        "How the node admits: 0 on its leased share, 1 on a fallback share (cut off from Redis past its lease), 2 lost (admits nothing new)."
+    );
+    describe_counter!(
+        "admit_cluster_syncs_total",
+        Unit::Count,
+        "Successful Redis calls."
+    );
+    describe_counter!(
+        "admit_cluster_failures_total",
+        Unit::Count,
+        "Failed or timed-out Redis calls."
+    );
+    describe_counter!(
+        "admit_cluster_lost_total",
+        Unit::Count,
+        "Times the node learned its lease was gone (fenced out)."
+    );
+    describe_counter!(
+        "admit_cluster_fallbacks_total",
+        Unit::Count,
+        "Times the lease ran out with Redis unreachable and the node took a fallback share."
+    );
 }

@@ -30,4 +30,23 @@ async fn a_node_publishes_its_share_and_redis_state() {
     ] {
         assert!(text.contains(&line), "missing {line:?} in:\n{text}");
     }
+    // Every metric comes with its description, the cluster's and the
+    // local limiter's alike.
+    for name in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+    {
+        // A summary's `_sum` and `_count` lines share its description.
+        let name = ["_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| text.contains(&format!("# HELP {base} ")))
+            .unwrap_or(name);
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no description in:\n{text}"
+        );
+    }
+    assert!(text.contains("# HELP admit_cluster_share Permits this node may admit"));
 }
