@@ -299,7 +299,7 @@ async fn run_with_target(
     let health = first.unwrap_or_default();
     let capacity = match health.limiters.chat.capacity {
         0 => common.capacity,
-        c => c,
+        c => c.into(),
     };
     // In cluster mode, every node in view first (their shares are then
     // set); the budget is what binds.

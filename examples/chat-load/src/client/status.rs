@@ -8,74 +8,28 @@
 use super::http::{self, HttpConn};
 use super::{ClientError, Connector, Target};
 use crate::metrics::Timeline;
+use admit::Snapshot;
 use hyper::Method;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// A limiter's figures as `/health` shows them (`SNAP` in the contract).
-/// Every field defaults, so a server that adds fields or omits optional
-/// ones still parses.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct LimiterSnap {
-    /// Permits available in total.
-    pub capacity: u64,
-    /// Permits held.
-    pub in_use: u64,
-    /// Callers queued for a permit.
-    pub waiting: u64,
-    /// Permits granted since start.
-    pub admitted_total: u64,
-    /// Rejections by reason.
-    pub rejected_total: BTreeMap<String, u64>,
-    /// Permits revoked by the watchdog.
-    pub revoked_total: u64,
-    /// Leaked permits reclaimed by the watchdog.
-    pub reclaimed_total: u64,
-    /// Repairs (e.g. lost wake-ups re-delivered).
-    pub repaired_total: u64,
-    /// Age of the oldest untouched lease.
-    pub oldest_lease_ms: u64,
-    /// The limiter's own state, e.g. `"healthy"` or `"degraded"`.
-    pub state: serde_json::Value,
-    /// Why it is degraded, when it is.
-    pub cause: serde_json::Value,
-}
-
-impl LimiterSnap {
-    /// Total rejections over all reasons.
-    pub fn rejected(&self) -> u64 {
-        self.rejected_total.values().sum()
-    }
-
-    /// The state as text (`"healthy"`, `"degraded"`, ...), whether the
-    /// server sends it as a string or as an object.
-    pub fn state_str(&self) -> String {
-        match &self.state {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Null => String::new(),
-            other => other.to_string(),
-        }
-    }
-
-    /// Counters that move when the watchdog repairs something.
-    pub fn repairs(&self) -> u64 {
-        self.revoked_total + self.reclaimed_total + self.repaired_total
-    }
+/// Counters that move when the watchdog repairs something: revocations,
+/// reclaims and repairs.
+pub fn repairs(snap: &Snapshot) -> u64 {
+    snap.revoked_total + snap.reclaimed_total + snap.repaired_total
 }
 
 /// Both limiters.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Limiters {
-    /// The chat connection limiter.
-    pub chat: LimiterSnap,
+    /// The chat connection limiter, as the server's `admit` reports it.
+    pub chat: Snapshot,
     /// The status listener's own limiter.
-    pub status: LimiterSnap,
+    pub status: Snapshot,
 }
 
 /// The `/health` body.
@@ -99,7 +53,8 @@ impl Health {
 
     /// Whether the server reports a problem it is (or should be) repairing.
     pub fn is_degraded(&self) -> bool {
-        self.status == "degraded" || self.limiters.chat.state_str().contains("degraded")
+        self.status == "degraded"
+            || matches!(self.limiters.chat.state, admit::HealthState::Degraded(_))
     }
 }
 
@@ -186,11 +141,11 @@ impl HealthMonitor {
                         if chat.in_use > chat.capacity && chat.capacity > 0 {
                             log.cap_violations += 1;
                         }
-                        if chat.in_use >= log.max_in_use {
-                            log.max_in_use = chat.in_use;
-                            log.capacity_at_max = chat.capacity;
+                        if u64::from(chat.in_use) >= log.max_in_use {
+                            log.max_in_use = chat.in_use.into();
+                            log.capacity_at_max = chat.capacity.into();
                         }
-                        timeline.gauges(Some(chat.in_use), connector.open_now());
+                        timeline.gauges(Some(chat.in_use.into()), connector.open_now());
                         log.samples.push(sample.clone());
                         drop(log);
                         let _ = tx.send(Some(sample));
@@ -358,7 +313,7 @@ mod tests {
     fn parses_contract_health_body() {
         let body = br#"{"status":"saturated","limiters":{
             "chat":{"capacity":50,"in_use":50,"waiting":0,"admitted_total":90,
-                    "rejected_total":{"capacity":7,"per_ip":1},"revoked_total":0,
+                    "rejected_total":{"full":7,"per_ip":1},"revoked_total":0,
                     "reclaimed_total":2,"repaired_total":1,"oldest_lease_ms":30,
                     "state":"saturated","extra":true},
             "status":{"capacity":16,"in_use":1}},
@@ -366,9 +321,9 @@ mod tests {
         let h = Health::parse(body).unwrap();
         assert_eq!(h.status, "saturated");
         assert_eq!(h.limiters.chat.capacity, 50);
-        assert_eq!(h.limiters.chat.rejected(), 8);
-        assert_eq!(h.limiters.chat.repairs(), 3);
-        assert_eq!(h.limiters.chat.state_str(), "saturated");
+        assert_eq!(h.limiters.chat.rejected_sum(), 8);
+        assert_eq!(repairs(&h.limiters.chat), 3);
+        assert_eq!(h.limiters.chat.state, admit::HealthState::Saturated);
         assert_eq!(h.limiters.status.in_use, 1);
         assert!(!h.is_degraded());
         let d = Health::parse(br#"{"status":"degraded"}"#).unwrap();

@@ -267,8 +267,8 @@ pub async fn run(ctx: &Ctx, args: &FloodArgs) -> Result<Report, ScenarioError> {
             a.health
                 .limiters
                 .chat
-                .rejected()
-                .saturating_sub(b.health.limiters.chat.rejected()),
+                .rejected_sum()
+                .saturating_sub(b.health.limiters.chat.rejected_sum()),
             "",
         );
     }

@@ -26,7 +26,7 @@
 
 use super::{register_users, wait_closed, Ctx, ScenarioError};
 use crate::cli::{FaultKind, WedgeArgs};
-use crate::client::status::{admin_post, HealthSample};
+use crate::client::status::{admin_post, repairs, HealthSample};
 use crate::client::{timed_open, Connector, Opened, Target, Transport};
 use crate::metrics::{Outcome, Timeline};
 use crate::report::{opt, Report};
@@ -51,7 +51,7 @@ pub fn default_recovery_bound(fault: FaultKind, idle_timeout: Option<u64>) -> f6
 }
 
 fn noticed(s: &HealthSample, repairs_before: u64) -> bool {
-    s.health.is_degraded() || s.health.limiters.chat.repairs() > repairs_before
+    s.health.is_degraded() || repairs(&s.health.limiters.chat) > repairs_before
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -136,7 +136,7 @@ async fn leak(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, Scenari
         .wait_for(Duration::from_secs(2), |_| true)
         .await
         .ok_or_else(|| ScenarioError::Setup("no /health answer".into()))?;
-    let repairs_before = before.health.limiters.chat.repairs();
+    let repairs_before = repairs(&before.health.limiters.chat);
 
     // Inject.
     let fault_at = Instant::now();
@@ -433,7 +433,7 @@ async fn stall(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, Scenar
         .wait_for(Duration::from_secs(2), |_| true)
         .await
         .ok_or_else(|| ScenarioError::Setup("no /health answer".into()))?;
-    let repairs_before = before.health.limiters.chat.repairs();
+    let repairs_before = repairs(&before.health.limiters.chat);
 
     // Inject the stall, then queue waiters behind the full server.
     let answer = admin_post(
@@ -478,11 +478,11 @@ async fn stall(ctx: &Ctx, args: &WedgeArgs, bound: f64) -> Result<Report, Scenar
     let queued = ctx
         .health
         .wait_for(Duration::from_secs(3), |s| {
-            s.health.limiters.chat.waiting >= args.waiters.max(1)
+            u64::from(s.health.limiters.chat.waiting) >= args.waiters.max(1)
         })
         .await
         .or_else(|| ctx.health.latest());
-    let queued_n = queued.map(|s| s.health.limiters.chat.waiting).unwrap_or(0);
+    let queued_n = queued.map_or(0, |s| u64::from(s.health.limiters.chat.waiting));
 
     // Free every slot: the queued clients should get in at once.
     let released_at = Instant::now();
