@@ -8,7 +8,8 @@
 //! per-delivery latency, send → ack, and throughput.
 //!
 //! In cluster mode a room's members are spread over the nodes (member k of
-//! a room on node k mod N), so most deliveries cross nodes. A node's share
+//! room r on node (r + k) mod N, so each node holds an even share), and
+//! most deliveries cross nodes. A node's share
 //! of the cluster budget grows with demand, a batch at a time: a client
 //! turned away while it grows tries again shortly, as a real client
 //! would, and the retries are reported.
@@ -159,8 +160,8 @@ pub async fn run(ctx: &Ctx, args: &SteadyArgs) -> Result<Report, ScenarioError> 
         let bar = bar.clone();
         // The spawned task owns clones of what it needs from the context.
         let connector = ctx.connector.clone();
-        // Member k of a room on node k mod N.
-        let target = ctx.node(i / rooms.len() as u64).clone();
+        // Member k of room r on node (r + k) mod N.
+        let target = ctx.node(room_idx as u64 + i / rooms.len() as u64).clone();
         let timeline = ctx.timeline.clone();
         let timeout = ctx.timeout();
         let retry_busy = ctx.cluster_capacity.is_some();
