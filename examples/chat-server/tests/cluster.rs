@@ -662,23 +662,36 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// An authenticated, idle WebSocket from 127.0.0.`src`, with small buffers
-/// on this side (the test holds thousands).
+/// on this side (the test holds thousands). A node's share grows with
+/// demand: turned away (503) while it grows, the client tries again.
 async fn idle_ws(http: std::net::SocketAddr, src: u8, token: &str) -> WsStream {
     use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind((std::net::Ipv4Addr::new(127, 0, 0, src), 0).into())
-        .unwrap();
-    let stream = sock.connect(http).await.unwrap();
-    let config = WebSocketConfig::default()
-        .read_buffer_size(512)
-        .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-        format!("ws://{http}/ws"),
-        tokio_tungstenite::MaybeTlsStream::Plain(stream),
-        Some(config),
-    )
-    .await
-    .unwrap();
+    let mut busy = 0;
+    let mut ws = loop {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind((std::net::Ipv4Addr::new(127, 0, 0, src), 0).into())
+            .unwrap();
+        let stream = sock.connect(http).await.unwrap();
+        let config = WebSocketConfig::default()
+            .read_buffer_size(512)
+            .write_buffer_size(0);
+        match tokio_tungstenite::client_async_with_config(
+            format!("ws://{http}/ws"),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+            Some(config),
+        )
+        .await
+        {
+            Ok((ws, _)) => break ws,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r))
+                if r.status() == 503 && busy < 100 =>
+            {
+                busy += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
+    };
     let auth = json!({"type":"auth","token":token}).to_string();
     ws.send(Message::Text(auth.into())).await.unwrap();
     match ws.next().await {
