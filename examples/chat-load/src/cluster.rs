@@ -14,6 +14,7 @@
 
 use crate::client::http::HttpConn;
 use crate::client::{ClientError, Connector, Target};
+use crate::metrics::Timeline;
 use crate::report::Report;
 use hyper::Method;
 use serde::Deserialize;
@@ -403,11 +404,14 @@ pub struct ClusterSummary {
 }
 
 impl ClusterMonitor {
-    /// Starts polling `targets` every `period` until `stop`.
+    /// Starts polling `targets` every `period` until `stop`. Each round's
+    /// sum goes into `timeline` as the server's `in_use`, so the plot shows
+    /// the cluster's connections against its budget.
     pub fn start(
         connector: Arc<Connector>,
         targets: Vec<Target>,
         period: Duration,
+        timeline: Arc<Timeline>,
         stop: CancellationToken,
     ) -> ClusterMonitor {
         let log = Arc::new(Mutex::new(Log {
@@ -468,6 +472,7 @@ impl ClusterMonitor {
                     }
                 }
                 if all {
+                    timeline.gauges(Some(sum), connector.open_now());
                     log.rounds += 1;
                     log.max_sum = log.max_sum.max(sum);
                     if log.budget > 0 && sum > log.budget {

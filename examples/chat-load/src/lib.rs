@@ -352,6 +352,7 @@ async fn run_with_target(
                 connector.clone(),
                 targets.clone(),
                 Duration::from_millis(common.poll_ms.max(5)),
+                timeline.clone(),
                 monitor_stop.clone(),
             );
             (ctx.with_cluster(targets, b), Some(m))
@@ -429,7 +430,9 @@ async fn run_with_target(
     if let Some(m) = &cluster_monitor {
         cluster::report_cluster(&mut report, &m.summary());
     }
-    report.capacity = Some(capacity);
+    // The plot's capacity line: the budget in cluster mode (its in_use
+    // line is then the sum over the nodes).
+    report.capacity = Some(ctx.cluster_capacity.unwrap_or(capacity));
     report.events = ctx.events();
     report.timeline = timeline.samples(end_s);
     report.config = serde_json::json!({
