@@ -144,7 +144,10 @@ fn steady_across_three_nodes_delivers_every_message_to_every_member() {
             .unwrap_or(0);
         assert!(in_use >= 15, "node{n} held {in_use}: {stdout}");
     }
-    assert!(figure(&report, "messages sent").as_u64() > Some(100), "{stdout}");
+    assert!(
+        figure(&report, "messages sent").as_u64() > Some(100),
+        "{stdout}"
+    );
 }
 
 #[test]
