@@ -42,9 +42,17 @@
 //!   each time the slot leaves the free list, and every transition compares
 //!   it, so a stale holder (a permit whose slot was reclaimed and reused, a
 //!   deliverer that lost a race) fails its CAS instead of touching someone
-//!   else's lease. The generation has 56 bits: at a billion leases a second
-//!   through one slot it would wrap after two years, and a stale holder would
-//!   have to sleep through exactly that many reuses to be confused.
+//!   else's lease. The generation has 41 bits (`GEN_BITS`), so that a
+//!   permit carries slot and generation in one word. It wraps after 2^41
+//!   (2.2 × 10^12) leases of one slot: some 18 hours of one thread taking
+//!   and dropping permits back to back on one slot (its cache hands it the
+//!   same slot every time) at 30 ns a cycle, far longer in real use. To be
+//!   confused, a stale holder (a permit that ignored its revocation and was
+//!   reclaimed) must still be alive then and drop while its slot holds a
+//!   lease of exactly its generation; its drop then frees that lease's slot
+//!   and gives back one permit's count in its place, so the count stays
+//!   right (the real holder's later drop finds the slot moved on and does
+//!   nothing) and only that one lease loses its bookkeeping.
 //! * Slots are never deallocated, so a stale index can always be read.
 //! * Free slots form a Treiber stack threaded through `next_free`. The stack
 //!   head carries a 32-bit tag that changes on every push and pop, so the
@@ -99,6 +107,14 @@ fn status_of(word: u64) -> u8 {
 }
 
 const NIL: u32 = u32::MAX;
+
+/// Bits of a lease's generation. A permit keeps its slot and generation in
+/// one word (`slot << GEN_BITS | gen`, the slot in the remaining 23 bits,
+/// enough for every slot a mailbox can name), which makes a permit two
+/// words, returned in registers.
+pub(crate) const GEN_BITS: u32 = 41;
+const GEN_MASK: u64 = (1 << GEN_BITS) - 1;
+const _: () = assert!(crate::queue::MAX_SLOTS as u64 <= 1 << (64 - GEN_BITS));
 
 struct Slot {
     /// `generation << 8 | status`.
@@ -246,7 +262,7 @@ impl LeaseTable {
     /// Moves a FREE slot the caller took to `status` with a new generation.
     fn start(&self, index: u32, status: u8, now: u64) -> (u32, u64) {
         let slot = self.get(index);
-        let gen = gen_of(slot.state.load(Ordering::Relaxed)) + 1;
+        let gen = (gen_of(slot.state.load(Ordering::Relaxed)) + 1) & GEN_MASK;
         slot.started.store(now, Ordering::Relaxed);
         slot.last_active.store(now, Ordering::Relaxed);
         // Release: a watchdog or deliverer that sees the new generation also

@@ -1,6 +1,7 @@
 //! Permits: RAII leases on one unit of the limiter's capacity.
 
 use crate::inner::{Inner, Lease, UNTRACKED};
+use crate::lease::GEN_BITS;
 use crate::loom::Arc;
 use std::future::Future;
 use std::pin::Pin;
@@ -13,7 +14,7 @@ use std::time::Duration;
 pub struct LeaseId {
     /// Index in the lease table.
     pub slot: u32,
-    /// How many leases that slot had held, this one included.
+    /// How many leases that slot had held, this one included, modulo 2^41.
     pub generation: u64,
 }
 
@@ -42,10 +43,15 @@ impl std::fmt::Display for LeaseId {
 /// ```
 pub struct Permit {
     inner: Arc<Inner>,
-    /// The lease slot, or `UNTRACKED` on a limiter built without leases.
-    slot: u32,
-    gen: u64,
+    /// The lease as `slot << GEN_BITS | generation`, or `NO_LEASE` on a
+    /// limiter built without leases: one word, so a permit is two and
+    /// travels in registers.
+    lease: u64,
 }
+
+/// A permit's `lease` without a lease. Its slot part (all ones) is never a
+/// real slot: the table is smaller than the largest slot number.
+const NO_LEASE: u64 = u64::MAX;
 
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,7 +64,26 @@ impl std::fmt::Debug for Permit {
 
 impl Permit {
     pub(crate) fn new(inner: Arc<Inner>, (slot, gen): Lease) -> Permit {
-        Permit { inner, slot, gen }
+        let lease = if slot == UNTRACKED {
+            NO_LEASE
+        } else {
+            (u64::from(slot) << GEN_BITS) | gen
+        };
+        Permit { inner, lease }
+    }
+
+    /// The lease as the core names it: `(slot, generation)`, or
+    /// `(UNTRACKED, 0)`.
+    #[inline]
+    fn parts(&self) -> Lease {
+        if self.lease == NO_LEASE {
+            (UNTRACKED, 0)
+        } else {
+            (
+                (self.lease >> GEN_BITS) as u32,
+                self.lease & ((1 << GEN_BITS) - 1),
+            )
+        }
     }
 
     /// Counts this permit as admitted (for grants that reached the caller
@@ -69,15 +94,13 @@ impl Permit {
 
     #[inline]
     fn tracked(&self) -> bool {
-        self.slot != UNTRACKED
+        self.lease != NO_LEASE
     }
 
     /// This lease's id, for [`Limiter::revoke`](crate::Limiter::revoke) and logs.
     pub fn lease_id(&self) -> LeaseId {
-        LeaseId {
-            slot: self.slot,
-            generation: self.gen,
-        }
+        let (slot, generation) = self.parts();
+        LeaseId { slot, generation }
     }
 
     /// Marks the lease active now. Costs three relaxed loads and, at most
@@ -86,14 +109,18 @@ impl Permit {
     #[inline]
     pub fn touch(&self) {
         if self.tracked() {
-            self.inner.touch(self.slot, self.gen);
+            let (slot, gen) = self.parts();
+            self.inner.touch(slot, gen);
         }
     }
 
     /// Whether the lease was revoked (or already reclaimed). Always false
     /// on a limiter built without leases.
     pub fn is_revoked(&self) -> bool {
-        self.tracked() && self.inner.is_revoked(self.slot, self.gen)
+        self.tracked() && {
+            let (slot, gen) = self.parts();
+            self.inner.is_revoked(slot, gen)
+        }
     }
 
     /// Polls for revocation: `Ready` once the lease is revoked. Adapters
@@ -106,7 +133,7 @@ impl Permit {
         if self.is_revoked() {
             return Poll::Ready(());
         }
-        self.inner.register_revoked(self.slot, cx.waker());
+        self.inner.register_revoked(self.parts().0, cx.waker());
         // Re-check: a revocation between the check and the registration
         // woke no one.
         if self.is_revoked() {
@@ -127,7 +154,7 @@ impl Permit {
         if !self.tracked() {
             return Duration::ZERO;
         }
-        Duration::from_millis(self.inner.lease_age_idle(self.slot).0)
+        Duration::from_millis(self.inner.lease_age_idle(self.parts().0).0)
     }
 
     /// How long since the lease was last touched (coarse).
@@ -135,7 +162,7 @@ impl Permit {
         if !self.tracked() {
             return Duration::ZERO;
         }
-        Duration::from_millis(self.inner.lease_age_idle(self.slot).1)
+        Duration::from_millis(self.inner.lease_age_idle(self.parts().0).1)
     }
 
     /// The limiter this permit belongs to.
@@ -150,7 +177,7 @@ impl Drop for Permit {
     fn drop(&mut self) {
         // A lease reclaimed by the watchdog gave its count back already;
         // `release` then does nothing.
-        self.inner.release((self.slot, self.gen));
+        self.inner.release(self.parts());
     }
 }
 

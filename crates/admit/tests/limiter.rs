@@ -297,6 +297,18 @@ fn close_rejects_new_callers_wakes_waiters_and_drains() {
     assert_eq!(l.waiting(), 0);
 }
 
+/// A permit is two words (the limiter and its lease packed in one), so it
+/// and the result of an acquire travel in registers.
+#[test]
+fn a_permit_is_two_words() {
+    let word = std::mem::size_of::<usize>();
+    assert_eq!(std::mem::size_of::<admit::Permit>(), 2 * word.max(8));
+    assert_eq!(
+        std::mem::size_of::<Result<admit::Permit, Rejected>>(),
+        std::mem::size_of::<admit::Permit>()
+    );
+}
+
 #[test]
 fn permits_are_send_sync_static() {
     fn check<T: Send + Sync + 'static>() {}
