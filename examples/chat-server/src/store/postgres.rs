@@ -907,15 +907,16 @@ async fn store_posts(
     let rooms: Vec<i64> = posts.iter().map(|(_, p)| p.room).collect();
     let cids: Vec<&str> = posts.iter().map(|(_, p)| p.client_id.as_str()).collect();
     let mut known: HashMap<(i64, i64, String), Posted> = HashMap::new();
-    for r in tx
-        .query(
+    // Every statement here runs once per batch: prepared once per pooled
+    // connection, so each is one round trip instead of two.
+    let resent = tx
+        .prepare_cached(
             "SELECT m.user_id, m.room_id, m.client_id, m.seq, m.ts FROM messages m
              JOIN unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[]) AS k(u, r, c)
                ON m.user_id = k.u AND m.room_id = k.r AND m.client_id = k.c",
-            &[&users, &rooms, &cids],
         )
-        .await?
-    {
+        .await?;
+    for r in tx.query(&resent, &[&users, &rooms, &cids]).await? {
         known.insert(
             (r.get(0), r.get(1), r.get(2)),
             Posted {
@@ -948,20 +949,18 @@ async fn store_posts(
         // Rows locked in id order first, so that batches on two nodes
         // touching the same rooms wait for each other instead of
         // deadlocking.
-        tx.query(
-            "SELECT id FROM rooms WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            &[&ids],
-        )
-        .await?;
-        for r in tx
-            .query(
+        let lock = tx
+            .prepare_cached("SELECT id FROM rooms WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .await?;
+        tx.query(&lock, &[&ids]).await?;
+        let bump = tx
+            .prepare_cached(
                 "UPDATE rooms r SET last_seq = r.last_seq + c.n
                  FROM unnest($1::BIGINT[], $2::BIGINT[]) AS c(id, n)
                  WHERE r.id = c.id RETURNING r.id, r.last_seq",
-                &[&ids, &counts],
             )
-            .await?
-        {
+            .await?;
+        for r in tx.query(&bump, &[&ids, &counts]).await? {
             let (id, last): (i64, i64) = (r.get(0), r.get(1));
             next.insert(id, last - per_room[&id] + 1);
         }
@@ -982,13 +981,15 @@ async fn store_posts(
             .map(|&k| posts[k].1.client_id.as_str())
             .collect();
         let texts: Vec<&str> = fresh.iter().map(|&k| posts[k].1.text.as_str()).collect();
-        let inserted = tx
-            .execute(
+        let insert = tx
+            .prepare_cached(
                 "INSERT INTO messages (room_id, seq, user_id, client_id, text, ts)
                  SELECT r, s, u, c, t, $6 FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[]) AS x(r, s, u, c, t)
                  ON CONFLICT (user_id, room_id, client_id) DO NOTHING",
-                &[&rooms, &s, &users, &cids, &texts, &ts],
             )
+            .await?;
+        let inserted = tx
+            .execute(&insert, &[&rooms, &s, &users, &cids, &texts, &ts])
             .await?;
         if inserted as usize != fresh.len() {
             // Another node stored one of these resends after our check: a
