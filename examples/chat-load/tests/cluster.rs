@@ -2,40 +2,18 @@
 //! cluster mode, spawned by the `chat-load` binary itself on a PostgreSQL
 //! and a redis-server of its own, at small scale.
 //!
-//! Needs the chat-server binary (found as in `scenarios.rs`: set
-//! `CHAT_SERVER_BIN`, or build it first with `cargo build -p chat-server`),
-//! PostgreSQL (`initdb`) and `redis-server`. Without them the tests say so
-//! and pass, unless `ADMIT_REQUIRE_SERVICES` is set (as in CI): then a
-//! missing PostgreSQL or Redis fails them.
+//! Needs the chat-server binary (see `common::find_server`), PostgreSQL
+//! (`initdb`) and `redis-server`. Without them the tests say so and pass,
+//! unless `ADMIT_REQUIRE_SERVICES` is set (as in CI): then they fail.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::find_server;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 static RUN: AtomicUsize = AtomicUsize::new(0);
-
-fn find_server() -> Option<PathBuf> {
-    let mut c = Vec::new();
-    if let Some(p) = std::env::var_os("CHAT_SERVER_BIN") {
-        c.push(PathBuf::from(p));
-    }
-    // This test runs from <target>/<profile>/deps/.
-    if let Some(profile_dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().and_then(Path::parent).map(Path::to_path_buf))
-    {
-        c.push(profile_dir.join("chat-server"));
-        if let Some(target) = profile_dir.parent() {
-            c.push(target.join("debug").join("chat-server"));
-            c.push(target.join("release").join("chat-server"));
-        }
-    }
-    let found = c.iter().find(|p| p.is_file()).cloned();
-    if found.is_none() {
-        eprintln!("SKIPPED: no chat-server binary (looked in {c:?}); build it first");
-    }
-    found
-}
 
 /// Whether PostgreSQL and redis-server are installed; when they are not,
 /// the test skips, or fails under `ADMIT_REQUIRE_SERVICES`.

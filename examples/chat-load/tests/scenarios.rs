@@ -2,59 +2,18 @@
 //! binary, through the `chat-load` binary itself, so the exit code CI relies
 //! on is what is tested.
 //!
-//! The server is not built here. It is looked for, in order, at
-//! `$CHAT_SERVER_BIN`, next to this test's own target directory (the same
-//! profile, then the other one), under `$CARGO_TARGET_DIR`, and under the
-//! workspace's `target/`. When none exists the tests say so and pass:
-//! build it first with `cargo build -p chat-server` (`cargo test
-//! --workspace` does, since the server has tests of its own).
+//! The server is not built here: `common::find_server` says where it is
+//! looked for.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::find_server;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Numbers each run so parallel tests write distinct report files.
 static RUN: AtomicUsize = AtomicUsize::new(0);
-
-fn server_candidates() -> Vec<PathBuf> {
-    let mut c = Vec::new();
-    if let Some(p) = std::env::var_os("CHAT_SERVER_BIN") {
-        c.push(PathBuf::from(p));
-    }
-    // This test runs from <target>/<profile>/deps/.
-    if let Some(profile_dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().and_then(Path::parent).map(Path::to_path_buf))
-    {
-        c.push(profile_dir.join("chat-server"));
-        if let Some(target) = profile_dir.parent() {
-            c.push(target.join("debug").join("chat-server"));
-            c.push(target.join("release").join("chat-server"));
-        }
-    }
-    let workspace_target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
-    for base in std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([workspace_target])
-    {
-        c.push(base.join("debug").join("chat-server"));
-        c.push(base.join("release").join("chat-server"));
-    }
-    c
-}
-
-fn find_server() -> Option<PathBuf> {
-    let found = server_candidates().into_iter().find(|p| p.is_file());
-    if found.is_none() {
-        eprintln!(
-            "SKIPPED: no chat-server binary found (looked in {:?}); \
-             build it with `cargo build -p chat-server` or set CHAT_SERVER_BIN",
-            server_candidates()
-        );
-    }
-    found
-}
 
 fn run_load(server: &Path, args: &[&str]) -> Option<(i32, String, serde_json::Value)> {
     let json = std::env::temp_dir().join(format!(
