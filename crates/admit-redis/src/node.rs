@@ -108,7 +108,9 @@ impl Builder {
         self
     }
 
-    /// Callers that may wait in the local queue for a permit (default 0);
+    /// Callers that may wait in the local queue for a permit (default
+    /// [`admit::DEFAULT_QUEUE_LIMIT`], as for a plain limiter; 0 makes
+    /// [`ClusterLimiter::acquire`] fail at once when the share is full);
     /// waiting callers count as demand, so the share grows for them.
     pub fn queue_limit(mut self, n: u32) -> Self {
         self.queue_limit = n;
@@ -321,7 +323,7 @@ impl ClusterLimiter {
             max_drift: 0.01,
             min_batch: 16,
             max_share: None,
-            queue_limit: 0,
+            queue_limit: admit::DEFAULT_QUEUE_LIMIT,
             reserve: 0,
         }
     }
@@ -340,7 +342,9 @@ impl ClusterLimiter {
 
     /// Waits for a permit in the local queue (see [`Builder::queue_limit`]);
     /// waiting callers count as demand, so the share grows for them. Fails
-    /// at once when the queue is full, like [`admit::Limiter::acquire`].
+    /// at once when the queue is full, like [`admit::Limiter::acquire`];
+    /// bound the wait with the local limiter's
+    /// [`acquire_until`](admit::Limiter::acquire_until) if it needs a deadline.
     pub async fn acquire(&self) -> Result<Permit, Rejected> {
         let s = &*self.handle.shared;
         if s.gate.expired(now_ms()) {

@@ -87,9 +87,10 @@ fn lost_wakeups_are_noticed_and_redriven() {
     waiter.join().unwrap().expect("waiter granted");
     let took = released.elapsed();
     // The first tick that sees the stall starts its clock, so the bound is
-    // stall_after plus up to two ticks (and a little scheduling slack).
+    // stall_after plus up to two ticks, and slack for the watchdog and
+    // waiter threads being scheduled late on a busy machine.
     assert!(
-        took <= stall_after + TICK * 2 + Duration::from_millis(100),
+        took <= stall_after + TICK * 2 + Duration::from_millis(400),
         "waiter granted after {took:?}"
     );
     assert!(l.health().snapshot().repaired_total >= 1);

@@ -442,14 +442,18 @@ impl Server {
                 .build()
                 .map_err(|e| StartError::Admission(e.to_string()))?,
         };
+        // The status and event limiters only ever try: a request is served
+        // or refused at once, so their queues are 0 (and health says so).
         let status_limiter = Limiter::builder()
             .capacity(STATUS_CAPACITY)
             .reserve(STATUS_RESERVE)
+            .queue_limit(0)
             .name("status")
             .build()
             .map_err(|e| StartError::Admission(e.to_string()))?;
         let events_limiter = Limiter::builder()
             .capacity(status::MAX_EVENT_STREAMS)
+            .queue_limit(0)
             .name("events")
             .build()
             .map_err(|e| StartError::Admission(e.to_string()))?;
