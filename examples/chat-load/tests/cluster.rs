@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::find_server;
+use common::{figure, find_server};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,20 +61,8 @@ fn run_load(args: &[&str]) -> Option<(i32, String, serde_json::Value)> {
         .expect("chat-load runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report = std::fs::read_to_string(&json)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(serde_json::Value::Null);
-    let _ = std::fs::remove_file(&json);
+    let report = common::take_report(&json);
     Some((out.status.code().unwrap_or(-1), stdout, report))
-}
-
-fn figure<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["figures"]
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["name"] == name))
-        .map(|f| &f["value"])
-        .unwrap_or(&serde_json::Value::Null)
 }
 
 fn passed(report: &serde_json::Value, check: &str) -> Option<bool> {

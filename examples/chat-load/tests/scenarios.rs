@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::find_server;
+use common::{figure, find_server};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,20 +40,8 @@ fn run_load(server: &Path, args: &[&str]) -> Option<(i32, String, serde_json::Va
         eprintln!("SKIPPED: {} exited before listening", server.display());
         return None;
     }
-    let report = std::fs::read_to_string(&json)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(serde_json::Value::Null);
-    let _ = std::fs::remove_file(&json);
+    let report = common::take_report(&json);
     Some((out.status.code().unwrap_or(-1), stdout, report))
-}
-
-fn figure<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["figures"]
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["name"] == name))
-        .map(|f| &f["value"])
-        .unwrap_or(&serde_json::Value::Null)
 }
 
 #[test]

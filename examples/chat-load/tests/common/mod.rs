@@ -1,5 +1,5 @@
 //! What the chat-load tests share: finding the chat-server binary they
-//! drive.
+//! drive, and reading the report chat-load writes.
 //!
 //! The server is not built by these tests. It is looked for, in order, at
 //! `$CHAT_SERVER_BIN`, next to this test's own target directory (the same
@@ -57,4 +57,24 @@ pub fn find_server() -> Option<PathBuf> {
         );
     }
     found
+}
+
+/// The `--json` report chat-load wrote at `path` (null if it wrote none),
+/// removing the file.
+pub fn take_report(path: &Path) -> serde_json::Value {
+    let report = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let _ = std::fs::remove_file(path);
+    report
+}
+
+/// A figure of the report by name (null if absent).
+pub fn figure<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["figures"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["name"] == name))
+        .map(|f| &f["value"])
+        .unwrap_or(&serde_json::Value::Null)
 }
