@@ -62,7 +62,7 @@ impl Acquire {
     fn permit(&mut self, lease: crate::inner::Lease) -> Permit {
         self.phase = Phase::Done;
         self.waited.stop(self.inner.name(), "granted");
-        Permit::new(self.inner.clone(), lease)
+        Permit::new(crate::stash::clone(&self.inner), lease)
     }
 
     /// Leaves the queue now, as a drop would, but hands back a permit

@@ -91,6 +91,7 @@ mod places;
 mod queue;
 mod shard;
 mod snapshot;
+mod stash;
 mod state;
 mod telemetry;
 mod watchdog;

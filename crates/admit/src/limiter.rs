@@ -203,7 +203,7 @@ impl Limiter {
     /// headroom is left or someone is already queued (waiters go first).
     pub fn try_acquire(&self) -> Result<Permit, Rejected> {
         let lease = self.inner.try_acquire(false)?;
-        Ok(Permit::new(self.inner.clone(), lease))
+        Ok(Permit::new(crate::stash::clone(&self.inner), lease))
     }
 
     /// Like [`try_acquire`](Self::try_acquire), but may use the reserved
@@ -218,7 +218,7 @@ impl Limiter {
     /// ```
     pub fn try_acquire_critical(&self) -> Result<Permit, Rejected> {
         let lease = self.inner.try_acquire(true)?;
-        Ok(Permit::new(self.inner.clone(), lease))
+        Ok(Permit::new(crate::stash::clone(&self.inner), lease))
     }
 
     /// Waits for a permit in the FIFO queue, as long as it takes. Fails at

@@ -4,6 +4,7 @@ use crate::inner::{Inner, Lease, UNTRACKED};
 use crate::lease::GEN_BITS;
 use crate::loom::Arc;
 use std::future::Future;
+use std::num::NonZeroU64;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,6 +34,12 @@ impl std::fmt::Display for LeaseId {
 /// within the grace period, the slot is reclaimed and this permit's drop
 /// becomes a no-op.
 ///
+/// A permit keeps its limiter's core alive. When it is dropped, its thread
+/// keeps that reference for its next permit of the same limiter (saving two
+/// atomic operations a permit), so a thread may keep the core of one
+/// limiter it used alive after every handle to it is gone, until the thread
+/// uses another limiter or exits.
+///
 /// ```
 /// let limiter = admit::Limiter::new(1);
 /// let permit = limiter.try_acquire().unwrap();
@@ -42,16 +49,21 @@ impl std::fmt::Display for LeaseId {
 /// assert_eq!(limiter.in_use(), 0);
 /// ```
 pub struct Permit {
-    inner: Arc<Inner>,
+    /// Always `Some` until the drop hands it to the thread's stash
+    /// (`stash.rs`); an `Option` of an `Arc` is still one word.
+    inner: Option<Arc<Inner>>,
     /// The lease as `slot << GEN_BITS | generation`, or `NO_LEASE` on a
-    /// limiter built without leases: one word, so a permit is two and
-    /// travels in registers.
-    lease: u64,
+    /// limiter built without leases, stored inverted: one word, so a
+    /// permit is two and travels in registers. Inverted, it is never zero
+    /// (no slot number is all ones), which leaves `Result<Permit, _>` a
+    /// value to tell its variants apart by — the `Option` above used the
+    /// `Arc`'s.
+    lease: NonZeroU64,
 }
 
-/// A permit's `lease` without a lease. Its slot part (all ones) is never a
-/// real slot: the table is smaller than the largest slot number.
-const NO_LEASE: u64 = u64::MAX;
+/// A permit's lease part without a lease: a slot part of all ones, which
+/// no table reaches, and generation 0.
+const NO_LEASE: u64 = !((1 << GEN_BITS) - 1);
 
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,32 +81,45 @@ impl Permit {
         } else {
             (u64::from(slot) << GEN_BITS) | gen
         };
-        Permit { inner, lease }
+        Permit {
+            inner: Some(inner),
+            lease: NonZeroU64::new(!lease).expect("no slot number is all ones"),
+        }
+    }
+
+    #[inline]
+    fn inner(&self) -> &Inner {
+        self.inner
+            .as_deref()
+            .expect("a permit has its limiter until dropped")
     }
 
     /// The lease as the core names it: `(slot, generation)`, or
     /// `(UNTRACKED, 0)`.
     #[inline]
     fn parts(&self) -> Lease {
-        if self.lease == NO_LEASE {
+        let lease = self.raw();
+        if lease == NO_LEASE {
             (UNTRACKED, 0)
         } else {
-            (
-                (self.lease >> GEN_BITS) as u32,
-                self.lease & ((1 << GEN_BITS) - 1),
-            )
+            ((lease >> GEN_BITS) as u32, lease & ((1 << GEN_BITS) - 1))
         }
     }
 
     /// Counts this permit as admitted (for grants that reached the caller
     /// by an unusual path).
     pub(crate) fn count_admission(&self) {
-        self.inner.count_admission();
+        self.inner().count_admission();
+    }
+
+    #[inline]
+    fn raw(&self) -> u64 {
+        !self.lease.get()
     }
 
     #[inline]
     fn tracked(&self) -> bool {
-        self.lease != NO_LEASE
+        self.raw() != NO_LEASE
     }
 
     /// This lease's id, for [`Limiter::revoke`](crate::Limiter::revoke) and logs.
@@ -110,7 +135,7 @@ impl Permit {
     pub fn touch(&self) {
         if self.tracked() {
             let (slot, gen) = self.parts();
-            self.inner.touch(slot, gen);
+            self.inner().touch(slot, gen);
         }
     }
 
@@ -119,7 +144,7 @@ impl Permit {
     pub fn is_revoked(&self) -> bool {
         self.tracked() && {
             let (slot, gen) = self.parts();
-            self.inner.is_revoked(slot, gen)
+            self.inner().is_revoked(slot, gen)
         }
     }
 
@@ -133,7 +158,7 @@ impl Permit {
         if self.is_revoked() {
             return Poll::Ready(());
         }
-        self.inner.register_revoked(self.parts().0, cx.waker());
+        self.inner().register_revoked(self.parts().0, cx.waker());
         // Re-check: a revocation between the check and the registration
         // woke no one.
         if self.is_revoked() {
@@ -154,7 +179,7 @@ impl Permit {
         if !self.tracked() {
             return Duration::ZERO;
         }
-        Duration::from_millis(self.inner.lease_age_idle(self.parts().0).0)
+        Duration::from_millis(self.inner().lease_age_idle(self.parts().0).0)
     }
 
     /// How long since the lease was last touched (coarse).
@@ -162,13 +187,16 @@ impl Permit {
         if !self.tracked() {
             return Duration::ZERO;
         }
-        Duration::from_millis(self.inner.lease_age_idle(self.parts().0).1)
+        Duration::from_millis(self.inner().lease_age_idle(self.parts().0).1)
     }
 
     /// The limiter this permit belongs to.
     pub fn limiter(&self) -> crate::Limiter {
         crate::Limiter {
-            inner: self.inner.clone(),
+            inner: self
+                .inner
+                .clone()
+                .expect("a permit has its limiter until dropped"),
         }
     }
 }
@@ -177,7 +205,11 @@ impl Drop for Permit {
     fn drop(&mut self) {
         // A lease reclaimed by the watchdog gave its count back already;
         // `release` then does nothing.
-        self.inner.release(self.parts());
+        let lease = self.parts();
+        if let Some(inner) = self.inner.take() {
+            inner.release(lease);
+            crate::stash::give_back(inner);
+        }
     }
 }
 

@@ -1,0 +1,118 @@
+//! A per-thread stash of references to one limiter's core, so that taking
+//! and dropping a permit does not touch the `Arc`'s shared count.
+//!
+//! Every permit holds an `Arc<Inner>`: its drop needs the limiter, and the
+//! permit may outlive every `Limiter` handle. Cloning and dropping that
+//! `Arc` are two locked read-modify-writes on one cache line that every
+//! thread using the limiter writes — as much as the admission itself. So a
+//! permit's drop puts its `Arc` into its thread's stash instead, and the
+//! thread's next admission on the same limiter takes it from there.
+//!
+//! The stash holds one reference: the one the thread's last dropped permit
+//! held. So the steady cycle of a thread that takes and drops permits of
+//! one limiter — uncontended, or one thread of many hammering it — touches
+//! the count only when permits pile up (a second permit held at once clones)
+//! or move between threads.
+//!
+//! What it keeps alive: each thread keeps at most one limiter's core (its
+//! lease table) alive after the program has dropped every handle and
+//! permit of it, until the thread drops a permit of another limiter, takes
+//! one from another limiter, or exits. Nothing else of a stashed limiter
+//! goes on: no thread runs for it (a watchdog stops with its own handle).
+//!
+//! Under loom the stash is off (every permit clones), so the models stay
+//! about the limiter.
+
+use crate::inner::Inner;
+use crate::loom::Arc;
+
+#[cfg(not(admit_loom))]
+mod imp {
+    use super::{Arc, Inner};
+    use std::cell::Cell;
+
+    std::thread_local! {
+        static STASH: Cell<Option<Arc<Inner>>> = const { Cell::new(None) };
+    }
+
+    /// A reference to `inner` for a new permit: the stashed one if it is
+    /// `inner`'s, else a clone.
+    #[inline]
+    pub(crate) fn clone(inner: &Arc<Inner>) -> Arc<Inner> {
+        match STASH.try_with(Cell::take) {
+            Ok(Some(arc)) if Arc::ptr_eq(&arc, inner) => arc,
+            // Another limiter's (dropped here: this thread moved on), or
+            // none.
+            _ => inner.clone(),
+        }
+    }
+
+    /// Takes back a dropped permit's reference; the one it displaces, if
+    /// any, is dropped.
+    #[inline]
+    pub(crate) fn give_back(arc: Arc<Inner>) {
+        let _ = STASH.try_with(|stash| stash.replace(Some(arc)));
+    }
+}
+
+#[cfg(admit_loom)]
+mod imp {
+    use super::{Arc, Inner};
+
+    pub(crate) fn clone(inner: &Arc<Inner>) -> Arc<Inner> {
+        inner.clone()
+    }
+
+    pub(crate) fn give_back(arc: Arc<Inner>) {
+        drop(arc);
+    }
+}
+
+pub(crate) use imp::{clone, give_back};
+
+#[cfg(all(test, not(admit_loom)))]
+mod tests {
+    use crate::Limiter;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_dropped_permit_leaves_its_reference_for_the_next_and_moving_on_lets_go() {
+        let a = Limiter::new(4);
+        let b = Limiter::new(4);
+        // Run on a fresh thread so nothing stashed before interferes.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                drop(a.try_acquire().unwrap());
+                // The handle and the stash.
+                assert_eq!(Arc::strong_count(&a.inner), 2);
+                let p = a.try_acquire().unwrap();
+                // The permit took the stashed reference: no clone.
+                assert_eq!(Arc::strong_count(&a.inner), 2);
+                // A second permit held at once clones.
+                let q = a.try_acquire().unwrap();
+                assert_eq!(Arc::strong_count(&a.inner), 3);
+                drop(p);
+                drop(q); // the stash is full: this one is dropped
+                assert_eq!(Arc::strong_count(&a.inner), 2);
+                // Moving on to another limiter lets go of the first.
+                drop(b.try_acquire().unwrap());
+                assert_eq!(Arc::strong_count(&a.inner), 1);
+                assert_eq!(Arc::strong_count(&b.inner), 2);
+            });
+        });
+        // The thread exited: its stash is gone too.
+        assert_eq!(Arc::strong_count(&b.inner), 1);
+        assert_eq!(a.in_use() + b.in_use(), 0);
+    }
+
+    #[test]
+    fn a_permit_dropped_on_another_thread_is_released_there() {
+        let l = Limiter::new(1);
+        let p = l.try_acquire().unwrap();
+        std::thread::spawn(move || drop(p)).join().unwrap();
+        assert_eq!(l.in_use(), 0);
+        // The other thread stashed the reference and exited.
+        assert_eq!(Arc::strong_count(&l.inner), 1);
+        drop(l.try_acquire().unwrap());
+    }
+}
