@@ -2,7 +2,7 @@
 //! for one, then call the inner service.
 
 use crate::error::Overloaded;
-use admit::{Acquire, Limiter, Permit, Rejected};
+use admit::{AcquireUntil, Limiter, Permit};
 use futures_util::task::noop_waker_ref;
 use pin_project::pin_project;
 use std::future::Future;
@@ -57,8 +57,12 @@ impl Config {
             OnFull::Queue => {
                 // Enter the queue now, in `call`, so the request keeps its
                 // place in line; the first poll either admits at once or
-                // parks a ticket that later polls pick up.
-                let mut acquire = self.limiter.acquire();
+                // parks a ticket that later polls pick up. The limiter
+                // decides the timeout, so it counts it and the wait-time
+                // histogram labels it `timeout`, as for any other caller.
+                let mut acquire = self
+                    .limiter
+                    .acquire_until(QueueDeadline::new(self.queue_timeout));
                 let mut cx = Context::from_waker(noop_waker_ref());
                 match Pin::new(&mut acquire).poll(&mut cx) {
                     Poll::Ready(granted) => granted,
@@ -69,16 +73,8 @@ impl Config {
                         // `poll_ready`.
                         let fresh = inner.clone();
                         let ready = std::mem::replace(inner, fresh);
-                        // The timer starts when the request joins the line;
-                        // it needs tokio's time driver, so it is only made
-                        // when a timeout was asked for.
-                        let deadline = self
-                            .queue_timeout
-                            .map(|timeout| Box::pin(tokio::time::sleep(timeout)));
                         return Admission::Waiting {
                             acquire,
-                            deadline,
-                            limiter: self.limiter.clone(),
                             pending: Some((ready, req)),
                             retry_after: self.retry_after,
                         };
@@ -98,6 +94,41 @@ impl Config {
     }
 }
 
+/// The queue timeout, as the deadline of the request's `acquire_until`.
+///
+/// The timer is made on the first poll, and `acquire_until` polls its
+/// deadline only once the request has had to queue: it starts when the
+/// request joins the line, and a request admitted at once makes no timer
+/// (nor needs tokio's time driver). Without a timeout it never fires.
+#[derive(Debug)]
+pub(crate) struct QueueDeadline {
+    timeout: Option<Duration>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl QueueDeadline {
+    fn new(timeout: Option<Duration>) -> QueueDeadline {
+        QueueDeadline {
+            timeout,
+            timer: None,
+        }
+    }
+}
+
+impl Future for QueueDeadline {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(timeout) = self.timeout else {
+            return Poll::Pending;
+        };
+        self.timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
+            .as_mut()
+            .poll(cx)
+    }
+}
+
 /// The shared state machine of the response futures.
 #[pin_project(project = AdmissionProj)]
 pub(crate) enum Admission<S, Req>
@@ -109,9 +140,7 @@ where
     },
     Waiting {
         #[pin]
-        acquire: Acquire,
-        deadline: Option<Pin<Box<Sleep>>>,
-        limiter: Limiter,
+        acquire: AcquireUntil<QueueDeadline>,
         pending: Option<(S, Req)>,
         retry_after: Duration,
     },
@@ -142,26 +171,10 @@ where
                 }
                 AdmissionProj::Waiting {
                     acquire,
-                    deadline,
-                    limiter,
                     pending,
                     retry_after,
                 } => {
-                    let granted = match acquire.poll(cx) {
-                        Poll::Ready(granted) => granted,
-                        Poll::Pending => {
-                            let expired = deadline
-                                .as_mut()
-                                .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
-                            if !expired {
-                                return Poll::Pending;
-                            }
-                            // Dropping the acquire (with this state) leaves
-                            // the queue; the limiter counts the timeout.
-                            limiter.record_rejection(Rejected::Timeout);
-                            Err(Rejected::Timeout)
-                        }
-                    };
+                    let granted = ready!(acquire.poll(cx));
                     let (mut service, req) = pending.take().expect("polled after completion");
                     match granted {
                         Ok(permit) => {

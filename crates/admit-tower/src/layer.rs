@@ -65,9 +65,12 @@ impl AdmitLayer {
 
     /// How long a request may wait in the queue (with [`queue`](Self::queue))
     /// before it is shed with [`Overloaded`](crate::Overloaded) for
-    /// [`Rejected::Timeout`](admit::Rejected::Timeout), counted in the
-    /// limiter's health. Without it a request waits as long as it takes.
-    /// The timer is tokio's: the service must run in a tokio runtime.
+    /// [`Rejected::Timeout`](admit::Rejected::Timeout). The wait is the
+    /// limiter's own [`acquire_until`](admit::Limiter::acquire_until), so
+    /// the limiter's health counts it as a timeout and, with admit's
+    /// `metrics` feature, the `admit_wait_seconds` histogram records it
+    /// with outcome `timeout`. Without it a request waits as long as it
+    /// takes. The timer is tokio's: the service must run in a tokio runtime.
     pub fn queue_timeout(mut self, timeout: Duration) -> AdmitLayer {
         self.config.queue_timeout = Some(timeout);
         self
