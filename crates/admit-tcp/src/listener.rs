@@ -15,7 +15,7 @@ use crate::admitted::{Admitted, ReleaseSignal};
 use crate::backoff::{classify, AcceptErrorKind, Backoff, WarnLimiter};
 use crate::per_ip::{PerIpGuard, PerIpLimit};
 use crate::policy::{Policy, DEFAULT_BUSY};
-use crate::queued::Queued;
+use crate::queued::{QueueDeadline, Queued};
 use crate::refuse::{
     Answer, Answering, Readmitted, Refused, DEFAULT_MAX_REFUSALS, DEFAULT_REFUSAL_TIMEOUT,
 };
@@ -587,7 +587,7 @@ impl AdmitListener {
                             return Poll::Ready(Ok(admitted));
                         }
                     }
-                    // A timeout was counted by `Queued`, the rest by the limiter.
+                    // Counted by the limiter, a timeout too.
                     (conn, Err(why)) => self.refuse(conn, why, Some(&self.busy)),
                 }
             }
@@ -747,8 +747,9 @@ impl AdmitListener {
                 Policy::Wait(timeout) => {
                     // The fast path takes a free permit without queueing;
                     // otherwise the acquire has its ticket and waits beside
-                    // the accept loop, not in it.
-                    let mut acquire = self.limiter.acquire();
+                    // the accept loop, not in it, until the limiter itself
+                    // times it out.
+                    let mut acquire = self.limiter.acquire_until(QueueDeadline::after(*timeout));
                     match Pin::new(&mut acquire).poll(cx) {
                         Poll::Ready(Ok(permit)) => {
                             if let Some(admitted) = self.admit(conn, permit) {
@@ -758,12 +759,7 @@ impl AdmitListener {
                         Poll::Ready(Err(why)) => self.refuse(conn, why, Some(&self.busy)),
                         Poll::Pending => {
                             self.shared.waiting.fetch_add(1, Ordering::Relaxed);
-                            self.waits.push(Queued::with_acquire(
-                                &self.limiter,
-                                acquire,
-                                conn,
-                                *timeout,
-                            ));
+                            self.waits.push(Queued::new(acquire, conn));
                         }
                     }
                 }
