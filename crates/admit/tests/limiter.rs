@@ -355,80 +355,66 @@ fn threads_never_exceed_the_cap() {
     assert_eq!(l.available(), 4);
 }
 
+/// The two ways to bound a wait under tokio's timer: many tasks with short
+/// deadlines racing releases, each bounding its wait with `acquire_until`
+/// and a sleep, or with `tokio::time::timeout` around `acquire` (which
+/// drops the acquire when the time is up). Either way every count comes
+/// back; only `acquire_until` is counted as a timeout, since a dropped
+/// acquire is a cancellation to the limiter.
 #[test]
-fn acquire_under_tokio_with_timeouts() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let l = queued(2, 32);
-        let mut tasks = Vec::new();
-        for i in 0..64u64 {
-            let l = l.clone();
-            tasks.push(tokio::spawn(async move {
-                let t = std::time::Duration::from_micros(50 + (i % 7) * 30);
-                match tokio::time::timeout(t, l.acquire()).await {
-                    Ok(Ok(p)) => {
-                        tokio::task::yield_now().await;
-                        drop(p);
-                        1
+fn timed_waits_under_tokio() {
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Bound {
+        AcquireUntil,
+        TokioTimeout,
+    }
+    for bound in [Bound::AcquireUntil, Bound::TokioTimeout] {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = queued(2, 64);
+            let mut tasks = Vec::new();
+            for i in 0..64u64 {
+                let l = l.clone();
+                tasks.push(tokio::spawn(async move {
+                    let t = std::time::Duration::from_micros(50 + (i % 7) * 30);
+                    let waited = match bound {
+                        Bound::AcquireUntil => l.acquire_until(tokio::time::sleep(t)).await,
+                        Bound::TokioTimeout => tokio::time::timeout(t, l.acquire())
+                            .await
+                            .unwrap_or(Err(Rejected::Timeout)),
+                    };
+                    match waited {
+                        Ok(p) => {
+                            tokio::time::sleep(std::time::Duration::from_micros(100)).await;
+                            drop(p);
+                            (1, 0)
+                        }
+                        Err(Rejected::Timeout) => (0, 1),
+                        Err(e) => panic!("{bound:?}: unexpected {e}"),
                     }
-                    _ => 0,
-                }
-            }));
-        }
-        let mut got = 0;
-        for t in tasks {
-            got += t.await.unwrap();
-        }
-        assert!(got > 0);
-        assert_eq!(l.in_use(), 0);
-        assert_eq!(l.waiting(), 0);
-        assert!(l.try_acquire().is_ok());
-    });
-}
-
-/// `acquire_until` with tokio's timer: many tasks with short deadlines
-/// racing releases end with every count back and the timeouts counted.
-#[test]
-fn acquire_until_under_tokio() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let l = queued(2, 64);
-        let mut tasks = Vec::new();
-        for i in 0..64u64 {
-            let l = l.clone();
-            tasks.push(tokio::spawn(async move {
-                let t = std::time::Duration::from_micros(50 + (i % 7) * 30);
-                match l.acquire_until(tokio::time::sleep(t)).await {
-                    Ok(p) => {
-                        tokio::time::sleep(std::time::Duration::from_micros(100)).await;
-                        drop(p);
-                        (1, 0)
-                    }
-                    Err(Rejected::Timeout) => (0, 1),
-                    Err(e) => panic!("unexpected {e}"),
-                }
-            }));
-        }
-        let (mut got, mut timed_out) = (0, 0);
-        for t in tasks {
-            let (g, o) = t.await.unwrap();
-            got += g;
-            timed_out += o;
-        }
-        assert!(got > 0);
-        assert_eq!(got + timed_out, 64);
-        let snap = l.health().snapshot();
-        assert_eq!(snap.rejected_total["timeout"], timed_out);
-        assert_eq!(snap.admitted_total, got);
-        assert_eq!((l.in_use(), l.waiting()), (0, 0));
-        assert!(l.try_acquire().is_ok());
-    });
+                }));
+            }
+            let (mut got, mut timed_out) = (0, 0);
+            for t in tasks {
+                let (g, o) = t.await.unwrap();
+                got += g;
+                timed_out += o;
+            }
+            assert!(got > 0, "{bound:?}");
+            assert_eq!(got + timed_out, 64, "{bound:?}");
+            let snap = l.health().snapshot();
+            let counted = match bound {
+                Bound::AcquireUntil => timed_out,
+                Bound::TokioTimeout => 0,
+            };
+            assert_eq!(snap.rejected_total["timeout"], counted, "{bound:?}");
+            assert_eq!(snap.admitted_total, got, "{bound:?}");
+            assert_eq!((l.in_use(), l.waiting()), (0, 0), "{bound:?}");
+            assert!(l.try_acquire().is_ok(), "{bound:?}");
+        });
+    }
 }
