@@ -79,29 +79,33 @@ mod tests {
     fn a_dropped_permit_leaves_its_reference_for_the_next_and_moving_on_lets_go() {
         let a = Limiter::new(4);
         let b = Limiter::new(4);
-        // Run on a fresh thread so nothing stashed before interferes.
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                drop(a.try_acquire().unwrap());
-                // The handle and the stash.
-                assert_eq!(Arc::strong_count(&a.inner), 2);
-                let p = a.try_acquire().unwrap();
-                // The permit took the stashed reference: no clone.
-                assert_eq!(Arc::strong_count(&a.inner), 2);
-                // A second permit held at once clones.
-                let q = a.try_acquire().unwrap();
-                assert_eq!(Arc::strong_count(&a.inner), 3);
-                drop(p);
-                drop(q); // the stash is full: this one is dropped
-                assert_eq!(Arc::strong_count(&a.inner), 2);
-                // Moving on to another limiter lets go of the first.
-                drop(b.try_acquire().unwrap());
-                assert_eq!(Arc::strong_count(&a.inner), 1);
-                assert_eq!(Arc::strong_count(&b.inner), 2);
-            });
-        });
+        let (a2, b2) = (a.clone(), b.clone());
+        // A fresh thread, so nothing stashed before interferes; `join`
+        // returns once its thread-locals are gone.
+        std::thread::spawn(move || {
+            // Two handles: `a` and `a2`.
+            drop(a2.try_acquire().unwrap());
+            // The handles and the stash.
+            assert_eq!(Arc::strong_count(&a2.inner), 3);
+            let p = a2.try_acquire().unwrap();
+            // The permit took the stashed reference: no clone.
+            assert_eq!(Arc::strong_count(&a2.inner), 3);
+            // A second permit held at once clones.
+            let q = a2.try_acquire().unwrap();
+            assert_eq!(Arc::strong_count(&a2.inner), 4);
+            drop(p);
+            drop(q); // the stash is full: this one is dropped
+            assert_eq!(Arc::strong_count(&a2.inner), 3);
+            // Moving on to another limiter lets go of the first.
+            drop(b2.try_acquire().unwrap());
+            assert_eq!(Arc::strong_count(&a2.inner), 2);
+            assert_eq!(Arc::strong_count(&b2.inner), 3);
+        })
+        .join()
+        .unwrap();
         // The thread exited: its stash is gone too.
         assert_eq!(Arc::strong_count(&b.inner), 1);
+        assert_eq!(Arc::strong_count(&a.inner), 1);
         assert_eq!(a.in_use() + b.in_use(), 0);
     }
 
