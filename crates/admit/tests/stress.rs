@@ -1,7 +1,6 @@
-//! Stress: millions of revocations, zero-grace reclaims and drops racing
-//! one another on real threads, with hand-offs to queued (and abandoned)
-//! waiters, capacity changes, and a live watchdog checking the count
-//! against the lease table throughout.
+//! Stress: millions of revocations, zero-grace reclaims and drops racing on
+//! real threads, with hand-offs to queued (and abandoned) waiters, capacity
+//! changes, and a live watchdog checking the count against the lease table.
 //!
 //! Two holders take permits, keep a few, and drop them, every other one on
 //! the other holder's thread (so freed slots pass through both threads'
@@ -32,13 +31,13 @@ use std::time::{Duration, Instant};
 const CAPACITY: u32 = 4;
 const SIZES: [u32; 3] = [2, 6, CAPACITY];
 /// Admission attempts per holder thread.
-const ROUNDS: usize = 1_000_000;
+const ROUNDS: usize = 1_500_000;
 /// One admission in this many waits in the queue instead of trying.
 const WAIT_EVERY: usize = 4;
 /// Permits a holder keeps at once, so reapers find leases still held.
 const KEEP: usize = 4;
-/// Longest the whole run may take before the test calls it stuck.
-const LIMIT: Duration = Duration::from_secs(300);
+/// Longest the run may take before the test calls it stuck.
+const LIMIT: Duration = Duration::from_secs(60);
 
 /// What the callers were told, from the public API only.
 #[derive(Debug, Default)]
@@ -51,8 +50,7 @@ struct Tally {
     dropped: AtomicU64,
     /// Drops of a permit its holder saw revoked just before.
     dropped_revoked: AtomicU64,
-    /// Acquires that found no room and were handed a permit later, and
-    /// those dropped while queued.
+    /// Acquires handed a permit after queueing, and those dropped queued.
     queued: AtomicU64,
     cancelled: AtomicU64,
     resizes: AtomicU64,
@@ -73,9 +71,10 @@ struct Shared {
 
 impl Shared {
     fn release(&self, permit: Permit) {
-        if permit.is_revoked() {
-            count(&self.tally.dropped_revoked, 1);
-        }
+        count(
+            &self.tally.dropped_revoked,
+            usize::from(permit.is_revoked()),
+        );
         drop(permit);
         count(&self.tally.dropped, 1);
     }
@@ -113,10 +112,9 @@ impl Shared {
                 *self.newest[me].lock().unwrap() = own;
                 held.push_back(p);
             }
-            // Revoke the peer's newest lease, racing its drop on the other
-            // thread, or else every other round our own, for a reaper to
-            // reclaim while we still hold it. A lease already gone is
-            // refused by its generation.
+            // Revoke the peer's newest lease, racing its drop, or else every
+            // other round our own, for a reaper to reclaim while we hold it.
+            // A lease already gone is refused by its generation.
             let peer = self.newest[1 - me].lock().unwrap().take();
             if let Some(id) = peer.or(own.filter(|_| round % 2 == 1)) {
                 count(&self.tally.revoke_calls, 1);
@@ -127,12 +125,11 @@ impl Shared {
             }
             if held.len() > KEEP {
                 let p = held.pop_front().unwrap();
-                if round % 2 == 0 {
-                    // The peer drops it, possibly after a reaper took it back.
-                    if let Err(Full(p) | Disconnected(p)) = to_peer.try_send(p) {
-                        self.release(p);
-                    }
-                } else {
+                // Every other one the peer drops, perhaps after a reaper
+                // took it back.
+                if round % 2 == 1 {
+                    self.release(p);
+                } else if let Err(Full(p) | Disconnected(p)) = to_peer.try_send(p) {
                     self.release(p);
                 }
             }
@@ -164,7 +161,6 @@ impl Shared {
                 }
             }
         }
-        l.set_capacity(CAPACITY).unwrap();
     }
 }
 
@@ -186,23 +182,18 @@ fn revokes_and_reclaims_racing_drops_release_every_count_exactly_once() {
         tally: Tally::default(),
     });
     let start = Instant::now();
-
     // A holder stuck for `LIMIT` means a waiter was never granted: fail
     // rather than hang. (A holder that panics drops its `finished`.)
     let (finished, holders_finished) = mpsc::channel();
     let (to_b, from_a) = mpsc::sync_channel(2);
     let (to_a, from_b) = mpsc::sync_channel(2);
-    let holders: Vec<_> = [(to_b, from_b), (to_a, from_a)]
-        .into_iter()
-        .enumerate()
-        .map(|(me, (tx, rx))| {
-            let (s, finished) = (s.clone(), finished.clone());
-            std::thread::spawn(move || {
-                s.holder(me, tx, rx);
-                finished.send(()).unwrap();
-            })
+    let holders = [(0, to_b, from_b), (1, to_a, from_a)].map(|(me, tx, rx)| {
+        let (s, finished) = (s.clone(), finished.clone());
+        std::thread::spawn(move || {
+            s.holder(me, tx, rx);
+            finished.send(()).unwrap();
         })
-        .collect();
+    });
     drop(finished);
     let reapers = [false, true].map(|resizer| {
         let s = s.clone();
@@ -217,8 +208,8 @@ fn revokes_and_reclaims_racing_drops_release_every_count_exactly_once() {
     for thread in holders.into_iter().chain(reapers) {
         thread.join().unwrap();
     }
+    limiter.set_capacity(CAPACITY).unwrap();
     let elapsed = start.elapsed();
-
     let snap = limiter.health().snapshot();
     drop(watchdog);
     let t = &s.tally;
@@ -232,7 +223,6 @@ fn revokes_and_reclaims_racing_drops_release_every_count_exactly_once() {
     );
 
     assert_eq!(snap.in_use, 0, "a count was lost or released twice");
-    assert_eq!(limiter.in_use(), 0);
     assert_eq!(snap.repaired_total, 0, "the watchdog repaired");
     assert_eq!(snap.revoked_total, revoked, "revocations miscounted");
     assert_eq!(snap.reclaimed_total, reclaimed, "reclaims miscounted");
