@@ -254,7 +254,10 @@ impl Watchdog {
                 report.drift_repaired = self.repair_drift(self.drift_min);
                 self.drift_seen = 0;
             }
-        } else if before == after {
+        } else {
+            // No excess, or the count moved while the table was read (the
+            // scan may have raced an admission between its count and its
+            // slot): the run of ticks in a row starts again.
             self.drift_seen = 0;
         }
 
