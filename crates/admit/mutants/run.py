@@ -50,12 +50,12 @@ MUTANTS = [
             break;""",
      "loom_limiter", "set_capacity_races_keep_the_cap"),
     ("drop_ignores_reclaim", "lease.rs",
-     "            if gen_of(word) != gen || !live {",
-     "            if false && (gen_of(word) != gen || !live) {",
+     "                status::HELD | status::REVOKING | status::REVOKED => status::FREE,\n                _ => return Released::Gone,",
+     "                _ => status::FREE,",
      "loom_lease", "reclaim_racing_drop_releases_once"),
     ("stale_drop_frees_new_lease", "lease.rs",
-     "            if gen_of(word) != gen || !live {",
-     "            if !live {",
+     "            if gen_of(word) != gen {\n                return Released::Gone;\n            }\n            let next",
+     "            let next",
      "loom_lease", "stale_holder_cannot_touch_or_free_the_next_lease"),
     ("revoke_forgets_holder", "lease.rs",
      "            self.cold(index).revoke_waker.wake();\n",
@@ -81,14 +81,49 @@ MUTANTS = [
      "        cache.len.store(len - 1, Ordering::Relaxed);\n",
      "",
      "loom_lease", "a_cached_slot_is_handed_over_at_thread_exit"),
+    ("revoked_lease_parks_a_token", "lease.rs",
+     "                status::OWNED => status::TOKEN,\n                status::HELD | status::REVOKING | status::REVOKED => status::FREE,",
+     "                status::OWNED | status::REVOKED => status::TOKEN,\n                status::HELD | status::REVOKING => status::FREE,",
+     "loom_tokens", "a_token_permit_racing_revoke_and_reclaim_is_released_once"),
+    ("enqueue_keeps_tokens", "inner.rs",
+     "                            self.flush_tokens();\n                            Entry::Ticket(t)",
+     "                            Entry::Ticket(t)",
+     "loom_tokens", "a_waiter_is_not_left_beside_a_parked_token"),
+    ("shrink_keeps_tokens", "inner.rs",
+     "        self.flush_tokens();\n        self.grant_waiting();\n        Ok(())",
+     "        self.grant_waiting();\n        Ok(())",
+     "loom_tokens", "a_shrink_racing_token_reuse_keeps_the_new_cap"),
+    ("seal_forgets_token", "lease.rs",
+     "            index => self.settle(index),",
+     "            _ => 0,",
+     "loom_tokens", "close_with_a_parked_token_still_drains"),
+    ("token_taken_twice", "lease.rs",
+     """        slot.state
+            .compare_exchange(
+                word,
+                pack(gen, status::OWNED),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .ok()?;""",
+     """        slot.state.store(pack(gen, status::OWNED), Ordering::Release);""",
+     "loom_tokens", "a_token_is_handed_over_at_thread_exit"),
+    ("shard_opens_without_ordering", "inner.rs",
+     "        let s = State(self.state.0.fetch_add(0, Ordering::AcqRel));",
+     "        let s = self.load();",
+     "loom_tokens", "a_shard_opening_racing_close_leaves_no_token"),
 ]
 
 
 def make_scratch():
-    """A one-member copy of the workspace: same manifest, only this crate."""
+    """A copy of the workspace with only this crate and the reference model
+    its tests depend on."""
     shutil.copytree(ROOT / "crates/admit", CRATE, ignore=shutil.ignore_patterns("mutants"))
+    shutil.copytree(ROOT / "crates/admit-model", SCRATCH / "crates/admit-model")
     ws = (ROOT / "Cargo.toml").read_text()
-    ws = ws.replace('members = ["crates/*", "examples/*", "benches"]', 'members = ["crates/admit"]')
+    members = 'members = ["crates/*", "examples/*", "benches"]'
+    assert ws.count(members) == 1, "the workspace's members line changed; update make_scratch"
+    ws = ws.replace(members, 'members = ["crates/admit", "crates/admit-model"]')
     (SCRATCH / "Cargo.toml").write_text(ws)
     shutil.copy(ROOT / "Cargo.lock", SCRATCH / "Cargo.lock")
 
@@ -102,6 +137,13 @@ def run(name, file, old, new, target, test, preemptions):
         env = dict(os.environ, RUSTFLAGS="--cfg admit_loom",
                    LOOM_MAX_PREEMPTIONS=str(preemptions))
         env.setdefault("CARGO_TARGET_DIR", str(ROOT / "target/loom-mutants"))
+        # A mutant that does not build proves nothing about the model.
+        b = subprocess.run(
+            ["cargo", "test", "-q", "--release", "--test", target, "--no-run"],
+            cwd=CRATE, env=env, capture_output=True, text=True, timeout=1800)
+        if b.returncode != 0:
+            lines = [l for l in b.stderr.splitlines() if l.strip()]
+            return False, "DID NOT BUILD: " + " | ".join(lines[-3:])[:300]
         r = subprocess.run(
             ["cargo", "test", "-q", "--release", "--test", target,
              "--", "--exact", test],

@@ -46,6 +46,14 @@ impl Faults {
         self.limiter.inner.inject_drift(n)
     }
 
+    /// Tokens parked in threads' shards right now: units counted in the
+    /// state word but held by nobody, kept for their thread's next
+    /// admission (see the crate's DESIGN.md, Tokens). Not a fault: tests
+    /// read it to know a token is where they expect.
+    pub fn parked_tokens(&self) -> u32 {
+        self.limiter.inner.parked_tokens()
+    }
+
     /// Moves the limiter's lease clock forward without waiting.
     pub fn advance_clock(&self, ms: u64) {
         self.limiter.inner.skip_clock(ms);

@@ -26,7 +26,7 @@
 use crate::clock::Clock;
 use crate::counter::Counter;
 use crate::error::{CapacityError, Rejected};
-use crate::lease::{Kind, LeaseTable, LeaseView};
+use crate::lease::{Kind, LeaseTable, LeaseView, Released};
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
 use crate::places::WakerPlaces;
 use crate::queue::{Cancel, Deliver, Park, Queue, MAX_SLOTS};
@@ -54,7 +54,7 @@ pub(crate) struct LeaseSummary {
 impl LeaseSummary {
     /// Counts one live slot as the scan saw it.
     pub(crate) fn add(&mut self, v: &LeaseView) {
-        if v.kind == Kind::Granted {
+        if matches!(v.kind, Kind::Granted | Kind::Token) {
             return;
         }
         self.oldest_started = Some(self.oldest_started.map_or(v.started, |o| o.min(v.started)));
@@ -214,9 +214,23 @@ impl Inner {
 
     /// Takes a permit if there is room; counts a rejection if not.
     /// `critical` may use the reserve and does not yield to waiters.
+    #[inline]
     pub(crate) fn try_acquire(&self, critical: bool) -> Result<Lease, Rejected> {
-        match self.try_count(critical) {
-            Ok(()) => Ok(self.new_lease()),
+        if !critical && self.track_leases {
+            // A token parked in this thread's shard is counted already.
+            if let Some(lease) = self.leases.take_token(self.clock.now()) {
+                self.grants.add_one();
+                return Ok(lease);
+            }
+        }
+        let counted = match self.try_count(critical) {
+            // Full, but perhaps only of parked tokens: take them back and
+            // look again.
+            Err(Rejected::Full) if self.flush_tokens() > 0 => self.try_count(critical),
+            other => other,
+        };
+        match counted {
+            Ok(s) => Ok(self.new_lease(s)),
             Err(r) => {
                 self.count_rejection(r);
                 Err(r)
@@ -224,8 +238,9 @@ impl Inner {
         }
     }
 
-    /// Counts one permit if there is room.
-    fn try_count(&self, critical: bool) -> Result<(), Rejected> {
+    /// Counts one permit if there is room. Returns the state word as the
+    /// count left it.
+    fn try_count(&self, critical: bool) -> Result<State, Rejected> {
         let mut cur = State(self.state.0.load(Ordering::Relaxed));
         loop {
             if cur.closed() {
@@ -247,21 +262,85 @@ impl Inner {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(State(cur.0 + ONE_IN_USE)),
                 Err(actual) => cur = State(actual),
             }
         }
     }
 
-    /// A lease for a permit already counted in use.
-    fn new_lease(&self) -> Lease {
+    /// A lease for a permit already counted in use; `s` is the state word
+    /// as that count left it.
+    fn new_lease(&self, s: State) -> Lease {
         self.grants.add_one();
         if !self.track_leases {
             return (UNTRACKED, 0);
         }
-        self.leases
-            .claim_held(self.clock.now())
-            .expect("the lease table holds max_capacity leases plus the queue window")
+        let now = self.clock.now();
+        // Tokens only where the count leaves room for them (checked without
+        // touching a shared line first: most limiters near their cap never
+        // read further).
+        let lease = if self.room_for_tokens(s) && {
+            self.open_shard();
+            self.leases.wants_slot()
+        } {
+            self.leases.claim_owned(now)
+        } else {
+            self.leases.claim_held(now)
+        };
+        lease.expect("the lease table holds max_capacity leases plus the queue window")
+    }
+
+    // ----- tokens ---------------------------------------------------------
+
+    /// Whether a shard may keep a token with the count at `s`: open, nobody
+    /// queued, and room for a token in every open shard. The first three
+    /// tests read nothing shared, so a limiter near its cap goes no
+    /// further.
+    fn room_for_tokens(&self, s: State) -> bool {
+        !s.closed()
+            && s.tickets() == 0
+            && s.in_use() + 1 < self.limit(s)
+            && s.in_use() + self.leases.open_shards() < self.limit(s)
+    }
+
+    /// Opens this thread's shard if it is sealed and the count leaves room.
+    /// The shard is opened first and the state word read by an RMW after,
+    /// so that either a flusher whose own RMW came first is seen here (and
+    /// the shard sealed again), or this opening is seen by that flusher.
+    fn open_shard(&self) {
+        if !self.leases.open_mine() {
+            return;
+        }
+        let s = State(self.state.0.fetch_add(0, Ordering::AcqRel));
+        if !self.room_for_tokens(s) {
+            let n = self.leases.seal_mine();
+            self.uncount_tokens(n);
+        }
+    }
+
+    /// Seals every shard and uncounts the tokens taken back (handing them
+    /// to waiters). Returns how many there were.
+    pub(crate) fn flush_tokens(&self) -> u32 {
+        let n = self.leases.seal_all();
+        self.uncount_tokens(n);
+        n
+    }
+
+    fn uncount_tokens(&self, n: u32) {
+        for _ in 0..n {
+            self.release_count();
+        }
+    }
+
+    /// Tokens parked now.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn parked_tokens(&self) -> u32 {
+        self.leases.tokens()
+    }
+
+    /// `in_use` less the parked tokens: the permits held.
+    pub(crate) fn held(&self, s: State) -> u32 {
+        s.in_use().saturating_sub(self.leases.tokens())
     }
 
     /// Counts a grant that reached its caller by an unusual path (a waiter
@@ -283,6 +362,10 @@ impl Inner {
             let (next, ticket) = if cur.tickets() == 0 && cur.in_use() < self.limit(cur) {
                 (State(cur.0 + ONE_IN_USE), None)
             } else if self.queue_limit == 0 {
+                if self.flush_tokens() > 0 {
+                    cur = self.load();
+                    continue;
+                }
                 return Err(Rejected::Full);
             } else if cur.tickets() >= self.window || self.live_waiting(cur) >= self.queue_limit {
                 return Err(Rejected::QueueFull);
@@ -298,9 +381,14 @@ impl Inner {
             ) {
                 Ok(_) => {
                     return Ok(match ticket {
-                        None => Entry::Counted(self.new_lease()),
-                        Some(t) => Entry::Ticket(t),
-                    })
+                        None => Entry::Counted(self.new_lease(next)),
+                        Some(t) => {
+                            // Tokens parked now would idle beside a waiter:
+                            // take them back (the hand-off passes them on).
+                            self.flush_tokens();
+                            Entry::Ticket(t)
+                        }
+                    });
                 }
                 Err(actual) => cur = State(actual),
             }
@@ -383,6 +471,7 @@ impl Inner {
 
     /// A permit's drop: ends its lease and gives the count back, unless the
     /// lease was reclaimed first (then the reclaimer gave it back).
+    #[inline]
     pub(crate) fn release(&self, lease: Lease) {
         let (slot, gen) = lease;
         if slot == UNTRACKED {
@@ -390,9 +479,9 @@ impl Inner {
             return;
         }
         match self.leases.release(slot, gen) {
-            None => {}
-            Some(was_revoked) => {
-                if was_revoked {
+            Released::Gone | Released::Parked => {}
+            Released::Freed { revoked } => {
+                if revoked {
                     self.revoked_dropped.fetch_add(1, Ordering::Relaxed);
                 }
                 self.release_count();
@@ -515,6 +604,8 @@ impl Inner {
                 Err(actual) => cur = State(actual),
             }
         }
+        // Parked tokens hold count the new capacity may not have room for.
+        self.flush_tokens();
         self.grant_waiting();
         Ok(())
     }
@@ -530,6 +621,8 @@ impl Inner {
         if prev.closed() {
             return false;
         }
+        // No token may stay parked: `drained` waits for the count to reach 0.
+        self.flush_tokens();
         self.queue.wake_all(prev.head(), prev.tail(), &self.leases);
         if prev.in_use() == 0 {
             self.drain.wake_all();
@@ -675,6 +768,8 @@ impl Inner {
         let s = self.load();
         let waiting = self.live_waiting(s);
         let limit = self.limit(s);
+        // Parked tokens are counted in the state word but hold nothing.
+        let in_use = self.held(s);
         // The subtracted counters first: a revocation counted after them is
         // at worst one too many pending for a moment, never one too few
         // below zero (saturating).
@@ -684,7 +779,7 @@ impl Inner {
         let revoked_pending = revoked_total.saturating_sub(returned) as u32;
         let oldest_lease_ms = match leases.oldest_started {
             // With nothing held, a figure from the last scan is stale.
-            Some(t) if s.in_use() > 0 => now.saturating_sub(t),
+            Some(t) if in_use > 0 => now.saturating_sub(t),
             _ => 0,
         };
 
@@ -692,7 +787,7 @@ impl Inner {
         let watchdog = h.watchdog_view(now);
         let silent = watchdog.attached && !watchdog.alive;
         let state = if s.closed() {
-            if s.in_use() > 0 {
+            if in_use > 0 {
                 HealthState::Draining
             } else {
                 HealthState::Closed
@@ -703,7 +798,7 @@ impl Inner {
             HealthState::Degraded(Cause::Stalled)
         } else if h.leaking() {
             HealthState::Degraded(Cause::Leaking)
-        } else if waiting > 0 || s.in_use() >= limit {
+        } else if waiting > 0 || in_use >= limit {
             HealthState::Saturated
         } else {
             HealthState::Healthy
@@ -719,14 +814,14 @@ impl Inner {
             cause: state.cause(),
             capacity: s.capacity(),
             max_capacity: self.max_capacity,
-            in_use: s.in_use(),
+            in_use,
             waiting,
             reserved: self.reserve,
             queue_limit: self.queue_limit,
             pressure: if s.capacity() == 0 {
                 1.0
             } else {
-                s.in_use() as f64 / s.capacity() as f64
+                in_use as f64 / s.capacity() as f64
             },
             admitted_total: self.admitted_total(),
             rejected_total,

@@ -35,6 +35,11 @@
 //!   already in `revoked_total`. To its holder and to scans it is still
 //!   held; the holder's drop may free it as from HELD.
 //! * REVOKED — a live lease whose holder was told to let go.
+//! * OWNED — a live lease like HELD, in a slot its thread's shard owns: its
+//!   drop parks it as a TOKEN instead of freeing it.
+//! * TOKEN — no lease: one counted, idle unit parked in the owning shard
+//!   for its thread's next admission, or for a sealer to take back (see
+//!   "Tokens" in the crate's DESIGN.md).
 //!
 //! # Implementation notes
 //!
@@ -97,6 +102,12 @@ mod status {
     /// HELD on its way to REVOKED: the revoker has taken the lease and is
     /// counting the revocation before the holder may see it.
     pub(super) const REVOKING: u8 = 5;
+    /// A live lease like HELD whose slot belongs to a shard: its drop parks
+    /// it as a TOKEN instead of freeing it and releasing the count.
+    pub(super) const OWNED: u8 = 6;
+    /// No lease: one unit of `in_use`, counted and idle, parked in the
+    /// shard that owns the slot, for that shard's thread to take again.
+    pub(super) const TOKEN: u8 = 7;
 }
 
 fn pack(gen: u64, status: u8) -> u64 {
@@ -163,6 +174,8 @@ impl Slot {
 /// What a live slot holds, as a scan sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
+    /// A parked token: counted in use, but no lease and no connection.
+    Token,
     /// Granted to a waiter that has not been polled yet (counted in use).
     Granted,
     /// A live lease.
@@ -185,12 +198,43 @@ pub(crate) struct LeaseView {
 /// Free slots one thread keeps for itself.
 const CACHED: usize = 2;
 
-/// One shard's cache of free slots, on its own cache line. Only the thread
-/// that borrowed the shard reads or writes it.
+/// One shard's cache of free slots and its owned slot, on its own cache
+/// line. Only the thread that borrowed the shard reads or writes `len` and
+/// `slots`; flushers also CAS `own` to seal the shard (DESIGN.md, Tokens).
 #[repr(align(64))]
 struct SlotCache {
     len: AtomicU32,
     slots: [AtomicU32; CACHED],
+    /// `slot << 32 | epoch << 1 | open`: the slot this shard owns (`NIL`
+    /// if none; never one while sealed), a count of seals, and whether the
+    /// shard may own a slot and park a token in it.
+    own: AtomicU64,
+}
+
+/// A sealed shard's `own` word with `epoch`.
+fn sealed(epoch: u64) -> u64 {
+    (u64::from(NIL) << 32) | ((epoch << 1) & 0xffff_fffe)
+}
+fn own_slot(word: u64) -> u32 {
+    (word >> 32) as u32
+}
+fn own_open(word: u64) -> bool {
+    word & 1 == 1
+}
+fn own_epoch(word: u64) -> u64 {
+    (word & 0xffff_fffe) >> 1
+}
+
+/// What a permit's drop did to its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// The lease was reclaimed first: its count is released already.
+    Gone,
+    /// Freed; its count is the caller's to release. `revoked`: the lease had
+    /// been revoked.
+    Freed { revoked: bool },
+    /// Parked as a token in its shard: still counted, nothing to release.
+    Parked,
 }
 
 pub(crate) struct LeaseTable {
@@ -200,6 +244,8 @@ pub(crate) struct LeaseTable {
     /// `cold[i]` is the rest of `slots[i]`.
     cold: Box<[Cold]>,
     caches: Box<[SlotCache]>,
+    /// How many shards are open (may own a slot and park a token).
+    open: AtomicU32,
 }
 
 impl LeaseTable {
@@ -229,8 +275,10 @@ impl LeaseTable {
                 .map(|_| SlotCache {
                     len: AtomicU32::new(0),
                     slots: std::array::from_fn(|_| AtomicU32::new(NIL)),
+                    own: AtomicU64::new(sealed(0)),
                 })
                 .collect(),
+            open: AtomicU32::new(0),
         }
     }
 
@@ -419,23 +467,26 @@ impl LeaseTable {
         slot.state.store(pack(gen, status::HELD), Ordering::Release);
     }
 
-    /// HELD or REVOKED -> FREE by the holder's drop. `None` if the lease
-    /// was reclaimed first: the count was released by the reclaimer.
-    /// Otherwise whether the lease had been revoked.
-    pub(crate) fn release(&self, index: u32, gen: u64) -> Option<bool> {
+    /// The holder's drop: HELD, REVOKING or REVOKED -> FREE, or OWNED ->
+    /// TOKEN. `Gone` if the lease was reclaimed first.
+    #[inline]
+    pub(crate) fn release(&self, index: u32, gen: u64) -> Released {
         let slot = self.get(index);
         let mut word = slot.word();
         loop {
-            let live = matches!(
-                status_of(word),
-                status::HELD | status::REVOKING | status::REVOKED
-            );
-            if gen_of(word) != gen || !live {
-                return None;
+            if gen_of(word) != gen {
+                return Released::Gone;
             }
+            let next = match status_of(word) {
+                status::OWNED => status::TOKEN,
+                status::HELD | status::REVOKING | status::REVOKED => status::FREE,
+                _ => return Released::Gone,
+            };
+            // AcqRel: the next holder of the slot or the token (or the
+            // reclaimer that loses) synchronises with this drop.
             match slot.state.compare_exchange_weak(
                 word,
-                pack(gen, status::FREE),
+                pack(gen, next),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
@@ -443,8 +494,13 @@ impl LeaseTable {
                 Err(actual) => word = actual,
             }
         }
+        if status_of(word) == status::OWNED {
+            return Released::Parked;
+        }
         self.free_slot(index);
-        Some(status_of(word) != status::HELD)
+        Released::Freed {
+            revoked: status_of(word) != status::HELD,
+        }
     }
 
     /// HELD -> REVOKING: takes the lease for revocation. False if it is no
@@ -454,24 +510,21 @@ impl LeaseTable {
         let Some(slot) = self.slots.get(index as usize) else {
             return false;
         };
-        if slot.word() != pack(gen, status::HELD) {
+        let word = slot.word();
+        if gen_of(word) != gen || !matches!(status_of(word), status::HELD | status::OWNED) {
             return false;
         }
         slot.revoked_at.store(now, Ordering::Relaxed);
-        // Release: the reclaimer that reads REVOKED sees `revoked_at`.
-        if slot
-            .state
+        // Release: the reclaimer that reads REVOKED sees `revoked_at`. An
+        // OWNED lease leaves its shard here: its drop or reclaim frees it.
+        slot.state
             .compare_exchange(
-                pack(gen, status::HELD),
+                word,
                 pack(gen, status::REVOKING),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             )
-            .is_err()
-        {
-            return false;
-        }
-        true
+            .is_ok()
     }
 
     /// REVOKING -> REVOKED, then wakes the holder. The CAS fails only if
@@ -534,7 +587,11 @@ impl LeaseTable {
     /// not revoked yet for its holder: the revocation is being counted.
     pub(crate) fn is_revoked(&self, index: u32, gen: u64) -> bool {
         let word = self.get(index).word();
-        word != pack(gen, status::HELD) && word != pack(gen, status::REVOKING)
+        gen_of(word) != gen
+            || !matches!(
+                status_of(word),
+                status::HELD | status::OWNED | status::REVOKING
+            )
     }
 
     /// Registers the waker of the holder waiting for revocation.
@@ -551,7 +608,211 @@ impl LeaseTable {
         )
     }
 
-    /// Every live slot (GRANTED, HELD or REVOKED), in table order. Each is
+    // ----- tokens ---------------------------------------------------------
+
+    /// TOKEN -> OWNED: takes the token parked in this thread's shard as a
+    /// new lease, without touching the state word (the token is counted
+    /// already). `None` if the shard has none idle.
+    #[inline]
+    pub(crate) fn take_token(&self, now: u64) -> Option<(u32, u64)> {
+        let cache = self.caches.get(thread_index())?;
+        let index = own_slot(cache.own.load(Ordering::Relaxed));
+        if index == NIL {
+            return None;
+        }
+        let slot = self.get(index);
+        let word = slot.word();
+        if status_of(word) != status::TOKEN {
+            return None;
+        }
+        let gen = (gen_of(word) + 1) & GEN_MASK;
+        // Before the CAS, so a watchdog that sees the lease sees its times.
+        // Should a flusher take the token first, these land on a slot that
+        // is FREE or just claimed, at this same coarse millisecond.
+        slot.started.store(now, Ordering::Relaxed);
+        slot.last_active.store(now, Ordering::Relaxed);
+        // AcqRel: pairs with the drop that parked the token, so that
+        // holder's work happens before this one's admission.
+        slot.state
+            .compare_exchange(
+                word,
+                pack(gen, status::OWNED),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .ok()?;
+        Some((index, gen))
+    }
+
+    /// Whether this thread's shard is open and owns no slot: the next lease
+    /// it claims should be owned.
+    #[inline]
+    pub(crate) fn wants_slot(&self) -> bool {
+        self.caches.get(thread_index()).is_some_and(|c| {
+            let own = c.own.load(Ordering::Relaxed);
+            own_open(own) && own_slot(own) == NIL
+        })
+    }
+
+    /// A new lease (for a permit already counted) in a slot this thread's
+    /// shard then owns: FREE -> OWNED, and the slot recorded in `own` with
+    /// one CAS, which fails if a flusher sealed the shard meanwhile (then
+    /// the lease is an ordinary HELD one).
+    pub(crate) fn claim_owned(&self, now: u64) -> Option<(u32, u64)> {
+        let (index, gen) = match self.pop_cached() {
+            Some(index) => self.start(index, status::OWNED, now),
+            None => self.claim(status::OWNED, now)?,
+        };
+        let recorded = self.caches.get(thread_index()).is_some_and(|c| {
+            let own = c.own.load(Ordering::Relaxed);
+            own_open(own)
+                && own_slot(own) == NIL
+                // Release: a flusher that seals after this sees the slot.
+                && c.own
+                    .compare_exchange(
+                        own,
+                        (u64::from(index) << 32) | (own & 0xffff_ffff),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+        });
+        if !recorded {
+            // Not owned after all; a revoker may have moved it on already.
+            let _ = self.get(index).state.compare_exchange(
+                pack(gen, status::OWNED),
+                pack(gen, status::HELD),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+        Some((index, gen))
+    }
+
+    /// How many shards are open.
+    pub(crate) fn open_shards(&self) -> u32 {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Opens this thread's shard, before the caller's state-word RMW
+    /// decides whether it may stay open (DESIGN.md, Tokens). False if it
+    /// was open already or the thread has no shard.
+    pub(crate) fn open_mine(&self) -> bool {
+        let Some(cache) = self.caches.get(thread_index()) else {
+            return false;
+        };
+        let own = cache.own.load(Ordering::Relaxed);
+        if own_open(own) {
+            return false;
+        }
+        // Counted open before it is: a sealer that reads `open` after our
+        // state-word RMW sees at least this shard.
+        self.open.fetch_add(1, Ordering::AcqRel);
+        let opened = cache
+            .own
+            .compare_exchange(own, own | 1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if !opened {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
+        opened
+    }
+
+    /// Seals this thread's shard again (the state word said no). Returns
+    /// tokens taken back, which the caller must uncount.
+    pub(crate) fn seal_mine(&self) -> u32 {
+        match self.caches.get(thread_index()) {
+            Some(cache) => self.seal(cache),
+            None => 0,
+        }
+    }
+
+    /// Seals every open shard: each gives up its slot (a parked token is
+    /// taken back, a lease in use becomes an ordinary HELD one). Returns
+    /// the tokens taken back, which the caller must uncount. Called after
+    /// the caller's RMW of the state word made tokens unwelcome (closed,
+    /// capacity changed, a waiter queued) or when an admission found the
+    /// limiter full while tokens may be parked.
+    pub(crate) fn seal_all(&self) -> u32 {
+        if self.open_shards() == 0 {
+            return 0;
+        }
+        self.caches.iter().map(|c| self.seal(c)).sum()
+    }
+
+    /// Seals one shard if it is open; returns the token taken back (0 or 1).
+    fn seal(&self, cache: &SlotCache) -> u32 {
+        let mut own = cache.own.load(Ordering::Acquire);
+        loop {
+            if !own_open(own) {
+                return 0;
+            }
+            // Acquire: pairs with the Release of `claim_owned`, so the slot
+            // recorded is the one we settle.
+            match cache.own.compare_exchange_weak(
+                own,
+                sealed(own_epoch(own) + 1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => own = actual,
+            }
+        }
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        match own_slot(own) {
+            NIL => 0,
+            index => self.settle(index),
+        }
+    }
+
+    /// A sealed shard's slot: TOKEN -> FREE (returns 1: the caller uncounts
+    /// it) or OWNED -> HELD (its drop will free it). Each is one CAS against
+    /// the take and the drop, so a token is taken back or taken, never
+    /// both.
+    fn settle(&self, index: u32) -> u32 {
+        let slot = self.get(index);
+        let mut word = slot.word();
+        loop {
+            let next = match status_of(word) {
+                status::TOKEN => status::FREE,
+                status::OWNED => status::HELD,
+                // Revoked (it left the shard then) or moved on.
+                _ => return 0,
+            };
+            match slot.state.compare_exchange_weak(
+                word,
+                pack(gen_of(word), next),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => word = actual,
+            }
+        }
+        if status_of(word) == status::TOKEN {
+            self.push_free(index);
+            1
+        } else {
+            0
+        }
+    }
+
+    /// Tokens parked now (each read at its own moment).
+    pub(crate) fn tokens(&self) -> u32 {
+        if self.open_shards() == 0 {
+            return 0;
+        }
+        self.caches
+            .iter()
+            .filter(|c| {
+                let index = own_slot(c.own.load(Ordering::Acquire));
+                index != NIL && status_of(self.get(index).word()) == status::TOKEN
+            })
+            .count() as u32
+    }
+
+    /// Every live slot (GRANTED, HELD, OWNED, REVOKED, or a TOKEN), in table order. Each is
     /// read at its own moment; a view is a hint for a later transition,
     /// which compares the generation and state again.
     pub(crate) fn scan(&self) -> impl Iterator<Item = LeaseView> + '_ {
@@ -559,7 +820,8 @@ impl LeaseTable {
             let word = slot.word();
             let kind = match status_of(word) {
                 status::GRANTED => Kind::Granted,
-                status::HELD | status::REVOKING => Kind::Held,
+                status::HELD | status::OWNED | status::REVOKING => Kind::Held,
+                status::TOKEN => Kind::Token,
                 status::REVOKED => Kind::Revoked,
                 _ => return None,
             };

@@ -166,7 +166,7 @@ impl std::fmt::Debug for Limiter {
         f.debug_struct("Limiter")
             .field("name", &self.inner.name())
             .field("capacity", &s.capacity())
-            .field("in_use", &s.in_use())
+            .field("in_use", &self.inner.held(s))
             .field("waiting", &self.waiting())
             .field("closed", &s.closed())
             .finish()
@@ -312,7 +312,7 @@ impl Limiter {
 
     /// Permits held right now (including grants not yet picked up).
     pub fn in_use(&self) -> u32 {
-        self.inner.load().in_use()
+        self.inner.held(self.inner.load())
     }
 
     /// Callers waiting in the queue right now.
@@ -323,7 +323,7 @@ impl Limiter {
     /// Permits an ordinary acquire could take right now.
     pub fn available(&self) -> u32 {
         let s = self.inner.load();
-        self.inner.limit(s).saturating_sub(s.in_use())
+        self.inner.limit(s).saturating_sub(self.inner.held(s))
     }
 
     /// The limiter's name (see [`Builder::name`]).

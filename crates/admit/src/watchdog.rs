@@ -185,6 +185,8 @@ impl Watchdog {
                     }
                 }
                 Kind::Granted => granted.push((lease.slot, lease.gen)),
+                // Counted and live, but no lease to check.
+                Kind::Token => {}
             }
         }
         let after = inner.load();
@@ -211,6 +213,12 @@ impl Watchdog {
             }
         }
         self.granted_prev = granted;
+
+        // Tokens parked beside waiters (a sealer that ran before they were
+        // parked, or was descheduled): take them back.
+        if inner.live_waiting(inner.load()) > 0 {
+            inner.flush_tokens();
+        }
 
         // Stalls: waiters beside free permits.
         let s = inner.load();

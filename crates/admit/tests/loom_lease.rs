@@ -72,13 +72,10 @@ fn stale_holder_cannot_touch_or_free_the_next_lease() {
         };
         holder.join().unwrap();
         let next = next.join().unwrap();
-        match next {
-            Some(p) => {
-                assert_eq!(l.in_use(), 1, "the old holder freed the new lease");
-                assert!(!p.is_revoked());
-                drop(p);
-            }
-            None => {}
+        if let Some(p) = next {
+            assert_eq!(l.in_use(), 1, "the old holder freed the new lease");
+            assert!(!p.is_revoked());
+            drop(p);
         }
         assert_eq!(l.in_use(), 0);
         assert_eq!(l.health().snapshot().repaired_total, 0);
