@@ -2,9 +2,10 @@
 //! `SHARDS` indices, which only it uses, and gives it back when it exits, so
 //! that programs whose threads come and go (a blocking pool, a test harness)
 //! keep finding free indices. A limiter keeps one cache-line-sized entry per
-//! index (a grant counter, a cache of free lease slots) that only the
-//! borrowing thread writes, with plain loads and stores instead of locked
-//! read-modify-writes. While every index is borrowed, further threads get
+//! index (a grant counter, a cache of free lease slots, the slot it owns
+//! for tokens) that only the borrowing thread writes, with plain loads and
+//! stores instead of locked read-modify-writes (the owned slot also by
+//! sealers, with CAS; see DESIGN.md, Tokens). While every index is borrowed, further threads get
 //! `usize::MAX` and take the shared paths.
 //!
 //! An index given back keeps its entries: the next thread to borrow it
