@@ -86,10 +86,14 @@ impl Builder {
     /// Whether every permit is a lease (default true): revocable, reclaimable
     /// by the watchdog, with start and activity times and a drift check.
     ///
-    /// Turning it off saves two atomic operations per permit, for permits
-    /// that cannot leak because they never outlive a future (request-scoped
-    /// admission). Such permits cannot be revoked or reclaimed, their
-    /// `touch()` does nothing, and the watchdog can only repair stalls.
+    /// Turning it off drops the lease bookkeeping, for permits that cannot
+    /// leak because they never outlive a future (request-scoped admission).
+    /// Such permits cannot be revoked or reclaimed, their `touch()` does
+    /// nothing, and the watchdog can only repair stalls. It does not make
+    /// admission faster: with leases on, a thread that takes and drops
+    /// permits again and again reuses a token parked in its own lease slot,
+    /// while untracked permits count every admission and release on the
+    /// shared state word.
     ///
     /// ```
     /// let limiter = admit::Limiter::builder().capacity(8).track_leases(false).build().unwrap();
