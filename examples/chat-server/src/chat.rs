@@ -379,9 +379,15 @@ impl Chat {
         &self,
         work: impl FnOnce(&mut Hasher) -> T + Send + 'static,
     ) -> Result<T, ProtoError> {
-        let permit = match tokio::time::timeout(HASH_QUEUE_WAIT, self.hashing.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            _ => return Err(busy()),
+        // `acquire_until`, not a timeout around `acquire`: the limiter then
+        // counts a wait that ran out as a timeout, not a cancellation.
+        let permit = match self
+            .hashing
+            .acquire_until(tokio::time::sleep(HASH_QUEUE_WAIT))
+            .await
+        {
+            Ok(permit) => permit,
+            Err(_) => return Err(busy()),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sent = self.hash_pool.run(Box::new(move |hasher| {
