@@ -230,7 +230,14 @@ impl Inner {
             other => other,
         };
         match counted {
-            Ok(s) => Ok(self.new_lease(s)),
+            Ok(s) => {
+                if critical && s.in_use() > self.limit(s) {
+                    // Into the reserve: a parked token taken now would admit
+                    // an ordinary holder beyond `capacity - reserve`.
+                    self.flush_tokens();
+                }
+                Ok(self.new_lease(s))
+            }
             Err(r) => {
                 self.count_rejection(r);
                 Err(r)

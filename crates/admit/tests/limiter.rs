@@ -418,3 +418,27 @@ fn timed_waits_under_tokio() {
         });
     }
 }
+
+/// A thread's dropped permit stays counted as a token for its next
+/// admission; permits that go into the reserve take such tokens back, so
+/// an ordinary admission never uses one to get past `capacity - reserve`.
+#[test]
+fn a_parked_token_never_lets_an_ordinary_caller_into_the_reserve() {
+    let l = Limiter::builder().capacity(10).reserve(2).build().unwrap();
+    drop(l.try_acquire().unwrap());
+    assert_eq!(l.faults().parked_tokens(), 1, "this thread parked a token");
+    assert_eq!(l.in_use(), 0);
+    let critical: Vec<_> = (0..9).map(|_| l.try_acquire_critical().unwrap()).collect();
+    assert_eq!(l.in_use(), 9);
+    assert_eq!(
+        l.faults().parked_tokens(),
+        0,
+        "the reserve took the token back"
+    );
+    assert_eq!(l.try_acquire().unwrap_err(), Rejected::Full);
+    drop(critical);
+    assert_eq!(l.in_use(), 0);
+    let ordinary: Vec<_> = (0..8).map(|_| l.try_acquire().unwrap()).collect();
+    assert_eq!(l.try_acquire().unwrap_err(), Rejected::Full);
+    drop(ordinary);
+}
