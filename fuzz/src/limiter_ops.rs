@@ -638,7 +638,9 @@ impl Sut {
                 drift_repaired = fix;
                 wd.drift_seen = 0;
             }
-        } else if !moved {
+        } else {
+            // No excess, or the count moved during the scan: the run of
+            // ticks in a row starts again.
             wd.drift_seen = 0;
         }
 

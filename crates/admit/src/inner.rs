@@ -368,11 +368,12 @@ impl Inner {
             }
             let (next, ticket) = if cur.tickets() == 0 && cur.in_use() < self.limit(cur) {
                 (State(cur.0 + ONE_IN_USE), None)
+            } else if cur.tickets() == 0 && self.flush_tokens() > 0 {
+                // Full of parked tokens only: with them taken back there
+                // may be room now, rather than a place in the queue.
+                cur = self.load();
+                continue;
             } else if self.queue_limit == 0 {
-                if self.flush_tokens() > 0 {
-                    cur = self.load();
-                    continue;
-                }
                 return Err(Rejected::Full);
             } else if cur.tickets() >= self.window || self.live_waiting(cur) >= self.queue_limit {
                 return Err(Rejected::QueueFull);
