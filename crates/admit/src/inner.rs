@@ -917,6 +917,10 @@ impl Inner {
     /// Adds up to `n` to the count with no lease behind it.
     #[cfg(feature = "fault-injection")]
     pub(crate) fn inject_drift(&self, n: u32) -> u32 {
+        // Phantom permits fill the count the way held ones do: parked
+        // tokens are taken back first, so the room left is what it would
+        // be without them.
+        self.flush_tokens();
         let mut cur = self.load();
         loop {
             let add = n.min(self.max_capacity.saturating_sub(cur.in_use()));
