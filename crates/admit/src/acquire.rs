@@ -84,14 +84,19 @@ impl Acquire {
         Some(self.permit(lease))
     }
 
+    /// Looks for a grant or a close; if neither, registers the waker and
+    /// looks again (a grant between the look and the registration woke
+    /// the old waker). `registered`: this poll's waker is registered
+    /// already (by `park`), so one look is enough.
     fn poll_parked(
         &mut self,
         cx: &mut Context<'_>,
         ticket: u32,
         slot: u32,
         gen: u64,
+        mut registered: bool,
     ) -> Poll<Result<Permit, Rejected>> {
-        for registered in [false, true] {
+        loop {
             if self.inner.is_granted(slot, gen) {
                 let lease = self.inner.take_grant(slot, gen, true);
                 return Poll::Ready(Ok(self.permit(lease)));
@@ -106,11 +111,12 @@ impl Acquire {
                     None => self.reject(Rejected::Closed),
                 };
             }
-            if !registered {
-                self.inner.register_waiter(slot, cx.waker());
+            if registered {
+                return Poll::Pending;
             }
+            self.inner.register_waiter(slot, cx.waker());
+            registered = true;
         }
-        Poll::Pending
     }
 }
 
@@ -121,7 +127,7 @@ impl Future for Acquire {
         let this = &mut *self;
         match this.phase {
             Phase::Done => panic!("Acquire polled after completion"),
-            Phase::Parked { ticket, slot, gen } => this.poll_parked(cx, ticket, slot, gen),
+            Phase::Parked { ticket, slot, gen } => this.poll_parked(cx, ticket, slot, gen, false),
             Phase::Start => {
                 let ticket = match this.inner.enter() {
                     Err(reason) => return this.reject(reason),
@@ -136,7 +142,7 @@ impl Future for Acquire {
                     Ok(Parking::Granted(lease)) => Poll::Ready(Ok(this.permit(lease))),
                     Ok(Parking::Parked(slot, gen)) => {
                         this.phase = Phase::Parked { ticket, slot, gen };
-                        this.poll_parked(cx, ticket, slot, gen)
+                        this.poll_parked(cx, ticket, slot, gen, true)
                     }
                 }
             }

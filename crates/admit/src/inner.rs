@@ -216,9 +216,14 @@ impl Inner {
     /// `critical` may use the reserve and does not yield to waiters.
     #[inline]
     pub(crate) fn try_acquire(&self, critical: bool) -> Result<Lease, Rejected> {
-        if !critical && self.track_leases {
+        if !critical {
             // A token parked in this thread's shard is counted already.
-            if let Some(lease) = self.leases.take_token(self.clock.now()) {
+            let token = if self.track_leases {
+                self.leases.take_token(self.clock.now())
+            } else {
+                self.leases.take_spare().then_some((UNTRACKED, 0))
+            };
+            if let Some(lease) = token {
                 self.grants.add_one();
                 return Ok(lease);
             }
@@ -280,16 +285,19 @@ impl Inner {
     fn new_lease(&self, s: State) -> Lease {
         self.grants.add_one();
         if !self.track_leases {
+            // No slot to own: the shard parks this permit's unit in its
+            // `own` word when it is dropped on a thread whose shard is open.
+            if self.room_for_tokens(s) {
+                self.open_shard();
+            }
             return (UNTRACKED, 0);
         }
         let now = self.clock.now();
         // Tokens only where the count leaves room for them (checked without
         // touching a shared line first: most limiters near their cap never
         // read further).
-        let lease = if self.room_for_tokens(s) && {
+        let lease = if self.room_for_tokens(s) {
             self.open_shard();
-            self.leases.wants_slot()
-        } {
             self.leases.claim_owned(now)
         } else {
             self.leases.claim_held(now)
@@ -483,7 +491,9 @@ impl Inner {
     pub(crate) fn release(&self, lease: Lease) {
         let (slot, gen) = lease;
         if slot == UNTRACKED {
-            self.release_count();
+            if !self.leases.park_spare() {
+                self.release_count();
+            }
             return;
         }
         match self.leases.release(slot, gen) {

@@ -83,6 +83,10 @@
 //!   needing to steal from another thread's cache. A cached slot is FREE;
 //!   reclaim, revoke and stale holders cannot touch it, since each of them
 //!   compares against HELD or REVOKED.
+//! * The last `TOKEN_SLOTS` slots are the shards' token slots (every other
+//!   one used, so no two shards share a cache line): never cached, never on
+//!   the free list, moved out of FREE only by their shard (DESIGN.md,
+//!   Tokens). Another 11 KiB per limiter.
 //! * Orderings: a transition into a state publishes (Release) the fields the
 //!   next owner reads (timestamps on HELD, `revoked_at` on REVOKED); every
 //!   load that decides on a state is Acquire. The free list's push is Release
@@ -134,7 +138,10 @@ const _: () = assert!(crate::queue::MAX_SLOTS as u64 <= 1 << (64 - GEN_BITS));
 
 /// What a scan reads of a slot, and all the fast path touches: 32 bytes,
 /// two slots a cache line, so the watchdog's pass over a million leases
-/// streams 32 MB rather than the whole slot.
+/// streams 32 MB rather than the whole slot. Aligned to its size, so a
+/// slot never straddles two lines and shares one with one neighbour only
+/// (which is what keeps a shard's token slot on a line of its own).
+#[repr(align(32))]
 struct Slot {
     /// `generation << 8 | status`.
     state: AtomicU64,
@@ -198,6 +205,11 @@ pub(crate) struct LeaseView {
 /// Free slots one thread keeps for itself.
 const CACHED: usize = 2;
 
+/// Slots set aside at the end of the table for the shards' tokens: each
+/// shard's own, and an unused neighbour, so that the slot a shard's thread
+/// CASes twice a cycle shares its cache line with nobody.
+const TOKEN_SLOTS: usize = 2 * SHARDS;
+
 /// One shard's cache of free slots and its owned slot, on its own cache
 /// line. Only the thread that borrowed the shard reads or writes `len` and
 /// `slots`; flushers also CAS `own` to seal the shard (DESIGN.md, Tokens).
@@ -205,15 +217,20 @@ const CACHED: usize = 2;
 struct SlotCache {
     len: AtomicU32,
     slots: [AtomicU32; CACHED],
-    /// `slot << 32 | epoch << 1 | open`: the slot this shard owns (`NIL`
-    /// if none; never one while sealed), a count of seals, and whether the
-    /// shard may own a slot and park a token in it.
+    /// `slot << 32 | epoch << 2 | spare << 1 | open`: the slot this shard
+    /// owns (`NIL` if none; never one while sealed), a count of seals,
+    /// whether an untracked token is parked here (a limiter without leases
+    /// has no slot to park one in), and whether the shard may own a slot
+    /// and park a token.
     own: AtomicU64,
 }
 
+/// The `own` bit of a parked untracked token.
+const SPARE: u64 = 2;
+
 /// A sealed shard's `own` word with `epoch`.
 fn sealed(epoch: u64) -> u64 {
-    (u64::from(NIL) << 32) | ((epoch << 1) & 0xffff_fffe)
+    (u64::from(NIL) << 32) | ((epoch << 2) & 0xffff_fffc)
 }
 fn own_slot(word: u64) -> u32 {
     (word >> 32) as u32
@@ -221,8 +238,11 @@ fn own_slot(word: u64) -> u32 {
 fn own_open(word: u64) -> bool {
     word & 1 == 1
 }
+fn own_spare(word: u64) -> bool {
+    word & SPARE != 0
+}
 fn own_epoch(word: u64) -> u64 {
-    (word & 0xffff_fffe) >> 1
+    (word & 0xffff_fffc) >> 2
 }
 
 /// What a permit's drop did to its slot.
@@ -246,27 +266,35 @@ pub(crate) struct LeaseTable {
     caches: Box<[SlotCache]>,
     /// How many shards are open (may own a slot and park a token).
     open: AtomicU32,
+    /// The first of the token slots at the end of the table: shard `i` may
+    /// own only slot `token_slots + 2 * i` (see `token_slot`).
+    token_slots: u32,
 }
 
 impl LeaseTable {
     /// Slots the table needs beyond its leases and waiters: what the
-    /// threads' caches may hold.
+    /// threads' caches may hold, and the shards' token slots (two per
+    /// shard: the second is never used, so that no two shards' token slots
+    /// share a cache line).
     pub(crate) const fn extra() -> usize {
-        SHARDS * CACHED
+        SHARDS * CACHED + TOKEN_SLOTS
     }
 
-    /// A table of `n` slots, `extra()` of which may sit in caches.
+    /// A table of `n` slots, `extra()` of which may sit in caches or serve
+    /// as token slots.
     pub(crate) fn new(n: usize) -> LeaseTable {
-        assert!(n < NIL as usize);
+        assert!(n < NIL as usize && n >= TOKEN_SLOTS);
+        // The token slots come last and are never on the free list.
+        let listed = n - TOKEN_SLOTS;
         let slots: Box<[Slot]> = (0..n).map(|_| Slot::new()).collect();
         let cold: Box<[Cold]> = (0..n)
             .map(|i| Cold {
-                next_free: AtomicU32::new(if i + 1 < n { i as u32 + 1 } else { NIL }),
+                next_free: AtomicU32::new(if i + 1 < listed { i as u32 + 1 } else { NIL }),
                 wait_waker: AtomicWaker::new(),
                 revoke_waker: AtomicWaker::new(),
             })
             .collect();
-        let first = if n == 0 { NIL } else { 0 };
+        let first = if listed == 0 { NIL } else { 0 };
         LeaseTable {
             slots,
             cold,
@@ -279,7 +307,24 @@ impl LeaseTable {
                 })
                 .collect(),
             open: AtomicU32::new(0),
+            token_slots: listed as u32,
         }
+    }
+
+    /// The slot this thread's shard may own, if the thread has a shard.
+    #[inline]
+    fn token_slot(&self) -> Option<(&SlotCache, u32)> {
+        let shard = thread_index();
+        let cache = self.caches.get(shard)?;
+        Some((cache, self.token_slots + 2 * shard as u32))
+    }
+
+    /// Whether `index` is a token slot, which belongs to its shard and
+    /// never goes to a cache or the free list: freed, it stays FREE until
+    /// its shard owns it again.
+    #[inline]
+    fn is_token_slot(&self, index: u32) -> bool {
+        index >= self.token_slots
     }
 
     #[inline]
@@ -319,6 +364,9 @@ impl LeaseTable {
     /// cache is full or the thread has no shard.
     #[inline]
     fn free_slot(&self, index: u32) {
+        if self.is_token_slot(index) {
+            return;
+        }
         if let Some(cache) = self.caches.get(thread_index()) {
             let len = cache.len.load(Ordering::Relaxed);
             if (len as usize) < CACHED {
@@ -372,6 +420,9 @@ impl LeaseTable {
 
     /// Pushes a slot (already moved to FREE by the caller) on the free list.
     fn push_free(&self, index: u32) {
+        if self.is_token_slot(index) {
+            return;
+        }
         let link = &self.cold(index).next_free;
         let mut head = self.free.load(Ordering::Relaxed);
         loop {
@@ -472,7 +523,16 @@ impl LeaseTable {
     #[inline]
     pub(crate) fn release(&self, index: u32, gen: u64) -> Released {
         let slot = self.get(index);
-        let mut word = slot.word();
+        // The CAS starts from the state the lease most likely has (OWNED in
+        // a token slot, HELD elsewhere) rather than from a load: a lease
+        // that was revoked or settled meanwhile costs one failed CAS, which
+        // returns the word to go on from.
+        let likely = if self.is_token_slot(index) {
+            status::OWNED
+        } else {
+            status::HELD
+        };
+        let mut word = pack(gen, likely);
         loop {
             if gen_of(word) != gen {
                 return Released::Gone;
@@ -615,11 +675,11 @@ impl LeaseTable {
     /// already). `None` if the shard has none idle.
     #[inline]
     pub(crate) fn take_token(&self, now: u64) -> Option<(u32, u64)> {
-        let cache = self.caches.get(thread_index())?;
-        let index = own_slot(cache.own.load(Ordering::Relaxed));
-        if index == NIL {
-            return None;
-        }
+        // The shard's `own` word need not be read: only a drop of this
+        // shard's OWNED lease parks a TOKEN in its token slot, and a sealer
+        // that races this take CASes the same slot word (and settles the
+        // lease this take makes as an ordinary HELD one).
+        let (_, index) = self.token_slot()?;
         let slot = self.get(index);
         let word = slot.word();
         if status_of(word) != status::TOKEN {
@@ -627,10 +687,15 @@ impl LeaseTable {
         }
         let gen = (gen_of(word) + 1) & GEN_MASK;
         // Before the CAS, so a watchdog that sees the lease sees its times.
-        // Should a flusher take the token first, these land on a slot that
-        // is FREE or just claimed, at this same coarse millisecond.
-        slot.started.store(now, Ordering::Relaxed);
-        slot.last_active.store(now, Ordering::Relaxed);
+        // Should a flusher take the token first, these land on a FREE slot
+        // only this shard claims. Stored only when the coarse clock moved
+        // on: a store before the CAS would have to drain first.
+        if slot.started.load(Ordering::Relaxed) != now {
+            slot.started.store(now, Ordering::Relaxed);
+        }
+        if slot.last_active.load(Ordering::Relaxed) != now {
+            slot.last_active.store(now, Ordering::Relaxed);
+        }
         // AcqRel: pairs with the drop that parked the token, so that
         // holder's work happens before this one's admission.
         slot.state
@@ -644,39 +709,35 @@ impl LeaseTable {
         Some((index, gen))
     }
 
-    /// Whether this thread's shard is open and owns no slot: the next lease
-    /// it claims should be owned.
-    #[inline]
-    pub(crate) fn wants_slot(&self) -> bool {
-        self.caches.get(thread_index()).is_some_and(|c| {
-            let own = c.own.load(Ordering::Relaxed);
-            own_open(own) && own_slot(own) == NIL
-        })
-    }
-
-    /// A new lease (for a permit already counted) in a slot this thread's
-    /// shard then owns: FREE -> OWNED, and the slot recorded in `own` with
-    /// one CAS, which fails if a flusher sealed the shard meanwhile (then
-    /// the lease is an ordinary HELD one).
+    /// A new lease (for a permit already counted) in this thread's token
+    /// slot, which its shard then owns: FREE -> OWNED, and the slot recorded
+    /// in `own` with one CAS, which fails if a flusher sealed the shard
+    /// meanwhile (then the lease is an ordinary HELD one). An ordinary
+    /// lease from the free list if the shard is sealed or its token slot is
+    /// in use (a lease settled as HELD, or revoked, and not yet dropped).
     pub(crate) fn claim_owned(&self, now: u64) -> Option<(u32, u64)> {
-        let (index, gen) = match self.pop_cached() {
-            Some(index) => self.start(index, status::OWNED, now),
-            None => self.claim(status::OWNED, now)?,
+        let Some((cache, index)) = self.token_slot() else {
+            return self.claim_held(now);
         };
-        let recorded = self.caches.get(thread_index()).is_some_and(|c| {
-            let own = c.own.load(Ordering::Relaxed);
-            own_open(own)
-                && own_slot(own) == NIL
-                // Release: a flusher that seals after this sees the slot.
-                && c.own
-                    .compare_exchange(
-                        own,
-                        (u64::from(index) << 32) | (own & 0xffff_ffff),
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-        });
+        let own = cache.own.load(Ordering::Relaxed);
+        // Only this shard moves its token slot out of FREE, so a FREE slot
+        // seen here is ours to start.
+        if !own_open(own) || status_of(self.get(index).word()) != status::FREE {
+            return self.claim_held(now);
+        }
+        let (index, gen) = self.start(index, status::OWNED, now);
+        // Release: a flusher that seals after this sees the slot. The
+        // record may name this slot already (its last lease was revoked
+        // and left the shard); the CAS still checks the shard is open.
+        let recorded = cache
+            .own
+            .compare_exchange(
+                own,
+                (u64::from(index) << 32) | (own & 0xffff_ffff),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok();
         if !recorded {
             // Not owned after all; a revoker may have moved it on already.
             let _ = self.get(index).state.compare_exchange(
@@ -687,6 +748,41 @@ impl LeaseTable {
             );
         }
         Some((index, gen))
+    }
+
+    /// Takes the untracked token parked in this thread's shard (a limiter
+    /// without leases): one CAS on the shard's `own` word, against the
+    /// sealers' CAS on the same word. False if none is parked.
+    #[inline]
+    pub(crate) fn take_spare(&self) -> bool {
+        let Some((cache, _)) = self.token_slot() else {
+            return false;
+        };
+        let own = cache.own.load(Ordering::Relaxed);
+        // AcqRel: pairs with the drop that parked the token.
+        own_spare(own)
+            && cache
+                .own
+                .compare_exchange(own, own & !SPARE, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Parks an untracked permit's unit in this thread's shard, if the
+    /// shard is open and has none parked: one CAS that fails once a sealer
+    /// has sealed the shard, so a sealer either takes the token back or
+    /// the drop releases its count itself. False if not parked.
+    #[inline]
+    pub(crate) fn park_spare(&self) -> bool {
+        let Some((cache, _)) = self.token_slot() else {
+            return false;
+        };
+        let own = cache.own.load(Ordering::Relaxed);
+        own_open(own)
+            && !own_spare(own)
+            && cache
+                .own
+                .compare_exchange(own, own | SPARE, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// How many shards are open.
@@ -740,7 +836,8 @@ impl LeaseTable {
         self.caches.iter().map(|c| self.seal(c)).sum()
     }
 
-    /// Seals one shard if it is open; returns the token taken back (0 or 1).
+    /// Seals one shard if it is open; returns the tokens taken back (its
+    /// token slot's, or its untracked one: 0 or 1).
     fn seal(&self, cache: &SlotCache) -> u32 {
         let mut own = cache.own.load(Ordering::Acquire);
         loop {
@@ -760,10 +857,11 @@ impl LeaseTable {
             }
         }
         self.open.fetch_sub(1, Ordering::AcqRel);
-        match own_slot(own) {
+        let parked = match own_slot(own) {
             NIL => 0,
             index => self.settle(index),
-        }
+        };
+        parked + u32::from(own_spare(own))
     }
 
     /// A sealed shard's slot: TOKEN -> FREE (returns 1: the caller uncounts
@@ -806,8 +904,9 @@ impl LeaseTable {
         self.caches
             .iter()
             .filter(|c| {
-                let index = own_slot(c.own.load(Ordering::Acquire));
-                index != NIL && status_of(self.get(index).word()) == status::TOKEN
+                let own = c.own.load(Ordering::Acquire);
+                let index = own_slot(own);
+                own_spare(own) || index != NIL && status_of(self.get(index).word()) == status::TOKEN
             })
             .count() as u32
     }

@@ -89,11 +89,10 @@ impl Builder {
     /// Turning it off drops the lease bookkeeping, for permits that cannot
     /// leak because they never outlive a future (request-scoped admission).
     /// Such permits cannot be revoked or reclaimed, their `touch()` does
-    /// nothing, and the watchdog can only repair stalls. It does not make
-    /// admission faster: with leases on, a thread that takes and drops
-    /// permits again and again reuses a token parked in its own lease slot,
-    /// while untracked permits count every admission and release on the
-    /// shared state word.
+    /// nothing, and the watchdog can only repair stalls. Admission costs
+    /// about the same either way: a thread that takes and drops permits
+    /// again and again reuses a token parked in its own shard, in its lease
+    /// slot with leases on, in its shard's own word without.
     ///
     /// ```
     /// let limiter = admit::Limiter::builder().capacity(8).track_leases(false).build().unwrap();

@@ -422,23 +422,69 @@ fn timed_waits_under_tokio() {
 /// A thread's dropped permit stays counted as a token for its next
 /// admission; permits that go into the reserve take such tokens back, so
 /// an ordinary admission never uses one to get past `capacity - reserve`.
+/// With leases or without (a slot, or a bit in the shard's word).
 #[test]
 fn a_parked_token_never_lets_an_ordinary_caller_into_the_reserve() {
-    let l = Limiter::builder().capacity(10).reserve(2).build().unwrap();
+    for leases in [true, false] {
+        let l = Limiter::builder()
+            .capacity(10)
+            .reserve(2)
+            .track_leases(leases)
+            .build()
+            .unwrap();
+        drop(l.try_acquire().unwrap());
+        assert_eq!(l.faults().parked_tokens(), 1, "this thread parked a token");
+        assert_eq!(l.in_use(), 0);
+        let critical: Vec<_> = (0..9).map(|_| l.try_acquire_critical().unwrap()).collect();
+        assert_eq!(l.in_use(), 9);
+        assert_eq!(
+            l.faults().parked_tokens(),
+            0,
+            "the reserve took the token back"
+        );
+        assert_eq!(l.try_acquire().unwrap_err(), Rejected::Full);
+        drop(critical);
+        assert_eq!(l.in_use(), 0);
+        let ordinary: Vec<_> = (0..8).map(|_| l.try_acquire().unwrap()).collect();
+        assert_eq!(l.try_acquire().unwrap_err(), Rejected::Full);
+        drop(ordinary);
+    }
+}
+
+/// Without leases, a dropped permit parks its unit in its thread's shard
+/// and the thread's next admission takes it back; the token is never a
+/// permit held, and every event that needs the count takes it back.
+#[test]
+fn an_untracked_token_is_reused_and_taken_back_when_needed() {
+    let l = Limiter::builder()
+        .capacity(4)
+        .track_leases(false)
+        .build()
+        .unwrap();
     drop(l.try_acquire().unwrap());
-    assert_eq!(l.faults().parked_tokens(), 1, "this thread parked a token");
-    assert_eq!(l.in_use(), 0);
-    let critical: Vec<_> = (0..9).map(|_| l.try_acquire_critical().unwrap()).collect();
-    assert_eq!(l.in_use(), 9);
+    assert_eq!(l.faults().parked_tokens(), 1);
+    assert_eq!((l.in_use(), l.available()), (0, 4));
+    let p = l.try_acquire().unwrap();
     assert_eq!(
         l.faults().parked_tokens(),
         0,
-        "the reserve took the token back"
+        "the admission took the token"
     );
+    assert_eq!(l.in_use(), 1);
+    drop(p);
+    assert_eq!(l.health().snapshot().admitted_total, 2);
+    // A shrink takes the token back: the count it held may not fit.
+    l.set_capacity(1).unwrap();
+    assert_eq!(l.faults().parked_tokens(), 0);
+    let only = l.try_acquire().unwrap();
     assert_eq!(l.try_acquire().unwrap_err(), Rejected::Full);
-    drop(critical);
-    assert_eq!(l.in_use(), 0);
-    let ordinary: Vec<_> = (0..8).map(|_| l.try_acquire().unwrap()).collect();
-    assert_eq!(l.try_acquire().unwrap_err(), Rejected::Full);
-    drop(ordinary);
+    drop(only);
+    // A close takes it back too, so the limiter drains.
+    l.set_capacity(4).unwrap();
+    drop(l.try_acquire().unwrap());
+    drop(l.try_acquire().unwrap());
+    assert_eq!(l.faults().parked_tokens(), 1);
+    l.close();
+    assert_eq!(l.faults().parked_tokens(), 0);
+    block_on(l.drained());
 }

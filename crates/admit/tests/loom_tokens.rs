@@ -3,7 +3,8 @@
 //! next admission takes it without touching the state word. Whatever the
 //! interleaving, a token is taken back or taken, never both; parked tokens
 //! never keep a waiter, a shrink or a close waiting; and the count comes
-//! back to zero with no repair.
+//! back to zero with no repair. The waiter and close models run again on
+//! a limiter without leases, whose tokens are a bit in the shard's word.
 //!
 //! Capacities are at least 3 here: a shard opens only while the count
 //! leaves room for a token per open shard besides.
@@ -24,6 +25,18 @@ fn limiter(capacity: u32, queue: u32) -> Limiter {
         .capacity(capacity)
         .max_capacity(4)
         .queue_limit(queue)
+        .build()
+        .unwrap()
+}
+
+/// The same without leases: its tokens are a bit in the shard's `own`
+/// word instead of a slot.
+fn untracked(capacity: u32, queue: u32) -> Limiter {
+    Limiter::builder()
+        .capacity(capacity)
+        .max_capacity(4)
+        .queue_limit(queue)
+        .track_leases(false)
         .build()
         .unwrap()
 }
@@ -94,8 +107,17 @@ fn a_token_permit_racing_revoke_and_reclaim_is_released_once() {
 /// handed over) rather than left beside an idle token.
 #[test]
 fn a_waiter_is_not_left_beside_a_parked_token() {
-    loom::model(|| {
-        let l = limiter(3, 1);
+    waiter_beside_a_parked_token(limiter);
+}
+
+#[test]
+fn a_waiter_is_not_left_beside_a_parked_untracked_token() {
+    waiter_beside_a_parked_token(untracked);
+}
+
+fn waiter_beside_a_parked_token(build: fn(u32, u32) -> Limiter) {
+    loom::model(move || {
+        let l = build(3, 1);
         park_a_token(&l);
         let mine = l.try_acquire().unwrap();
         let other = {
@@ -161,8 +183,17 @@ fn a_shrink_racing_token_reuse_keeps_the_new_cap() {
 /// count still reaches zero, so `drained` resolves.
 #[test]
 fn close_with_a_parked_token_still_drains() {
-    loom::model(|| {
-        let l = limiter(3, 0);
+    close_with_a_parked_token(limiter);
+}
+
+#[test]
+fn close_with_a_parked_untracked_token_still_drains() {
+    close_with_a_parked_token(untracked);
+}
+
+fn close_with_a_parked_token(build: fn(u32, u32) -> Limiter) {
+    loom::model(move || {
+        let l = build(3, 0);
         park_a_token(&l);
         let closer = {
             let l = l.clone();
