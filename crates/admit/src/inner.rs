@@ -34,8 +34,12 @@ use crate::snapshot::{Cause, HealthShared, HealthState, Snapshot};
 use crate::state::{State, ONE_IN_USE, TICKET_SPACE};
 use std::task::{Context, Waker};
 
-/// Slot index of a permit from a limiter built with `track_leases(false)`.
-pub(crate) const UNTRACKED: u32 = u32::MAX;
+/// Slot index of a permit from a limiter built with `track_leases(false)`:
+/// the largest number a permit's slot field holds (`lease.rs`, `GEN_BITS`),
+/// which no table reaches (tables have fewer than `MAX_SLOTS` slots), so a
+/// permit packs and unpacks it like any slot.
+pub(crate) const UNTRACKED: u32 = (1 << (64 - crate::lease::GEN_BITS)) - 1;
+const _: () = assert!(MAX_SLOTS as u64 <= UNTRACKED as u64 + 1);
 
 /// A lease as the core hands it out: `(slot, generation)`, or
 /// `(UNTRACKED, 0)` for a permit without a lease.

@@ -20,7 +20,7 @@
 //!    └────────────────────────────── release / reclaim ───────────────┘
 //! ```
 //!
-//! * FREE — on the free list.
+//! * FREE — on the free list, in a thread's cache, or a shard's idle token slot.
 //! * WAITING — a queued waiter parked here; the deliverer of its ticket moves
 //!   it on (`grant`), or the waiter takes it back when it leaves (`withdraw`).
 //! * GRANTED — the deliverer counted a permit for the waiter, which has not
@@ -72,8 +72,9 @@
 //!   `max_capacity` permits exist (the state word's cap), and at most
 //!   `queue window` waiters hold a slot before their grant counts in `in_use`.
 //! * Each thread with a shard (`shard.rs`) keeps up to `CACHED` free slots
-//!   of its own: a dropped permit's slot goes there, and the thread's next
-//!   admission takes it back, with plain loads and stores instead of two
+//!   of its own: a slot freed on the thread (a permit's drop, a waiter's
+//!   place given back, a reclaim) goes there, and the thread's next claim
+//!   (a permit's lease or a waiter's place) takes it back, with plain loads and stores instead of two
 //!   CASes on the shared free-list head (whose cache line would otherwise
 //!   move between cores on every cycle). Only the shard's owner touches its
 //!   cache; a shard given back at thread exit keeps its slots for the next
@@ -339,10 +340,7 @@ impl LeaseTable {
 
     /// FREE -> HELD: a new lease for a permit already counted in use.
     pub(crate) fn claim_held(&self, now: u64) -> Option<(u32, u64)> {
-        match self.pop_cached() {
-            Some(index) => Some(self.start(index, status::HELD, now)),
-            None => self.claim(status::HELD, now),
-        }
+        self.claim(status::HELD, now)
     }
 
     /// Takes a slot from this thread's cache.
@@ -395,8 +393,12 @@ impl LeaseTable {
         self.claim(status::WAITING, now)
     }
 
-    /// Pops a free slot and moves it to `status` with a new generation.
+    /// Takes a free slot (from this thread's cache, else the free list)
+    /// and moves it to `status` with a new generation.
     fn claim(&self, status: u8, now: u64) -> Option<(u32, u64)> {
+        if let Some(index) = self.pop_cached() {
+            return Some(self.start(index, status, now));
+        }
         // Acquire: the `next_free` we read, and the slot's previous contents,
         // were published by the Release push that put this slot on the list.
         let mut head = self.free.load(Ordering::Acquire);
@@ -420,9 +422,6 @@ impl LeaseTable {
 
     /// Pushes a slot (already moved to FREE by the caller) on the free list.
     fn push_free(&self, index: u32) {
-        if self.is_token_slot(index) {
-            return;
-        }
         let link = &self.cold(index).next_free;
         let mut head = self.free.load(Ordering::Relaxed);
         loop {
@@ -493,7 +492,7 @@ impl LeaseTable {
             )
             .is_ok();
         if ok {
-            self.push_free(index);
+            self.free_slot(index);
         }
         ok
     }
@@ -506,7 +505,7 @@ impl LeaseTable {
         self.get(index)
             .state
             .store(pack(gen, status::FREE), Ordering::Release);
-        self.push_free(index);
+        self.free_slot(index);
     }
 
     /// GRANTED -> HELD by the waiter that was granted: the lease starts now.
@@ -622,7 +621,7 @@ impl LeaseTable {
             )
             .is_ok();
         if ok {
-            self.push_free(index);
+            self.free_slot(index);
         }
         ok
     }
@@ -889,7 +888,7 @@ impl LeaseTable {
             }
         }
         if status_of(word) == status::TOKEN {
-            self.push_free(index);
+            self.free_slot(index);
             1
         } else {
             0

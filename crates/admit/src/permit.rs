@@ -61,9 +61,9 @@ pub struct Permit {
     lease: NonZeroU64,
 }
 
-/// A permit's lease part without a lease: a slot part of all ones, which
-/// no table reaches, and generation 0.
-const NO_LEASE: u64 = !((1 << GEN_BITS) - 1);
+/// A permit's lease part without a lease: slot `UNTRACKED` (all ones,
+/// which no table reaches) and generation 0.
+const NO_LEASE: u64 = (UNTRACKED as u64) << GEN_BITS;
 
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,14 +76,11 @@ impl std::fmt::Debug for Permit {
 
 impl Permit {
     pub(crate) fn new(inner: Arc<Inner>, (slot, gen): Lease) -> Permit {
-        let lease = if slot == UNTRACKED {
-            NO_LEASE
-        } else {
-            (u64::from(slot) << GEN_BITS) | gen
-        };
+        // An untracked permit packs to `NO_LEASE`.
+        let lease = (u64::from(slot) << GEN_BITS) | gen;
         Permit {
             inner: Some(inner),
-            lease: NonZeroU64::new(!lease).expect("no slot number is all ones"),
+            lease: NonZeroU64::new(!lease).expect("an untracked permit has generation 0"),
         }
     }
 
@@ -99,11 +96,7 @@ impl Permit {
     #[inline]
     fn parts(&self) -> Lease {
         let lease = self.raw();
-        if lease == NO_LEASE {
-            (UNTRACKED, 0)
-        } else {
-            ((lease >> GEN_BITS) as u32, lease & ((1 << GEN_BITS) - 1))
-        }
+        ((lease >> GEN_BITS) as u32, lease & ((1 << GEN_BITS) - 1))
     }
 
     /// Counts this permit as admitted (for grants that reached the caller
