@@ -9,8 +9,9 @@
 use crate::loom::{AtomicU64, Ordering};
 use crate::shard::{thread_index, SHARDS};
 
-/// Pads a shard to its own cache line so threads do not share one.
-#[repr(align(64))]
+/// Pads a shard to its own pair of cache lines so threads do not share
+/// one (`shard::SPACING`).
+#[repr(align(128))]
 struct Shard(AtomicU64);
 
 pub(crate) struct Counter {

@@ -91,8 +91,8 @@ pub(crate) enum Parking {
     Parked(u32, u64),
 }
 
-/// Keeps a field alone on its cache line.
-#[repr(align(64))]
+/// Keeps a field alone on its pair of cache lines (`shard::SPACING`).
+#[repr(align(128))]
 struct Padded<T>(T);
 
 pub(crate) struct Inner {

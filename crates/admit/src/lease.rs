@@ -84,17 +84,17 @@
 //!   needing to steal from another thread's cache. A cached slot is FREE;
 //!   reclaim, revoke and stale holders cannot touch it, since each of them
 //!   compares against HELD or REVOKED.
-//! * The last `TOKEN_SLOTS` slots are the shards' token slots (every other
-//!   one used, so no two shards share a cache line): never cached, never on
-//!   the free list, moved out of FREE only by their shard (DESIGN.md,
-//!   Tokens). Another 11 KiB per limiter.
+//! * The last `TOKEN_SLOTS` slots are the shards' token slots (one in
+//!   every `TOKEN_STRIDE`, so no two shards' are within 128 bytes): never
+//!   cached, never on the free list, moved out of FREE only by their shard
+//!   (DESIGN.md, Tokens). Another 22 KiB per limiter.
 //! * Orderings: a transition into a state publishes (Release) the fields the
 //!   next owner reads (timestamps on HELD, `revoked_at` on REVOKED); every
 //!   load that decides on a state is Acquire. The free list's push is Release
 //!   and its pop Acquire, so a claimer sees the slot as its last user left it.
 
 use crate::loom::{AtomicU32, AtomicU64, AtomicWaker, Ordering};
-use crate::shard::{thread_index, SHARDS};
+use crate::shard::{thread_index, SHARDS, SPACING};
 use std::task::Waker;
 
 /// Slot status, in the low byte of a slot's state word.
@@ -206,15 +206,30 @@ pub(crate) struct LeaseView {
 /// Free slots one thread keeps for itself.
 const CACHED: usize = 2;
 
-/// Slots set aside at the end of the table for the shards' tokens: each
-/// shard's own, and an unused neighbour, so that the slot a shard's thread
-/// CASes twice a cycle shares its cache line with nobody.
-const TOKEN_SLOTS: usize = 2 * SHARDS;
+/// Slots between two shards' token slots: `SPACING` bytes, so the slot a
+/// shard's thread CASes twice a cycle shares its pair of cache lines with
+/// unused slots only.
+const TOKEN_STRIDE: usize = {
+    // Under loom a slot is larger than 128 bytes; one apart is enough there.
+    let stride = SPACING / std::mem::size_of::<Slot>();
+    if stride == 0 {
+        1
+    } else {
+        stride
+    }
+};
+#[cfg(not(admit_loom))]
+const _: () = assert!(std::mem::size_of::<Slot>() == 32 && TOKEN_STRIDE == 4);
 
-/// One shard's cache of free slots and its owned slot, on its own cache
-/// line. Only the thread that borrowed the shard reads or writes `len` and
-/// `slots`; flushers also CAS `own` to seal the shard (DESIGN.md, Tokens).
-#[repr(align(64))]
+/// Slots set aside at the end of the table for the shards' tokens: each
+/// shard's own, and unused ones between them.
+const TOKEN_SLOTS: usize = TOKEN_STRIDE * SHARDS;
+
+/// One shard's cache of free slots and its owned slot, `SPACING` bytes
+/// from the next shard's. Only the thread that borrowed the shard reads or
+/// writes `len` and `slots`; flushers also CAS `own` to seal the shard
+/// (DESIGN.md, Tokens).
+#[repr(align(128))]
 struct SlotCache {
     len: AtomicU32,
     slots: [AtomicU32; CACHED],
@@ -268,15 +283,14 @@ pub(crate) struct LeaseTable {
     /// How many shards are open (may own a slot and park a token).
     open: AtomicU32,
     /// The first of the token slots at the end of the table: shard `i` may
-    /// own only slot `token_slots + 2 * i` (see `token_slot`).
+    /// own only slot `token_slots + TOKEN_STRIDE * i` (see `token_slot`).
     token_slots: u32,
 }
 
 impl LeaseTable {
     /// Slots the table needs beyond its leases and waiters: what the
-    /// threads' caches may hold, and the shards' token slots (two per
-    /// shard: the second is never used, so that no two shards' token slots
-    /// share a cache line).
+    /// threads' caches may hold, and the shards' token slots (with unused
+    /// slots between them, so that no two shards' token slots are near).
     pub(crate) const fn extra() -> usize {
         SHARDS * CACHED + TOKEN_SLOTS
     }
@@ -317,7 +331,7 @@ impl LeaseTable {
     fn token_slot(&self) -> Option<(&SlotCache, u32)> {
         let shard = thread_index();
         let cache = self.caches.get(shard)?;
-        Some((cache, self.token_slots + 2 * shard as u32))
+        Some((cache, self.token_slots + (TOKEN_STRIDE * shard) as u32))
     }
 
     /// Whether `index` is a token slot, which belongs to its shard and
