@@ -11,8 +11,8 @@
 //! Entries of different shards are `SPACING` bytes apart, not just one
 //! 64-byte line: x86 cores fetch lines in adjacent pairs, so two threads
 //! writing neighbouring lines still pull them from each other's caches
-//! (measured: two threads cycling tokens 64 bytes apart ran at about two
-//! thirds of the rate they reach 128 apart).
+//! (measured: two threads cycling tokens 64 bytes apart ran at about four
+//! fifths of the rate they reach 128 apart; benches/README.md).
 //!
 //! An index given back keeps its entries: the next thread to borrow it
 //! continues where the last one stopped. The Release of the give-back pairs
