@@ -13,6 +13,7 @@ use crate::shard::{thread_index, SHARDS};
 /// one (`shard::SPACING`).
 #[repr(align(128))]
 struct Shard(AtomicU64);
+const _: () = assert!(std::mem::align_of::<Shard>() == crate::shard::SPACING);
 
 pub(crate) struct Counter {
     shards: Box<[Shard]>,

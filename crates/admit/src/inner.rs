@@ -94,6 +94,7 @@ pub(crate) enum Parking {
 /// Keeps a field alone on its pair of cache lines (`shard::SPACING`).
 #[repr(align(128))]
 struct Padded<T>(T);
+const _: () = assert!(std::mem::align_of::<Padded<u8>>() == crate::shard::SPACING);
 
 pub(crate) struct Inner {
     /// The state word, alone on its cache line: under contention, the
@@ -288,20 +289,20 @@ impl Inner {
     /// as that count left it.
     fn new_lease(&self, s: State) -> Lease {
         self.grants.add_one();
-        if !self.track_leases {
-            // No slot to own: the shard parks this permit's unit in its
-            // `own` word when it is dropped on a thread whose shard is open.
-            if self.room_for_tokens(s) {
-                self.open_shard();
-            }
-            return (UNTRACKED, 0);
-        }
-        let now = self.clock.now();
         // Tokens only where the count leaves room for them (checked without
         // touching a shared line first: most limiters near their cap never
         // read further).
-        let lease = if self.room_for_tokens(s) {
+        let tokens = self.room_for_tokens(s);
+        if tokens {
             self.open_shard();
+        }
+        if !self.track_leases {
+            // No slot to own: the permit's drop parks its unit in the
+            // dropping thread's `own` word, if that shard is open.
+            return (UNTRACKED, 0);
+        }
+        let now = self.clock.now();
+        let lease = if tokens {
             self.leases.claim_owned(now)
         } else {
             self.leases.claim_held(now)

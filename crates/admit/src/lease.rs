@@ -240,6 +240,7 @@ struct SlotCache {
     /// and park a token.
     own: AtomicU64,
 }
+const _: () = assert!(std::mem::align_of::<SlotCache>() == SPACING);
 
 /// The `own` bit of a parked untracked token.
 const SPARE: u64 = 2;

@@ -25,8 +25,9 @@
 
 use crate::loom::{AtomicU64, Ordering};
 
-/// Bytes between two shards' entries (see the module docs); the
-/// `repr(align(128))` of each per-shard entry type says the same.
+/// Bytes between two shards' entries (see the module docs). Each per-shard
+/// entry type says it again in its `repr(align(128))` (an attribute cannot
+/// name a constant) and asserts that the two agree.
 pub(crate) const SPACING: usize = 128;
 
 /// How many threads at once get their own shard.
