@@ -85,6 +85,12 @@ MUTANTS = [
      "                status::OWNED => status::TOKEN,\n                status::HELD | status::REVOKING | status::REVOKED => status::FREE,",
      "                status::OWNED | status::REVOKED => status::TOKEN,\n                status::HELD | status::REVOKING => status::FREE,",
      "loom_tokens", "a_token_permit_racing_revoke_and_reclaim_is_released_once"),
+    # The drop's fast path parks only an OWNED lease: one settled as HELD
+    # by a sealer must be freed, not parked in the sealed shard.
+    ("settled_lease_parks_a_token", "lease.rs",
+     "                        pack(gen, status::OWNED),\n                        pack(gen, status::TOKEN),",
+     "                        pack(gen, status::HELD),\n                        pack(gen, status::TOKEN),",
+     "loom_tokens", "close_with_a_parked_token_still_drains"),
     # A waiter takes tokens back twice: before queueing (they may be all
     # that fills the limiter) and after taking its ticket (the RMW-then-seal
     # order); each covers most of the other's cases, so both go.

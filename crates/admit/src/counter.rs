@@ -28,7 +28,7 @@ impl Counter {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn add_one(&self) {
         match self.shards.get(thread_index()) {
             // Only this thread writes this shard, so a load and a store

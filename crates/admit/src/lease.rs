@@ -115,6 +115,7 @@ mod status {
     pub(super) const TOKEN: u8 = 7;
 }
 
+#[inline]
 fn pack(gen: u64, status: u8) -> u64 {
     (gen << 8) | status as u64
 }
@@ -174,6 +175,7 @@ impl Slot {
         }
     }
 
+    #[inline]
     fn word(&self) -> u64 {
         self.state.load(Ordering::Acquire)
     }
@@ -328,7 +330,7 @@ impl LeaseTable {
     }
 
     /// The slot this thread's shard may own, if the thread has a shard.
-    #[inline]
+    #[inline(always)]
     fn token_slot(&self) -> Option<(&SlotCache, u32)> {
         let shard = thread_index();
         let cache = self.caches.get(shard)?;
@@ -338,7 +340,7 @@ impl LeaseTable {
     /// Whether `index` is a token slot, which belongs to its shard and
     /// never goes to a cache or the free list: freed, it stays FREE until
     /// its shard owns it again.
-    #[inline]
+    #[inline(always)]
     fn is_token_slot(&self, index: u32) -> bool {
         index >= self.token_slots
     }
@@ -532,21 +534,35 @@ impl LeaseTable {
         slot.state.store(pack(gen, status::HELD), Ordering::Release);
     }
 
+    /// The holder's drop, when the lease is OWNED (the usual case in a
+    /// token slot): OWNED -> TOKEN with one CAS from that word rather than
+    /// after a load. False if the slot is not a token slot or the lease
+    /// moved on (settled, revoked, reclaimed): `release` then decides.
+    #[inline(always)]
+    pub(crate) fn park_token(&self, index: u32, gen: u64) -> bool {
+        // AcqRel: the next holder of the token synchronises with this drop.
+        self.is_token_slot(index)
+            && self.slots.get(index as usize).is_some_and(|slot| {
+                slot.state
+                    .compare_exchange(
+                        pack(gen, status::OWNED),
+                        pack(gen, status::TOKEN),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            })
+    }
+
     /// The holder's drop: HELD, REVOKING or REVOKED -> FREE, or OWNED ->
     /// TOKEN. `Gone` if the lease was reclaimed first.
-    #[inline]
     pub(crate) fn release(&self, index: u32, gen: u64) -> Released {
         let slot = self.get(index);
-        // The CAS starts from the state the lease most likely has (OWNED in
-        // a token slot, HELD elsewhere) rather than from a load: a lease
-        // that was revoked or settled meanwhile costs one failed CAS, which
-        // returns the word to go on from.
-        let likely = if self.is_token_slot(index) {
-            status::OWNED
-        } else {
-            status::HELD
-        };
-        let mut word = pack(gen, likely);
+        // The CAS starts from the state the lease most likely has here
+        // (HELD; `park_token` tried OWNED) rather than from a load: a
+        // lease that was revoked or settled meanwhile costs one failed CAS,
+        // which returns the word to go on from.
+        let mut word = pack(gen, status::HELD);
         loop {
             if gen_of(word) != gen {
                 return Released::Gone;
@@ -687,7 +703,7 @@ impl LeaseTable {
     /// TOKEN -> OWNED: takes the token parked in this thread's shard as a
     /// new lease, without touching the state word (the token is counted
     /// already). `None` if the shard has none idle.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take_token(&self, now: u64) -> Option<(u32, u64)> {
         // The shard's `own` word need not be read: only a drop of this
         // shard's OWNED lease parks a TOKEN in its token slot, and a sealer
@@ -767,7 +783,7 @@ impl LeaseTable {
     /// Takes the untracked token parked in this thread's shard (a limiter
     /// without leases): one CAS on the shard's `own` word, against the
     /// sealers' CAS on the same word. False if none is parked.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take_spare(&self) -> bool {
         let Some((cache, _)) = self.token_slot() else {
             return false;
@@ -785,7 +801,7 @@ impl LeaseTable {
     /// shard is open and has none parked: one CAS that fails once a sealer
     /// has sealed the shard, so a sealer either takes the token back or
     /// the drop releases its count itself. False if not parked.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn park_spare(&self) -> bool {
         let Some((cache, _)) = self.token_slot() else {
             return false;

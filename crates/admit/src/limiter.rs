@@ -204,6 +204,7 @@ impl Limiter {
     /// Takes a permit if one is free right now. Never waits, never allocates,
     /// takes no lock. Fails with [`Rejected::Full`] when only reserved
     /// headroom is left or someone is already queued (waiters go first).
+    #[inline(always)]
     pub fn try_acquire(&self) -> Result<Permit, Rejected> {
         let lease = self.inner.try_acquire(false)?;
         Ok(Permit::new(crate::stash::clone(&self.inner), lease))

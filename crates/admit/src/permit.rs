@@ -75,6 +75,7 @@ impl std::fmt::Debug for Permit {
 }
 
 impl Permit {
+    #[inline(always)]
     pub(crate) fn new(inner: Arc<Inner>, (slot, gen): Lease) -> Permit {
         // An untracked permit packs to `NO_LEASE`.
         let lease = (u64::from(slot) << GEN_BITS) | gen;
@@ -195,13 +196,13 @@ impl Permit {
 }
 
 impl Drop for Permit {
+    #[inline(always)]
     fn drop(&mut self) {
         // A lease reclaimed by the watchdog gave its count back already;
         // `release` then does nothing.
         let lease = self.parts();
         if let Some(inner) = self.inner.take() {
-            inner.release(lease);
-            crate::stash::give_back(inner);
+            crate::stash::give_back(Inner::release(inner, lease));
         }
     }
 }

@@ -100,9 +100,13 @@ impl Borrowed {
 
 impl Drop for Borrowed {
     fn drop(&mut self) {
-        // From now on this thread must not touch the shard.
+        // From now on this thread must not touch the shard, nor stash a
+        // limiter's reference (nothing would drop it).
         #[cfg(not(admit_loom))]
-        FAST.set(usize::MAX);
+        {
+            FAST.set(usize::MAX);
+            crate::stash::clear();
+        }
         if self.index < SHARDS {
             self.bits.fetch_and(!(1 << self.index), Ordering::Release);
         }
@@ -130,7 +134,7 @@ const UNSET: usize = usize::MAX - 1;
 
 /// This thread's shard, or `usize::MAX` for the shared paths.
 #[cfg(not(admit_loom))]
-#[inline]
+#[inline(always)]
 pub(crate) fn thread_index() -> usize {
     match FAST.get() {
         UNSET => first_index(),

@@ -20,6 +20,12 @@
 //! one from another limiter, or exits. Nothing else of a stashed limiter
 //! goes on: no thread runs for it (a watchdog stops with its own handle).
 //!
+//! The stash is a thread-local without a destructor of its own (reading
+//! one with a destructor checks, on every access, whether it has been
+//! registered yet). The thread's shard (`shard.rs`) empties it when it is
+//! given back at thread exit; a thread without a shard, or past that point,
+//! drops the reference rather than stashing it.
+//!
 //! Under loom the stash is off (every permit clones), so the models stay
 //! about the limiter.
 
@@ -29,29 +35,66 @@ use crate::loom::Arc;
 #[cfg(not(admit_loom))]
 mod imp {
     use super::{Arc, Inner};
+    use crate::shard::{thread_index, SHARDS};
     use std::cell::Cell;
+    use std::mem::ManuallyDrop;
 
     std::thread_local! {
-        static STASH: Cell<Option<Arc<Inner>>> = const { Cell::new(None) };
+        /// `ManuallyDrop`, so the thread-local has no destructor of its own:
+        /// reading it is a plain load, with no check whether its destructor
+        /// is registered yet (a call, and an unwinding path that keeps the
+        /// reference in memory). The thread's shard empties it instead when
+        /// the thread exits (`clear`), so only a thread with a shard stashes.
+        static STASH: Cell<ManuallyDrop<Option<Arc<Inner>>>> =
+            const { Cell::new(ManuallyDrop::new(None)) };
     }
 
     /// A reference to `inner` for a new permit: the stashed one if it is
     /// `inner`'s, else a clone.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn clone(inner: &Arc<Inner>) -> Arc<Inner> {
-        match STASH.try_with(Cell::take) {
-            Ok(Some(arc)) if Arc::ptr_eq(&arc, inner) => arc,
+        match ManuallyDrop::into_inner(STASH.take()) {
+            Some(arc) if Arc::ptr_eq(&arc, inner) => arc,
             // Another limiter's (dropped here: this thread moved on), or
             // none.
-            _ => inner.clone(),
+            other => clone_slow(inner, other),
         }
     }
 
+    #[cold]
+    #[inline(never)]
+    fn clone_slow(inner: &Arc<Inner>, stashed: Option<Arc<Inner>>) -> Arc<Inner> {
+        drop(stashed);
+        inner.clone()
+    }
+
     /// Takes back a dropped permit's reference; the one it displaces, if
-    /// any, is dropped.
-    #[inline]
+    /// any, is dropped. A thread without a shard, or whose shard is gone
+    /// (it is exiting), drops the reference instead: nothing would empty
+    /// its stash.
+    #[inline(always)]
     pub(crate) fn give_back(arc: Arc<Inner>) {
-        let _ = STASH.try_with(|stash| stash.replace(Some(arc)));
+        if thread_index() >= SHARDS {
+            drop_slow(arc);
+            return;
+        }
+        let displaced = STASH.replace(ManuallyDrop::new(Some(arc)));
+        if let Some(displaced) = ManuallyDrop::into_inner(displaced) {
+            drop_slow(displaced);
+        }
+    }
+
+    /// Out of line, so that the usual drop (nothing displaced) stays small.
+    #[cold]
+    #[inline(never)]
+    fn drop_slow(arc: Arc<Inner>) {
+        drop(arc);
+    }
+
+    /// Drops the stashed reference: the thread's shard calls this as it is
+    /// given back at thread exit, after which `give_back` stashes nothing.
+    pub(crate) fn clear() {
+        drop(ManuallyDrop::into_inner(STASH.take()));
     }
 }
 
@@ -68,6 +111,8 @@ mod imp {
     }
 }
 
+#[cfg(not(admit_loom))]
+pub(crate) use imp::clear;
 pub(crate) use imp::{clone, give_back};
 
 #[cfg(all(test, not(admit_loom)))]
@@ -107,6 +152,33 @@ mod tests {
         assert_eq!(Arc::strong_count(&b.inner), 1);
         assert_eq!(Arc::strong_count(&a.inner), 1);
         assert_eq!(a.in_use() + b.in_use(), 0);
+    }
+
+    #[test]
+    fn a_permit_dropped_as_its_thread_exits_leaves_no_reference_behind() {
+        use std::cell::RefCell;
+        std::thread_local! {
+            static HELD: RefCell<Option<crate::Permit>> = const { RefCell::new(None) };
+        }
+        let l = Limiter::new(4);
+        // Thread-local destructors run in an order of the platform's
+        // choosing: the permit's may run before the thread's shard is given
+        // back (the reference is stashed, then dropped with the shard) or
+        // after (it is not stashed at all). Each thread below arranges one
+        // order on the usual platforms; both must leave no reference.
+        for shard_first in [false, true] {
+            let l2 = l.clone();
+            std::thread::spawn(move || {
+                if shard_first {
+                    drop(l2.try_acquire().unwrap());
+                }
+                HELD.with(|held| *held.borrow_mut() = Some(l2.try_acquire().unwrap()));
+            })
+            .join()
+            .unwrap();
+            assert_eq!(Arc::strong_count(&l.inner), 1, "shard first: {shard_first}");
+            assert_eq!(l.in_use(), 0);
+        }
     }
 
     #[test]
