@@ -312,8 +312,10 @@ impl Inner {
         self.grants.add_one();
         // Tokens only where the count leaves room for them (checked without
         // touching a shared line first: most limiters near their cap never
-        // read further).
-        let tokens = self.room_for_tokens(s);
+        // read further). A shard not yet open counts itself, as the check
+        // after opening will: otherwise a thread that the other open shards
+        // leave no room for would open and seal again on every admission.
+        let tokens = self.room_for_tokens(s, !self.leases.mine_open());
         if tokens {
             self.open_shard();
         }
@@ -334,14 +336,15 @@ impl Inner {
     // ----- tokens ---------------------------------------------------------
 
     /// Whether a shard may keep a token with the count at `s`: open, nobody
-    /// queued, and room for a token in every open shard. The first three
-    /// tests read nothing shared, so a limiter near its cap goes no
+    /// queued, and room for a token in every open shard, and in this
+    /// thread's too if it is `opening` (not counted open yet). The first
+    /// three tests read nothing shared, so a limiter near its cap goes no
     /// further.
-    fn room_for_tokens(&self, s: State) -> bool {
+    fn room_for_tokens(&self, s: State, opening: bool) -> bool {
         !s.closed()
             && s.tickets() == 0
             && s.in_use() + 1 < self.limit(s)
-            && s.in_use() + self.leases.open_shards() < self.limit(s)
+            && s.in_use() + self.leases.open_shards() + u32::from(opening) < self.limit(s)
     }
 
     /// Opens this thread's shard if it is sealed and the count leaves room.
@@ -353,7 +356,7 @@ impl Inner {
             return;
         }
         let s = State(self.state.0.fetch_add(0, Ordering::AcqRel));
-        if !self.room_for_tokens(s) {
+        if !self.room_for_tokens(s, false) {
             let n = self.leases.seal_mine();
             self.uncount_tokens(n);
         }

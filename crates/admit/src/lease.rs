@@ -820,6 +820,13 @@ impl LeaseTable {
         self.open.load(Ordering::Acquire)
     }
 
+    /// Whether this thread's shard is open (false if it has none).
+    pub(crate) fn mine_open(&self) -> bool {
+        self.caches
+            .get(thread_index())
+            .is_some_and(|cache| own_open(cache.own.load(Ordering::Relaxed)))
+    }
+
     /// Opens this thread's shard, before the caller's state-word RMW
     /// decides whether it may stay open (DESIGN.md, Tokens). False if it
     /// was open already or the thread has no shard.
