@@ -50,12 +50,12 @@ MUTANTS = [
             break;""",
      "loom_limiter", "set_capacity_races_keep_the_cap"),
     ("drop_ignores_reclaim", "lease.rs",
-     "                status::HELD | status::REVOKING | status::REVOKED => status::FREE,\n                _ => return Released::Gone,",
-     "                _ => status::FREE,",
+     "            if !matches!(\n                status_of(word),\n                status::HELD | status::REVOKING | status::REVOKED\n            ) {\n                return Released::Gone;\n            }\n",
+     "",
      "loom_lease", "reclaim_racing_drop_releases_once"),
     ("stale_drop_frees_new_lease", "lease.rs",
-     "            if gen_of(word) != gen {\n                return Released::Gone;\n            }\n            let next",
-     "            let next",
+     "            if gen_of(word) != gen {\n                return Released::Gone;\n            }\n            if !matches!(",
+     "            if !matches!(",
      "loom_lease", "stale_holder_cannot_touch_or_free_the_next_lease"),
     ("revoke_forgets_holder", "lease.rs",
      "            self.cold(index).revoke_waker.wake();\n",
@@ -81,9 +81,11 @@ MUTANTS = [
      "        cache.len.store(len - 1, Ordering::Relaxed);\n",
      "",
      "loom_lease", "a_cached_slot_is_handed_over_at_thread_exit"),
+    # A revoked lease in a token slot is freed on drop, never parked: its
+    # count is released, so a token left behind would be counted nowhere.
     ("revoked_lease_parks_a_token", "lease.rs",
-     "                status::OWNED => status::TOKEN,\n                status::HELD | status::REVOKING | status::REVOKED => status::FREE,",
-     "                status::OWNED | status::REVOKED => status::TOKEN,\n                status::HELD | status::REVOKING => status::FREE,",
+     "            // loses) synchronises with this drop.\n            match slot.state.compare_exchange_weak(\n                word,\n                pack(gen, status::FREE),",
+     "            // loses) synchronises with this drop.\n            match slot.state.compare_exchange_weak(\n                word,\n                pack(gen, if status_of(word) == status::REVOKED && self.is_token_slot(index) { status::TOKEN } else { status::FREE }),",
      "loom_tokens", "a_token_permit_racing_revoke_and_reclaim_is_released_once"),
     # The drop's fast path parks only an OWNED lease: one settled as HELD
     # by a sealer must be freed, not parked in the sealed shard.

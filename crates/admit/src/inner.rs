@@ -310,15 +310,9 @@ impl Inner {
     /// as that count left it.
     fn new_lease(&self, s: State) -> Lease {
         self.grants.add_one();
-        // Tokens only where the count leaves room for them (checked without
-        // touching a shared line first: most limiters near their cap never
-        // read further). A shard not yet open counts itself, as the check
-        // after opening will: otherwise a thread that the other open shards
-        // leave no room for would open and seal again on every admission.
-        let tokens = self.room_for_tokens(s, !self.leases.mine_open());
-        if tokens {
-            self.open_shard();
-        }
+        // Tokens only where the count leaves room for them, in a shard that
+        // is open or opens now.
+        let tokens = self.room_for_tokens(s, 0) && (self.leases.mine_open() || self.open_shard(s));
         if !self.track_leases {
             // No slot to own: the permit's drop parks its unit in the
             // dropping thread's `own` word, if that shard is open.
@@ -335,31 +329,37 @@ impl Inner {
 
     // ----- tokens ---------------------------------------------------------
 
-    /// Whether a shard may keep a token with the count at `s`: open, nobody
-    /// queued, and room for a token in every open shard, and in this
-    /// thread's too if it is `opening` (not counted open yet). The first
-    /// three tests read nothing shared, so a limiter near its cap goes no
-    /// further.
-    fn room_for_tokens(&self, s: State, opening: bool) -> bool {
+    /// Whether shards may keep tokens with the count at `s`: open, nobody
+    /// queued, and room for a token in every open shard and in `opening`
+    /// more. The first three tests read nothing shared, so a limiter near
+    /// its cap goes no further.
+    fn room_for_tokens(&self, s: State, opening: u32) -> bool {
         !s.closed()
             && s.tickets() == 0
             && s.in_use() + 1 < self.limit(s)
-            && s.in_use() + self.leases.open_shards() + u32::from(opening) < self.limit(s)
+            && s.in_use() + self.leases.open_shards() + opening < self.limit(s)
     }
 
-    /// Opens this thread's shard if it is sealed and the count leaves room.
-    /// The shard is opened first and the state word read by an RMW after,
-    /// so that either a flusher whose own RMW came first is seen here (and
-    /// the shard sealed again), or this opening is seen by that flusher.
-    fn open_shard(&self) {
-        if !self.leases.open_mine() {
-            return;
+    /// Opens this thread's shard, which is sealed, if the count at `s`
+    /// leaves room for it too; returns whether it is open after.
+    ///
+    /// The shard counts itself before it opens, as the check after opening
+    /// will: otherwise a thread that the other open shards leave no room
+    /// for would open and seal again on every admission. It is opened
+    /// first and the state word read by an RMW after, so that either a
+    /// flusher whose own RMW came first is seen here (and the shard sealed
+    /// again), or this opening is seen by that flusher.
+    fn open_shard(&self, s: State) -> bool {
+        if !self.room_for_tokens(s, 1) || !self.leases.open_mine() {
+            return false;
         }
         let s = State(self.state.0.fetch_add(0, Ordering::AcqRel));
-        if !self.room_for_tokens(s, false) {
-            let n = self.leases.seal_mine();
-            self.uncount_tokens(n);
+        if self.room_for_tokens(s, 0) {
+            return true;
         }
+        let n = self.leases.seal_mine();
+        self.uncount_tokens(n);
+        false
     }
 
     /// Seals every shard and uncounts the tokens taken back (handing them
@@ -533,31 +533,28 @@ impl Inner {
         if parked {
             this
         } else {
-            Inner::release_unparked(this, lease)
+            Inner::end_lease(this, lease)
         }
     }
 
+    /// `release` when the permit did not park as a token: frees its slot
+    /// and gives its count back.
     #[inline(never)]
-    fn release_unparked(this: Arc<Inner>, lease: Lease) -> Arc<Inner> {
-        this.end_lease(lease);
-        this
-    }
-
-    /// `release` when the permit did not park as a token.
-    fn end_lease(&self, (slot, gen): Lease) {
+    fn end_lease(this: Arc<Inner>, (slot, gen): Lease) -> Arc<Inner> {
         if slot == UNTRACKED {
-            self.release_count();
-            return;
+            this.release_count();
+            return this;
         }
-        match self.leases.release(slot, gen) {
-            Released::Gone | Released::Parked => {}
+        match this.leases.release(slot, gen) {
+            Released::Gone => {}
             Released::Freed { revoked } => {
                 if revoked {
-                    self.revoked_dropped.fetch_add(1, Ordering::Relaxed);
+                    this.revoked_dropped.fetch_add(1, Ordering::Relaxed);
                 }
-                self.release_count();
+                this.release_count();
             }
         }
+        this
     }
 
     /// Gives one counted permit back and runs the hand-off if anyone waits.

@@ -272,8 +272,6 @@ pub(crate) enum Released {
     /// Freed; its count is the caller's to release. `revoked`: the lease had
     /// been revoked.
     Freed { revoked: bool },
-    /// Parked as a token in its shard: still counted, nothing to release.
-    Parked,
 }
 
 pub(crate) struct LeaseTable {
@@ -554,38 +552,41 @@ impl LeaseTable {
             })
     }
 
-    /// The holder's drop: HELD, REVOKING or REVOKED -> FREE, or OWNED ->
-    /// TOKEN. `Gone` if the lease was reclaimed first.
+    /// The holder's drop, when `park_token` did not park it: HELD,
+    /// REVOKING or REVOKED -> FREE. `Gone` if the lease was reclaimed
+    /// first.
+    ///
+    /// An OWNED lease is not expected here. `park_token` failed, so the
+    /// word was not `(gen, OWNED)` at that moment, and it cannot become so
+    /// again: every way into OWNED starts a new generation.
     pub(crate) fn release(&self, index: u32, gen: u64) -> Released {
         let slot = self.get(index);
         // The CAS starts from the state the lease most likely has here
-        // (HELD; `park_token` tried OWNED) rather than from a load: a
-        // lease that was revoked or settled meanwhile costs one failed CAS,
-        // which returns the word to go on from.
+        // (HELD) rather than from a load: a lease that was revoked
+        // meanwhile costs one failed CAS, which returns the word to go on
+        // from.
         let mut word = pack(gen, status::HELD);
         loop {
             if gen_of(word) != gen {
                 return Released::Gone;
             }
-            let next = match status_of(word) {
-                status::OWNED => status::TOKEN,
-                status::HELD | status::REVOKING | status::REVOKED => status::FREE,
-                _ => return Released::Gone,
-            };
-            // AcqRel: the next holder of the slot or the token (or the
-            // reclaimer that loses) synchronises with this drop.
+            if !matches!(
+                status_of(word),
+                status::HELD | status::REVOKING | status::REVOKED
+            ) {
+                return Released::Gone;
+            }
+            // AcqRel: the next holder of the slot (or the reclaimer that
+            // loses) synchronises with this drop.
             match slot.state.compare_exchange_weak(
                 word,
-                pack(gen, next),
+                pack(gen, status::FREE),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
                 Ok(_) => break,
                 Err(actual) => word = actual,
             }
-        }
-        if status_of(word) == status::OWNED {
-            return Released::Parked;
         }
         self.free_slot(index);
         Released::Freed {
