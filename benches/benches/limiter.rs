@@ -9,7 +9,8 @@
 //!    capacity 64 (room to spare) and at capacity 4 (the count near the cap
 //!    all the time), against tokio's semaphore and a bare atomic pair.
 //! 3. `handoff`: latency of a release reaching a waiting task, on tokio's
-//!    current-thread and multi-thread runtimes.
+//!    current-thread and multi-thread runtimes, beside a one-shot channel
+//!    doing the same steps (the floor the runtime sets).
 //! 4. `watchdog`: one watchdog tick over 10,000 and over 1,000,000 held
 //!    leases; and a health snapshot at 1,000,000 held leases, with a live
 //!    watchdog (counters only, no table scan) and without one (the
@@ -210,6 +211,21 @@ fn handoff(c: &mut Criterion) {
                     tokio::spawn(async move { drop(held) });
                     drop(wait.await.unwrap());
                 }
+            })
+        });
+        // The floor: the same steps with a one-shot channel in place of a
+        // limiter (a waker registered, one wake, a value passed on), so the
+        // runtime's share of a hand-off (spawn, scheduling, the wake) is on
+        // record beside the limiters.
+        g.bench_function(format!("oneshot_floor/{name}"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                let mut wait = std::pin::pin!(rx);
+                assert!(futures::poll!(&mut wait).is_pending());
+                tokio::spawn(async move {
+                    let _ = tx.send(());
+                });
+                wait.await.unwrap();
             })
         });
     }
