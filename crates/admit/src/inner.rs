@@ -30,7 +30,7 @@ use crate::lease::{Kind, LeaseTable, LeaseView, Released};
 use crate::loom::{Arc, AtomicU32, AtomicU64, Ordering};
 use crate::places::WakerPlaces;
 use crate::queue::{Cancel, Deliver, Park, Queue, MAX_SLOTS};
-use crate::snapshot::{Cause, HealthShared, HealthState, Snapshot};
+use crate::snapshot::{Cause, HealthShared, HealthState, Repairs, Snapshot};
 use crate::state::{State, ONE_IN_USE, TICKET_SPACE};
 use std::task::{Context, Waker};
 
@@ -126,7 +126,11 @@ pub(crate) struct Inner {
     /// (`NO_LEASE` if none), so a snapshot need not scan the table while a
     /// watchdog is ticking.
     oldest_scanned: AtomicU64,
-    repaired: AtomicU64,
+    /// Repairs by kind (`Repairs`): stalls re-driven, drift corrected,
+    /// releases that found the count at zero.
+    stalls_redriven: AtomicU64,
+    drift_corrected: AtomicU64,
+    underflows_refused: AtomicU64,
     /// `drained()` futures.
     drain: WakerPlaces<8>,
     /// The health record. The one field other modules reach: the adaptive
@@ -166,7 +170,9 @@ impl Inner {
             revoked_dropped: AtomicU64::new(0),
             reclaimed: AtomicU64::new(0),
             oldest_scanned: AtomicU64::new(NO_LEASE),
-            repaired: AtomicU64::new(0),
+            stalls_redriven: AtomicU64::new(0),
+            drift_corrected: AtomicU64::new(0),
+            underflows_refused: AtomicU64::new(0),
             drain: WakerPlaces::new(),
             health: HealthShared::new(p.name),
             #[cfg(feature = "fault-injection")]
@@ -635,7 +641,7 @@ impl Inner {
         let mut cur = State(self.state.0.load(Ordering::Relaxed));
         loop {
             if cur.in_use() == 0 {
-                self.repaired.fetch_add(1, Ordering::Relaxed);
+                self.underflows_refused.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
             match self.state.0.compare_exchange_weak(
@@ -876,6 +882,11 @@ impl Inner {
             .iter()
             .map(|r| (r.as_str(), self.rejected[r.index()].load(Ordering::Relaxed)))
             .collect();
+        let repairs = Repairs {
+            stalls: self.stalls_redriven.load(Ordering::Relaxed),
+            drift: self.drift_corrected.load(Ordering::Relaxed),
+            underflows: self.underflows_refused.load(Ordering::Relaxed),
+        };
         Snapshot {
             name: h.name.clone(),
             state,
@@ -895,7 +906,8 @@ impl Inner {
             rejected_total,
             revoked_total,
             reclaimed_total: self.reclaimed.load(Ordering::Relaxed),
-            repaired_total: self.repaired.load(Ordering::Relaxed),
+            repaired_total: repairs.total(),
+            repairs,
             oldest_lease_ms,
             revoked_pending,
             watchdog,
@@ -929,11 +941,12 @@ impl Inner {
     }
 
     /// A stall's repair: re-drives the hand-off and wakes every waiter.
+    /// Counted first, so a waiter it grants finds the repair counted.
     pub(crate) fn redrive(&self) {
+        self.stalls_redriven.fetch_add(1, Ordering::Relaxed);
         self.grant_waiting();
         let s = self.load();
         self.queue.wake_all(s.head(), s.tail(), &self.leases);
-        self.repaired.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Clears tickets left by cancelled waiters while there is room.
@@ -957,7 +970,7 @@ impl Inner {
                 .compare_exchange(cur.0, next.0, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => {
-                    self.repaired.fetch_add(1, Ordering::Relaxed);
+                    self.drift_corrected.fetch_add(1, Ordering::Relaxed);
                     self.grant_waiting();
                     return fix;
                 }
@@ -1000,5 +1013,40 @@ impl Inner {
     #[cfg(feature = "fault-injection")]
     pub(crate) fn skip_clock(&self, ms: u64) {
         self.clock.skip(ms);
+    }
+}
+
+#[cfg(all(test, not(admit_loom)))]
+mod tests {
+    use crate::Limiter;
+
+    #[test]
+    fn a_release_that_finds_the_count_at_zero_is_counted_as_an_underflow() {
+        let l = Limiter::new(2);
+        let held = l.try_acquire().unwrap();
+        // A drift correction that takes a permit still in use off the count
+        // (the watchdog's checks make this all but impossible; called
+        // directly here).
+        assert_eq!(l.inner.repair_drift(1), 1);
+        assert_eq!(l.in_use(), 0);
+        drop(held);
+        assert_eq!(l.in_use(), 0, "the count did not wrap");
+        let snap = l.health().snapshot();
+        assert_eq!(snap.repairs.drift, 1);
+        assert_eq!(snap.repairs.underflows, 1);
+        assert_eq!(snap.repairs.stalls, 0);
+        assert_eq!(snap.repaired_total, 2);
+        // A status page reads the kinds back.
+        #[cfg(feature = "serde")]
+        {
+            let json = serde_json::to_value(&snap).unwrap();
+            assert_eq!(json["repairs"]["underflows"], 1);
+            let back: crate::Snapshot = serde_json::from_value(json).unwrap();
+            assert_eq!(back.repairs, snap.repairs);
+        }
+        // Still a working limiter.
+        let (a, b) = (l.try_acquire().unwrap(), l.try_acquire().unwrap());
+        assert!(l.try_acquire().is_err());
+        drop((a, b));
     }
 }

@@ -104,7 +104,7 @@ pub use fault::Faults;
 pub use health::{Changes, Health};
 pub use limiter::{Builder, Limiter, DEFAULT_QUEUE_LIMIT, MAX_QUEUE};
 pub use permit::{LeaseId, Permit, Revoked};
-pub use snapshot::{Cause, HealthState, Snapshot, Transition, WatchdogView};
+pub use snapshot::{Cause, HealthState, Repairs, Snapshot, Transition, WatchdogView};
 pub use watchdog::{TickReport, Watchdog, WatchdogConfig, WatchdogGuard};
 
 /// The largest capacity a limiter supports.

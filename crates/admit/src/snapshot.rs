@@ -139,6 +139,39 @@ pub struct Transition {
     pub missed: u64,
 }
 
+/// Repairs by kind, counted since the limiter was built. Each is a sign
+/// that something went wrong and was put right without anyone's help.
+///
+/// ```
+/// let limiter = admit::Limiter::new(4);
+/// let repairs = limiter.health().snapshot().repairs;
+/// assert_eq!(repairs, admit::Repairs::default());
+/// assert_eq!(repairs.total(), 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
+#[non_exhaustive]
+pub struct Repairs {
+    /// Stalled hand-offs the watchdog re-drove: waiters found beside free
+    /// permits for longer than `stall_after`.
+    pub stalls: u64,
+    /// Count drift the watchdog corrected: permits counted with no lease
+    /// behind them, for `drift_ticks` ticks in a row, taken off the count.
+    pub drift: u64,
+    /// Releases that found the count at zero already and left it there
+    /// rather than wrap it: a drift correction had taken that permit off
+    /// the count while it was still in use.
+    pub underflows: u64,
+}
+
+impl Repairs {
+    /// Repairs of every kind.
+    pub fn total(&self) -> u64 {
+        self.stalls + self.drift + self.underflows
+    }
+}
+
 /// The watchdog as the limiter sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -207,8 +240,10 @@ pub struct Snapshot {
     pub revoked_total: u64,
     /// Revoked leases whose holders never let go, reclaimed by force.
     pub reclaimed_total: u64,
-    /// Repairs: stalls re-driven and count drift corrected.
+    /// Repairs of every kind: the sum of [`repairs`](Self::repairs).
     pub repaired_total: u64,
+    /// Repairs by kind.
+    pub repairs: Repairs,
     /// Age of the oldest held lease, in milliseconds (0 if none).
     ///
     /// Finding it takes a pass over the lease table, which the watchdog
@@ -247,6 +282,7 @@ impl Default for Snapshot {
             revoked_total: 0,
             reclaimed_total: 0,
             repaired_total: 0,
+            repairs: Repairs::default(),
             oldest_lease_ms: 0,
             revoked_pending: 0,
             watchdog: WatchdogView::default(),
@@ -266,7 +302,7 @@ impl Snapshot {
 /// as its name and rejection reasons as text, checked on the way in.
 #[cfg(feature = "serde")]
 mod wire {
-    use super::{Cause, HealthState, WatchdogView};
+    use super::{Cause, HealthState, Repairs, WatchdogView};
     use crate::adaptive::AdaptiveView;
     use crate::Rejected;
     use std::collections::BTreeMap;
@@ -289,6 +325,7 @@ mod wire {
         revoked_total: u64,
         reclaimed_total: u64,
         repaired_total: u64,
+        repairs: Repairs,
         oldest_lease_ms: u64,
         revoked_pending: u32,
         watchdog: WatchdogView,
@@ -335,6 +372,7 @@ mod wire {
                 revoked_total: w.revoked_total,
                 reclaimed_total: w.reclaimed_total,
                 repaired_total: w.repaired_total,
+                repairs: w.repairs,
                 oldest_lease_ms: w.oldest_lease_ms,
                 revoked_pending: w.revoked_pending,
                 watchdog: w.watchdog,

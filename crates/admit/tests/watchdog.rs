@@ -76,15 +76,17 @@ fn lost_wakeups_are_noticed_and_redriven() {
     .unwrap();
     let mut changes = l.health().changes();
     let held = l.try_acquire().unwrap();
-    let waiter = {
-        let l = l.clone();
-        std::thread::spawn(move || futures::executor::block_on(l.acquire()).map(drop))
-    };
-    wait_for(Duration::from_secs(2), || l.waiting() == 1).expect("waiter queued");
+    // Polled once here, so the waiter is parked (ticket, slot and waker)
+    // before the release: a waiter still parking when the hand-off is lost
+    // finds the free permit itself, and there would be nothing to repair.
+    let mut waiter = Box::pin(l.acquire());
+    assert!(futures::executor::block_on(async { futures::poll!(&mut waiter) }).is_pending());
+    assert_eq!(l.waiting(), 1);
     l.faults().stall(1);
     let released = Instant::now();
     drop(held);
-    waiter.join().unwrap().expect("waiter granted");
+    // Only the watchdog's re-drive can wake it now.
+    drop(futures::executor::block_on(waiter).expect("waiter granted"));
     let took = released.elapsed();
     // The first tick that sees the stall starts its clock, so the bound is
     // stall_after plus up to two ticks, and slack for the watchdog and
@@ -93,7 +95,14 @@ fn lost_wakeups_are_noticed_and_redriven() {
         took <= stall_after + TICK * 2 + Duration::from_millis(400),
         "waiter granted after {took:?}"
     );
-    assert!(l.health().snapshot().repaired_total >= 1);
+    let snap = l.health().snapshot();
+    assert!(snap.repairs.stalls >= 1, "{:?}", snap.repairs);
+    assert_eq!(
+        (snap.repairs.drift, snap.repairs.underflows),
+        (0, 0),
+        "{snap:?}"
+    );
+    assert_eq!(snap.repaired_total, snap.repairs.total());
     let seen: Vec<_> = futures::executor::block_on(async {
         let mut v = Vec::new();
         while let Some(t) = changes.next().await {
@@ -145,7 +154,16 @@ fn count_drift_is_corrected() {
     assert_eq!(dog.tick().drift_repaired, 0);
     assert_eq!(dog.tick().drift_repaired, 3);
     assert_eq!(l.in_use(), 1, "only the real permit remains counted");
-    assert_eq!(l.health().snapshot().repaired_total, 1);
+    let snap = l.health().snapshot();
+    assert_eq!(snap.repaired_total, 1);
+    assert_eq!(
+        (
+            snap.repairs.drift,
+            snap.repairs.stalls,
+            snap.repairs.underflows
+        ),
+        (1, 0, 0)
+    );
     assert!(l.try_acquire().is_ok());
 }
 

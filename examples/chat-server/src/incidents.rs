@@ -285,7 +285,8 @@ pub fn summary(
 #[derive(Debug, Clone, Copy)]
 struct Counters {
     reclaimed: u64,
-    repaired: u64,
+    redriven: u64,
+    drift_corrected: u64,
     capacity: u32,
 }
 
@@ -293,7 +294,8 @@ impl From<&Snapshot> for Counters {
     fn from(s: &Snapshot) -> Self {
         Counters {
             reclaimed: s.reclaimed_total,
-            repaired: s.repaired_total,
+            redriven: s.repairs.stalls,
+            drift_corrected: s.repairs.drift,
             capacity: s.capacity,
         }
     }
@@ -303,12 +305,13 @@ impl From<&Snapshot> for Counters {
 /// and at its end.
 fn repair_between(cause: &str, before: Counters, after: Counters) -> Repair {
     let reclaimed = after.reclaimed.saturating_sub(before.reclaimed);
-    let repaired = after.repaired.saturating_sub(before.repaired);
+    let redriven = after.redriven.saturating_sub(before.redriven);
+    let corrected = after.drift_corrected.saturating_sub(before.drift_corrected);
     match cause {
         _ if reclaimed > 0 => Repair::Reclaimed(reclaimed),
-        "stalled" if repaired > 0 => Repair::Redriven(repaired),
+        _ if redriven > 0 => Repair::Redriven(redriven),
         "watchdog_silent" => Repair::WatchdogResumed,
-        _ if repaired > 0 => Repair::DriftCorrected(repaired),
+        _ if corrected > 0 => Repair::DriftCorrected(corrected),
         _ if before.capacity != after.capacity => Repair::CapacityChanged {
             from: before.capacity,
             to: after.capacity,
@@ -905,29 +908,41 @@ mod tests {
 
     #[test]
     fn repairs_from_counters() {
-        let at = |reclaimed, repaired, capacity| Counters {
+        let at = |reclaimed, redriven, drift_corrected, capacity| Counters {
             reclaimed,
-            repaired,
+            redriven,
+            drift_corrected,
             capacity,
         };
         assert_eq!(
-            repair_between("leaking", at(1, 0, 10), at(21, 0, 10)),
+            repair_between("leaking", at(1, 0, 0, 10), at(21, 0, 0, 10)),
             Repair::Reclaimed(20)
         );
         assert_eq!(
-            repair_between("stalled", at(0, 2, 10), at(0, 3, 10)),
+            repair_between("stalled", at(0, 2, 0, 10), at(0, 3, 0, 10)),
             Repair::Redriven(1)
         );
         assert_eq!(
-            repair_between("leaking", at(0, 2, 10), at(0, 3, 10)),
+            repair_between("leaking", at(0, 0, 2, 10), at(0, 0, 3, 10)),
             Repair::DriftCorrected(1)
         );
+        // Each repair is named by the counter that moved, whatever the
+        // incident's cause: a stall re-driven during a leak, a drift
+        // corrected during a stall.
         assert_eq!(
-            repair_between("leaking", at(0, 0, 10), at(0, 0, 20)),
+            repair_between("leaking", at(0, 2, 0, 10), at(0, 3, 0, 10)),
+            Repair::Redriven(1)
+        );
+        assert_eq!(
+            repair_between("stalled", at(0, 0, 0, 10), at(0, 0, 4, 10)),
+            Repair::DriftCorrected(4)
+        );
+        assert_eq!(
+            repair_between("leaking", at(0, 0, 0, 10), at(0, 0, 0, 20)),
             Repair::CapacityChanged { from: 10, to: 20 }
         );
         assert_eq!(
-            repair_between("leaking", at(0, 0, 10), at(0, 0, 10)),
+            repair_between("leaking", at(0, 0, 0, 10), at(0, 0, 0, 10)),
             Repair::Recovered
         );
     }
