@@ -309,8 +309,10 @@ fn repair_between(cause: &str, before: Counters, after: Counters) -> Repair {
     let corrected = after.drift_corrected.saturating_sub(before.drift_corrected);
     match cause {
         _ if reclaimed > 0 => Repair::Reclaimed(reclaimed),
-        _ if redriven > 0 => Repair::Redriven(redriven),
+        // A silent watchdog's incident ends when it ticks again, whatever
+        // its first ticks then repair.
         "watchdog_silent" => Repair::WatchdogResumed,
+        _ if redriven > 0 => Repair::Redriven(redriven),
         _ if corrected > 0 => Repair::DriftCorrected(corrected),
         _ if before.capacity != after.capacity => Repair::CapacityChanged {
             from: before.capacity,
@@ -936,6 +938,10 @@ mod tests {
         assert_eq!(
             repair_between("stalled", at(0, 0, 0, 10), at(0, 0, 4, 10)),
             Repair::DriftCorrected(4)
+        );
+        assert_eq!(
+            repair_between("watchdog_silent", at(0, 2, 0, 10), at(0, 3, 0, 10)),
+            Repair::WatchdogResumed
         );
         assert_eq!(
             repair_between("leaking", at(0, 0, 0, 10), at(0, 0, 0, 20)),
